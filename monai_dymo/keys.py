@@ -1,0 +1,47 @@
+"""Dictionary keys shared across monai_dymo, in the spirit of :class:`monai.utils.CommonKeys`.
+
+Every sample dictionary that flows through the plugin uses these names, so that transforms, the inferer,
+engines and report handlers agree without importing each other.
+"""
+
+from __future__ import annotations
+
+from monai.utils import StrEnum
+
+__all__ = ["DyMoKeys", "Reason"]
+
+
+class DyMoKeys(StrEnum):
+    """Keys of the sample / batch dictionaries.
+
+    - ``PRESENT``: ``BoolTensor[M]`` per sample (``[B, M]`` batched), modality order as configured; True = observed.
+    - ``REASONS``: ``dict[str, str]`` per sample mapping modality name -> reason (``"observed"``, ``"absent"``, ...);
+      MONAI's collate turns it into ``dict[str, list[str]]`` for a batch.
+    - ``FIELD_MASK``: ``dict[str, BoolTensor[F]]`` per clinical group, True where a field inside an observed group is present.
+    - ``PATIENT_ID``: patient / case identifier (string).
+    - ``LABEL``, ``PRED``: as :class:`monai.utils.CommonKeys`.
+    - ``SELECTION``: per-patient reliability record written by the DyMo inferer / evaluator.
+    - ``ERROR``: reason a patient could not be processed at all (kept in reports).
+    """
+
+    PRESENT = "present"
+    REASONS = "modality_reasons"
+    FIELD_MASK = "field_mask"
+    PATIENT_ID = "patient_id"
+    LABEL = "label"
+    PRED = "pred"
+    SELECTION = "dymo_selection"
+    ERROR = "error"
+
+
+class Reason(StrEnum):
+    """Fixed reason strings (free-text details follow a colon, e.g. ``"file not found: /data/p1/flair.nii.gz"``)."""
+
+    OBSERVED = "observed"
+    ABSENT = "absent"
+    FILE_NOT_FOUND = "file not found"
+    UNREADABLE = "unreadable"
+    INCOMPLETE_SERIES = "incomplete series"
+    EMPTY_IMAGE = "empty image"
+    FIELDS_MISSING = "all fields missing"
+    SIMULATED = "simulated missing"
