@@ -1,0 +1,88 @@
+"""Medical modality transforms: load what is there, mark what is missing and why.
+
+Modules (array and dictionary forms, MONAI style):
+
+- :mod:`~monai_dymo.transforms.io`: tolerant loading (:class:`LoadModality`, :class:`LoadModalitiesd`);
+- :mod:`~monai_dymo.transforms.readers`: :class:`SimpleITKReader` (NRRD / MetaImage), :func:`inspect_dicom_series`;
+- :mod:`~monai_dymo.transforms.spatial`: per-patient harmonisation (:class:`HarmonizeModalitiesd`);
+- :mod:`~monai_dymo.transforms.clinical`: clinical field groups (:class:`ClinicalFieldStats`, :class:`ClinicalFieldsd`);
+- :mod:`~monai_dymo.transforms.missingness`: simulated missingness (:class:`SimulateMissingModalitiesd`, mask CSVs);
+- :mod:`~monai_dymo.transforms.utils`: reasons, placeholders, presence vector, :func:`check_datalist`.
+
+Transforms never import networks, the inferer or data-generation code.
+"""
+
+from __future__ import annotations
+
+from .clinical import (
+    UNKNOWN_CATEGORY,
+    ClinicalFields,
+    ClinicalFieldsd,
+    ClinicalFieldsD,
+    ClinicalFieldsDict,
+    ClinicalFieldStats,
+)
+from .io import LoadModalitiesd, LoadModalitiesD, LoadModalitiesDict, LoadModality
+from .missingness import (
+    SimulateMissingModalities,
+    SimulateMissingModalitiesd,
+    SimulateMissingModalitiesD,
+    SimulateMissingModalitiesDict,
+    read_missing_patterns,
+    write_missing_patterns,
+)
+from .readers import SimpleITKReader, inspect_dicom_series
+from .spatial import HarmonizeModalitiesd, HarmonizeModalitiesD, HarmonizeModalitiesDict, HarmonizeModality
+from .utils import (
+    PLACEHOLDER_META_KEY,
+    REASON_META_KEY,
+    check_datalist,
+    format_reason,
+    get_patient_id,
+    is_missing_path,
+    is_observed,
+    is_placeholder,
+    make_placeholder,
+    placeholder_like,
+    reason_prefix,
+    resolve_modality_order,
+    update_presence,
+)
+
+__all__ = [
+    "UNKNOWN_CATEGORY",
+    "ClinicalFieldStats",
+    "ClinicalFields",
+    "ClinicalFieldsd",
+    "ClinicalFieldsD",
+    "ClinicalFieldsDict",
+    "LoadModality",
+    "LoadModalitiesd",
+    "LoadModalitiesD",
+    "LoadModalitiesDict",
+    "SimulateMissingModalities",
+    "SimulateMissingModalitiesd",
+    "SimulateMissingModalitiesD",
+    "SimulateMissingModalitiesDict",
+    "read_missing_patterns",
+    "write_missing_patterns",
+    "SimpleITKReader",
+    "inspect_dicom_series",
+    "HarmonizeModality",
+    "HarmonizeModalitiesd",
+    "HarmonizeModalitiesD",
+    "HarmonizeModalitiesDict",
+    "PLACEHOLDER_META_KEY",
+    "REASON_META_KEY",
+    "check_datalist",
+    "format_reason",
+    "get_patient_id",
+    "is_missing_path",
+    "is_observed",
+    "is_placeholder",
+    "make_placeholder",
+    "placeholder_like",
+    "reason_prefix",
+    "resolve_modality_order",
+    "update_presence",
+]

@@ -1,0 +1,384 @@
+"""Clinical fields: encode a group of table fields as one clinical modality, with a per-field mask.
+
+A *group* of fields (e.g. ``{"demographics": ["age", "sex"], "labs": ["crp", "wbc"]}``) is one modality. For a
+group of ``F`` fields the transform outputs
+
+- ``d[group]``: ``FloatTensor[F]`` in the group's *layout*: its continuous fields first (z-scores), then its
+  categorical fields (category indices as floats), each part in the configured order; missing fields are 0;
+- ``d["field_mask"][group]``: ``BoolTensor[F]``, True where the field is present (same layout);
+- the group's reason: ``"observed"`` when at least one field is present, else ``"all fields missing: a, b, c"``
+  (then the group is missing in ``d["present"]``).
+
+Encodings (fitted on the training set with :meth:`ClinicalFieldStats.fit`, saved/loaded as JSON):
+
+- continuous: ``(x - mean) / std`` (population std; a constant field uses std 1);
+- categorical: index ``1..K`` for the ``K`` categories seen in training, sorted; index ``0`` is the *unknown*
+  bucket, used for a missing value (mask False) and for a value never seen in training (mask True). A categorical
+  field therefore has ``K + 1`` classes (:meth:`ClinicalFieldStats.num_categories`).
+
+Missing values: None, NaN / ``pd.NA``, empty or blank strings, and the configured sentinels (e.g. ``-999``, ``"NA"``;
+numeric sentinels also match their string form). A clinical tokenizer / recovery network gets the group's field
+types and cardinalities from :meth:`ClinicalFieldStats.describe`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai.config import PathLike
+from monai.transforms.transform import MapTransform, Transform
+from monai_dymo.keys import DyMoKeys, Reason
+from monai_dymo.transforms.utils import format_reason, get_patient_id, resolve_modality_order, update_presence
+
+__all__ = [
+    "ClinicalFieldStats",
+    "ClinicalFields",
+    "ClinicalFieldsd",
+    "ClinicalFieldsD",
+    "ClinicalFieldsDict",
+    "UNKNOWN_CATEGORY",
+]
+
+logger = logging.getLogger("monai_dymo.transforms")
+
+UNKNOWN_CATEGORY = 0
+"""Index of the unknown bucket of every categorical field (missing or unseen value)."""
+
+
+def _as_records(rows: Any) -> list[Mapping[str, Any]]:
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # pandas DataFrame
+        return list(rows.to_dict("records"))
+    if isinstance(rows, Mapping):
+        raise ValueError("ClinicalFieldStats.fit: rows must be a table or a sequence of rows, got a single mapping.")
+    if hasattr(rows, "__len__") and hasattr(rows, "__getitem__"):  # list, datalist, monai Dataset / CSVDataset
+        return [dict(rows[i]) for i in range(len(rows))]
+    return [dict(r) for r in rows]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0:
+        return value.item()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _category_key(value: Any) -> str:
+    """Canonical string of a category value (``2``, ``2.0`` and ``"2"`` are the same category)."""
+    value = _scalar(value)
+    if isinstance(value, bool):
+        return str(value)
+    if _is_number(value):
+        f = float(value)
+        return str(int(f)) if f.is_integer() else repr(f)
+    text = str(value).strip()
+    try:
+        f = float(text)
+    except ValueError:
+        return text
+    return str(int(f)) if math.isfinite(f) and f.is_integer() else text
+
+
+def _row_id(row: Mapping[str, Any], i: int, patient_id_key: str) -> str:
+    pid = get_patient_id(row, patient_id_key)
+    return f"row {i}" if pid == "?" else pid
+
+
+class ClinicalFieldStats:
+    """Encoding statistics of clinical fields, fitted on training rows.
+
+    Args:
+        continuous: field -> ``(mean, std)``.
+        categorical: field -> sorted vocabulary (canonical strings); category ``vocab[i]`` has index ``i + 1``.
+        sentinels: values that mean "missing" in the table (e.g. ``-999``, ``"NA"``).
+    """
+
+    def __init__(
+        self,
+        continuous: Mapping[str, Sequence[float]] | None = None,
+        categorical: Mapping[str, Sequence[str]] | None = None,
+        sentinels: Sequence[Any] = (),
+    ) -> None:
+        self.continuous = {str(k): (float(v[0]), float(v[1])) for k, v in (continuous or {}).items()}
+        self.categorical = {str(k): [str(c) for c in v] for k, v in (categorical or {}).items()}
+        both = sorted(set(self.continuous) & set(self.categorical))
+        if both:
+            raise ValueError(f"ClinicalFieldStats: fields {both} are both continuous and categorical.")
+        self.sentinels = list(sentinels)
+        self._num_sentinels = {float(s) for s in self.sentinels if _is_number(s)}
+        self._str_sentinels = {str(s).strip() for s in self.sentinels}
+        self._index = {k: {c: i + 1 for i, c in enumerate(v)} for k, v in self.categorical.items()}
+
+    # ---------------------------------------------------------------- fitting / io
+    @classmethod
+    def fit(
+        cls,
+        rows: Any,
+        continuous: Sequence[str] = (),
+        categorical: Sequence[str] = (),
+        sentinels: Sequence[Any] = (),
+        patient_id_key: str = DyMoKeys.PATIENT_ID,
+    ) -> ClinicalFieldStats:
+        """Fit on training rows (a ``pandas.DataFrame``, a list of dicts, a datalist or a ``CSVDataset``).
+
+        Raises:
+            ValueError: a field not in the table (naming the first patient), a field given as both types, a field with
+                no observed value, or a non-numeric value in a continuous field (naming patient and field).
+        """
+        records = _as_records(rows)
+        if not records:
+            raise ValueError("ClinicalFieldStats.fit: no training rows.")
+        probe = cls(sentinels=sentinels)
+        columns = set().union(*(r.keys() for r in records))
+        for f in (*continuous, *categorical):
+            if f not in columns:
+                pid = _row_id(records[0], 0, patient_id_key)
+                raise ValueError(
+                    f"ClinicalFieldStats.fit: clinical field {f!r} is not in the table "
+                    f"(patient {pid!r}; columns {sorted(map(str, columns))})."
+                )
+        cont: dict[str, tuple[float, float]] = {}
+        for f in continuous:
+            vals = []
+            for i, r in enumerate(records):
+                v = r.get(f)
+                if probe.is_missing(v):
+                    continue
+                vals.append(probe._to_float(f, v, _row_id(r, i, patient_id_key)))
+            if not vals:
+                raise ValueError(f"ClinicalFieldStats.fit: continuous field {f!r} has no observed value in the table.")
+            arr = np.asarray(vals, dtype=np.float64)
+            std = float(arr.std())
+            cont[f] = (float(arr.mean()), std if std > 0 else 1.0)
+        cat: dict[str, list[str]] = {}
+        for f in categorical:
+            seen = {_category_key(r.get(f)) for r in records if not probe.is_missing(r.get(f))}
+            if not seen:
+                raise ValueError(f"ClinicalFieldStats.fit: categorical field {f!r} has no observed value in the table.")
+            cat[f] = sorted(seen)
+        return cls(cont, cat, sentinels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "continuous": {k: {"mean": m, "std": s} for k, (m, s) in self.continuous.items()},
+            "categorical": {k: list(v) for k, v in self.categorical.items()},
+            "sentinels": list(self.sentinels),
+            "unknown_index": UNKNOWN_CATEGORY,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClinicalFieldStats:
+        cont = {k: (v["mean"], v["std"]) for k, v in data.get("continuous", {}).items()}
+        return cls(cont, data.get("categorical", {}), data.get("sentinels", ()))
+
+    def save(self, path: PathLike) -> None:
+        """Write the statistics as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: PathLike) -> ClinicalFieldStats:
+        """Read statistics written by :meth:`save`."""
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"ClinicalFieldStats.load: statistics file not found: {p}")
+        return cls.from_dict(json.loads(p.read_text()))
+
+    # ---------------------------------------------------------------- encoding
+    @property
+    def fields(self) -> list[str]:
+        return [*self.continuous, *self.categorical]
+
+    def __contains__(self, field: object) -> bool:
+        return field in self.continuous or field in self.categorical
+
+    def is_missing(self, value: Any) -> bool:
+        """True for None, NaN, ``pd.NA``, empty / blank strings and configured sentinels."""
+        value = _scalar(value)
+        if value is None:
+            return True
+        if isinstance(value, str):
+            text = value.strip()
+            if text == "" or text in self._str_sentinels:
+                return True
+            try:
+                return float(text) in self._num_sentinels
+            except ValueError:
+                return False
+        if _is_number(value):
+            f = float(value)
+            return math.isnan(f) or f in self._num_sentinels
+        try:
+            import pandas as pd
+
+            return bool(pd.isna(value))
+        except (TypeError, ValueError, ImportError):
+            return False
+
+    def _to_float(self, field: str, value: Any, patient_id: str | None) -> float:
+        value = _scalar(value)
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            f = float("nan")
+        if isinstance(value, bool) or not math.isfinite(f):
+            raise ValueError(f"clinical field {field!r} of patient {patient_id!r} is not a finite number: {value!r}.")
+        return f
+
+    def num_categories(self, field: str) -> int:
+        """Number of classes of a categorical field, unknown bucket included (``K + 1``)."""
+        return len(self.categorical[field]) + 1
+
+    def layout(self, fields: Sequence[str]) -> list[str]:
+        """Order of ``fields`` in an encoded vector: continuous ones first, then categorical, each in given order."""
+        unknown = [f for f in fields if f not in self]
+        if unknown:
+            raise ValueError(f"ClinicalFieldStats: fields {unknown} have no fitted statistics (known: {self.fields}).")
+        return [f for f in fields if f in self.continuous] + [f for f in fields if f in self.categorical]
+
+    def describe(self, fields: Sequence[str]) -> dict[str, Any]:
+        """Layout of a group for a tokenizer: ``{"fields", "num_continuous", "categorical": {name: K + 1}}``."""
+        order = self.layout(fields)
+        return {
+            "fields": order,
+            "num_continuous": sum(f in self.continuous for f in order),
+            "categorical": {f: self.num_categories(f) for f in order if f in self.categorical},
+        }
+
+    def encode(self, field: str, value: Any, patient_id: str | None = None) -> tuple[float, bool]:
+        """``(encoded value, present)`` of one field; missing -> ``(0.0, False)``."""
+        if self.is_missing(value):
+            return 0.0, False
+        if field in self.continuous:
+            mean, std = self.continuous[field]
+            return (self._to_float(field, value, patient_id) - mean) / std, True
+        if field in self.categorical:
+            return float(self._index[field].get(_category_key(value), UNKNOWN_CATEGORY)), True
+        raise ValueError(f"ClinicalFieldStats: field {field!r} has no fitted statistics (known: {self.fields}).")
+
+
+def _load_stats(stats: ClinicalFieldStats | PathLike | Mapping[str, Any]) -> ClinicalFieldStats:
+    if isinstance(stats, ClinicalFieldStats):
+        return stats
+    if isinstance(stats, Mapping):
+        return ClinicalFieldStats.from_dict(stats)
+    return ClinicalFieldStats.load(stats)
+
+
+class ClinicalFields(Transform):
+    """Encode the fields of one group from a row: ``row -> (values FloatTensor[F], mask BoolTensor[F])``.
+
+    Args:
+        fields: the group's fields; the output follows ``stats.layout(fields)`` (continuous, then categorical).
+        stats: fitted :class:`ClinicalFieldStats`, or the path of its JSON file.
+
+    Raises:
+        ValueError: a field without statistics (at construction) or not in the row (naming patient and field).
+    """
+
+    def __init__(self, fields: Sequence[str], stats: ClinicalFieldStats | PathLike | Mapping[str, Any]) -> None:
+        self.stats = _load_stats(stats)
+        self.fields = self.stats.layout([str(f) for f in fields])
+
+    def __call__(  # type: ignore[override]
+        self, row: Mapping[Hashable, Any], patient_id: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        values, mask = [], []
+        for f in self.fields:
+            if f not in row:
+                raise ValueError(
+                    f"clinical field {f!r} is not in the table for patient {patient_id!r} "
+                    f"(sample keys {sorted(map(str, row.keys()))})."
+                )
+            v, m = self.stats.encode(f, row[f], patient_id)
+            values.append(v)
+            mask.append(m)
+        return torch.tensor(values, dtype=torch.float32), torch.tensor(mask, dtype=torch.bool)
+
+
+class ClinicalFieldsd(MapTransform):
+    """Encode clinical field groups of a sample (a ``CSVDataset`` row or a datalist entry) as clinical modalities.
+
+    Args:
+        groups: group name -> its fields; the group names are this transform's keys (the output keys).
+        stats: fitted :class:`ClinicalFieldStats` or the path of its JSON file.
+        modalities: full modality order of the presence vector (see ``LoadModalitiesd``); every group must be in it.
+        drop_fields: remove the raw field values from the sample (raw CSV values of mixed types, e.g. strings and NaN,
+            would not collate into a batch).
+        present_key, reasons_key, field_mask_key, error_key, patient_id_key: output / id keys.
+
+    Raises:
+        ValueError: a group field without statistics, a group not in ``modalities``, or (when called) a field not in
+            the sample, naming patient and field.
+    """
+
+    def __init__(
+        self,
+        groups: Mapping[str, Sequence[str]],
+        stats: ClinicalFieldStats | PathLike | Mapping[str, Any],
+        modalities: Sequence[str] | None = None,
+        drop_fields: bool = True,
+        present_key: str = DyMoKeys.PRESENT,
+        reasons_key: str = DyMoKeys.REASONS,
+        field_mask_key: str = DyMoKeys.FIELD_MASK,
+        error_key: str | None = DyMoKeys.ERROR,
+        patient_id_key: str = DyMoKeys.PATIENT_ID,
+    ) -> None:
+        if not groups:
+            raise ValueError("ClinicalFieldsd: no clinical group configured.")
+        super().__init__(list(groups), allow_missing_keys=True)
+        self.modalities = resolve_modality_order(self.keys, modalities, type(self).__name__)
+        stats_ = _load_stats(stats)
+        self.groups = {str(g): [str(f) for f in fs] for g, fs in groups.items()}
+        self.encoders = {g: ClinicalFields(fs, stats_) for g, fs in self.groups.items()}
+        self.stats = stats_
+        self.drop_fields = drop_fields
+        self.present_key = present_key
+        self.reasons_key = reasons_key
+        self.field_mask_key = field_mask_key
+        self.error_key = error_key
+        self.patient_id_key = patient_id_key
+
+    def layout(self, group: str) -> list[str]:
+        """Field order of ``d[group]`` and ``d[field_mask][group]``."""
+        return list(self.encoders[group].fields)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        pid = get_patient_id(d, self.patient_id_key)
+        reasons: dict[str, str] = dict(d.get(self.reasons_key) or {})
+        field_mask = dict(d.get(self.field_mask_key) or {})
+        values: dict[str, torch.Tensor] = {}
+        for group, encoder in self.encoders.items():
+            vec, mask = encoder(d, patient_id=pid)
+            values[group] = vec
+            field_mask[group] = mask
+            if bool(mask.any()):
+                reasons[group] = Reason.OBSERVED.value
+            else:
+                reasons[group] = format_reason(Reason.FIELDS_MISSING, ", ".join(self.groups[group]))
+                logger.warning("patient %s, clinical group %s: marked missing (%s)", pid, group, reasons[group])
+        if self.drop_fields:
+            for fs in self.groups.values():
+                for f in fs:
+                    d.pop(f, None)
+        d.update(values)
+        d[self.field_mask_key] = field_mask
+        update_presence(d, reasons, self.modalities, self.present_key, self.reasons_key, self.error_key)
+        if self.error_key is not None and d[self.error_key]:
+            logger.warning("patient %s: %s", pid, d[self.error_key])
+        return d
+
+
+ClinicalFieldsD = ClinicalFieldsDict = ClinicalFieldsd

@@ -1,0 +1,261 @@
+"""Simulated missingness: drop observed modalities at a rate, or by a per-sample pattern read from a mask CSV.
+
+Used for training augmentation (rate) and for reproducible benchmarks (pattern files, so that every method sees the
+same missing modalities).
+
+Mask CSV format: one row per sample, one column per modality (header = modality names), ``1`` = observed,
+``0`` = missing; an optional ``index`` column gives the sample index of each row (without it, row ``i`` is sample
+``i``). :func:`write_missing_patterns` writes this format (with the ``index`` column); :func:`read_missing_patterns`
+reads both variants.
+
+Rate mode: every observed modality is dropped independently with probability ``rate``; when that would drop all of
+them and ``keep_at_least_one`` is set, one of the patient's observed modalities, chosen uniformly, is kept (so the
+effective drop rate is slightly below ``rate`` for patients with few observed modalities).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai.config import KeysCollection, PathLike
+from monai.transforms.transform import MapTransform, RandomizableTransform
+from monai_dymo.keys import DyMoKeys, Reason
+from monai_dymo.transforms.utils import (
+    REASON_META_KEY,
+    format_reason,
+    get_patient_id,
+    is_observed,
+    placeholder_like,
+    resolve_modality_order,
+    update_presence,
+)
+
+__all__ = [
+    "read_missing_patterns",
+    "write_missing_patterns",
+    "SimulateMissingModalities",
+    "SimulateMissingModalitiesd",
+    "SimulateMissingModalitiesD",
+    "SimulateMissingModalitiesDict",
+]
+
+
+def read_missing_patterns(
+    path: PathLike, modalities: Sequence[str], index_column: str = "index"
+) -> dict[int, np.ndarray]:
+    """Read a mask CSV; ``{sample index: bool array [M] over modalities}`` (True = observed).
+
+    Raises:
+        ValueError: missing file, a modality without column, a value other than 0/1, or duplicated indices
+            (naming the file, row and column).
+    """
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"missing-pattern CSV not found: {p}")
+    table = pd.read_csv(p)
+    missing_cols = [m for m in modalities if m not in table.columns]
+    if missing_cols:
+        raise ValueError(
+            f"missing-pattern CSV {p}: no column for modality {missing_cols} "
+            f"(columns: {list(map(str, table.columns))})."
+        )
+    if index_column in table.columns:
+        idx = table[index_column].to_numpy()
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"missing-pattern CSV {p}: column {index_column!r} must hold integer sample indices.")
+        if len(set(idx.tolist())) != len(idx):
+            raise ValueError(f"missing-pattern CSV {p}: duplicated sample indices in column {index_column!r}.")
+    else:
+        idx = np.arange(len(table))
+    values = table[list(modalities)]
+    bad = ~values.isin([0, 1, True, False])
+    if bool(bad.to_numpy().any()):
+        r, c = (int(v) for v in np.argwhere(bad.to_numpy())[0])
+        raise ValueError(
+            f"missing-pattern CSV {p}: row {r} (line {r + 2}) column {modalities[c]!r} is {str(values.iat[r, c])!r}, "
+            "expected 1 (observed) or 0 (missing)."
+        )
+    masks = values.to_numpy().astype(bool)
+    return {int(i): masks[k] for k, i in enumerate(idx)}
+
+
+def write_missing_patterns(
+    path: PathLike,
+    masks: np.ndarray | torch.Tensor,
+    modalities: Sequence[str],
+    indices: Sequence[int] | None = None,
+    index_column: str = "index",
+) -> None:
+    """Write ``masks`` (bool ``[N, M]``, True = observed) as a mask CSV with an ``index`` column."""
+    import pandas as pd
+
+    arr = np.asarray(masks.cpu() if isinstance(masks, torch.Tensor) else masks).astype(bool)
+    if arr.ndim != 2 or arr.shape[1] != len(modalities):
+        raise ValueError(f"write_missing_patterns: masks must be [N, {len(modalities)}], got {tuple(arr.shape)}.")
+    table = pd.DataFrame(arr.astype(np.int64), columns=list(modalities))
+    table.insert(0, index_column, np.arange(len(arr)) if indices is None else np.asarray(indices, dtype=np.int64))
+    table.to_csv(path, index=False)
+
+
+class SimulateMissingModalities(RandomizableTransform):
+    """Array form: ``present BoolTensor[M] -> BoolTensor[M]`` with observed entries dropped at ``rate``.
+
+    Args:
+        rate: probability that each observed modality is dropped, in [0, 1].
+        keep_at_least_one: when all observed modalities would be dropped, keep one chosen uniformly among them.
+        prob: probability that the simulation is applied to a sample at all.
+    """
+
+    def __init__(self, rate: float = 0.0, keep_at_least_one: bool = True, prob: float = 1.0) -> None:
+        RandomizableTransform.__init__(self, prob)
+        if not 0.0 <= float(rate) <= 1.0:
+            raise ValueError(f"SimulateMissingModalities: rate must be in [0, 1], got {rate}.")
+        self.rate = float(rate)
+        self.keep_at_least_one = keep_at_least_one
+        self._drop = np.zeros(0, dtype=bool)
+
+    def randomize(self, data: Any) -> None:
+        """``data``: bool array of the observed modalities; draws ``self._drop`` (bool array, same length)."""
+        observed = np.asarray(data, dtype=bool)
+        super().randomize(None)
+        u = self.R.rand(observed.size)
+        self._drop = observed & (u < self.rate) if self._do_transform else np.zeros_like(observed)
+        self._drop = self._keep_one(observed, self._drop)
+
+    def _keep_one(self, observed: np.ndarray, drop: np.ndarray) -> np.ndarray:
+        drop = drop.copy()
+        if self.keep_at_least_one and observed.any() and not (observed & ~drop).any():
+            drop[int(self.R.choice(np.flatnonzero(observed)))] = False
+        return drop
+
+    def __call__(self, present: torch.Tensor, randomize: bool = True) -> torch.Tensor:  # type: ignore[override]
+        observed = torch.as_tensor(present, dtype=torch.bool)
+        if randomize:
+            self.randomize(observed.cpu().numpy())
+        return observed & ~torch.as_tensor(self._drop, dtype=torch.bool, device=observed.device)
+
+
+class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
+    """Drop observed modalities of a sample at a rate or by a mask-CSV pattern; mark them ``"simulated missing"``.
+
+    A dropped modality gets reason ``"simulated missing: ..."``, ``present`` False, and its tensor is replaced by zeros
+    of the same shape and meta (a placeholder; ``keep_data=True`` keeps the data and only marks it); for a clinical
+    group its ``field_mask`` is cleared. Modalities already missing are left as they are (a pattern cannot make a
+    missing modality observed).
+
+    Args:
+        keys: modalities that may be dropped.
+        rate: drop probability per observed modality (rate mode).
+        pattern_csv: mask CSV (pattern mode); the row is chosen by ``d[index_key]``.
+        index_key: sample key holding the sample index (pattern mode).
+        keep_at_least_one: keep one observed modality (uniformly chosen) when everything would be dropped.
+        prob: probability that the simulation is applied to a sample.
+        keep_data: keep the image of a dropped modality instead of zeroing it.
+        modalities: order of the presence vector (see ``LoadModalitiesd``).
+        present_key, reasons_key, field_mask_key, error_key, patient_id_key: sample keys.
+
+    Raises:
+        ValueError: bad rate, rate together with a pattern, unknown modality key, a malformed pattern CSV, or (when
+            called) a sample without index or whose index is not in the CSV, naming the patient.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        rate: float = 0.0,
+        pattern_csv: PathLike | None = None,
+        index_key: str = "index",
+        keep_at_least_one: bool = True,
+        prob: float = 1.0,
+        keep_data: bool = False,
+        modalities: Sequence[str] | None = None,
+        present_key: str = DyMoKeys.PRESENT,
+        reasons_key: str = DyMoKeys.REASONS,
+        field_mask_key: str = DyMoKeys.FIELD_MASK,
+        error_key: str | None = DyMoKeys.ERROR,
+        patient_id_key: str = DyMoKeys.PATIENT_ID,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys=True)
+        RandomizableTransform.__init__(self, prob)
+        if pattern_csv is not None and rate:
+            raise ValueError("SimulateMissingModalitiesd: give either rate or pattern_csv, not both.")
+        self.names = [str(k) for k in self.keys]
+        self.modalities = resolve_modality_order(self.keys, modalities, type(self).__name__)
+        self.simulator = SimulateMissingModalities(rate, keep_at_least_one, prob=1.0)
+        self.pattern_csv = None if pattern_csv is None else Path(pattern_csv)
+        self.patterns = None if pattern_csv is None else read_missing_patterns(pattern_csv, self.names)
+        self.index_key = index_key
+        self.keep_data = keep_data
+        self.present_key = present_key
+        self.reasons_key = reasons_key
+        self.field_mask_key = field_mask_key
+        self.error_key = error_key
+        self.patient_id_key = patient_id_key
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> SimulateMissingModalitiesd:
+        super().set_random_state(seed, state)
+        self.simulator.set_random_state(state=self.R)
+        return self
+
+    def _pattern(self, d: Mapping[Hashable, Any]) -> tuple[np.ndarray, str]:
+        pid = get_patient_id(d, self.patient_id_key)
+        if self.index_key not in d:
+            raise ValueError(
+                f"SimulateMissingModalitiesd: patient {pid!r} has no {self.index_key!r} key to look up its row in "
+                f"{self.pattern_csv}."
+            )
+        raw = d[self.index_key]
+        index = int(raw.item() if hasattr(raw, "item") else raw)
+        assert self.patterns is not None
+        if index not in self.patterns:
+            raise ValueError(
+                f"SimulateMissingModalitiesd: sample index {index} (patient {pid!r}) is not in {self.pattern_csv}."
+            )
+        return self.patterns[index], f"pattern {self.pattern_csv.name} index {index}"  # type: ignore[union-attr]
+
+    def randomize(self, data: Any) -> None:
+        super().randomize(None)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        reasons: dict[str, str] = dict(d.get(self.reasons_key) or {})
+        observed = np.asarray([is_observed(reasons.get(n)) for n in self.names], dtype=bool)
+        self.randomize(None)
+        if self.patterns is None:
+            self.simulator.randomize(observed)
+            drop = self.simulator._drop if self._do_transform else np.zeros_like(observed)
+            details = f"rate {self.simulator.rate:g}"
+        else:
+            pattern, details = self._pattern(d)
+            drop = observed & ~pattern if self._do_transform else np.zeros_like(observed)
+            drop = self.simulator._keep_one(observed, drop)
+        reason = format_reason(Reason.SIMULATED, details)
+        field_mask = dict(d.get(self.field_mask_key) or {})
+        for name, key, dropped in zip(self.names, self.keys, drop):
+            if not dropped:
+                continue
+            reasons[name] = reason
+            if key in d and isinstance(d[key], torch.Tensor):
+                if not self.keep_data:
+                    d[key] = placeholder_like(d[key], reason)
+                elif hasattr(d[key], "meta"):
+                    d[key] = d[key].clone()
+                    d[key].meta[REASON_META_KEY] = reason
+            if name in field_mask:
+                field_mask[name] = torch.zeros_like(field_mask[name])
+        if self.field_mask_key in d:
+            d[self.field_mask_key] = field_mask
+        update_presence(d, reasons, self.modalities, self.present_key, self.reasons_key, self.error_key)
+        return d
+
+
+SimulateMissingModalitiesD = SimulateMissingModalitiesDict = SimulateMissingModalitiesd

@@ -1,0 +1,165 @@
+"""Clinical field groups from a real CSV file (blanks, NaN, sentinels, unseen categories) through CSVDataset."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from monai.data import CSVDataset, DataLoader
+from monai_dymo.transforms import UNKNOWN_CATEGORY, ClinicalFields, ClinicalFieldsd, ClinicalFieldStats
+
+CSV_TEXT = """patient_id,age,sex,crp,wbc,grade
+p0,54,M,3.2,6.1,2
+p1,,F,-999,7.5,3
+p2,61,,12.0,,4
+p3,70,F,0.8,9.0,2
+p4,-999, ,,-999,
+p5,47,X,NA,5.0,5
+"""
+TRAIN = ["p0", "p1", "p2", "p3"]
+GROUPS = {"demographics": ["age", "sex"], "labs": ["crp", "grade", "wbc"]}
+CONT, CAT = ["age", "crp", "wbc"], ["sex", "grade"]
+SENTINELS = [-999, "NA"]
+
+
+@pytest.fixture()
+def table(tmp_path):
+    path = tmp_path / "clinical.csv"
+    path.write_text(CSV_TEXT)
+    train = tmp_path / "train.csv"
+    df = pd.read_csv(path)
+    df[df.patient_id.isin(TRAIN)].to_csv(train, index=False)
+    return path, train
+
+
+def _manual_z(field: str) -> dict[str, float]:
+    """z-scores of the training rows of ``field`` computed here from the raw text (sentinels / blanks excluded)."""
+    df = pd.read_csv(pd.io.common.StringIO(CSV_TEXT), dtype=str, keep_default_na=False)
+    df = df[df.patient_id.isin(TRAIN)]
+    vals = {r.patient_id: float(r[field]) for _, r in df.iterrows() if r[field].strip() not in ("", "-999", "NA")}
+    arr = np.array(list(vals.values()))
+    return {k: (v - arr.mean()) / arr.std() for k, v in vals.items()}
+
+
+def test_fit_save_load_and_encodings(table, tmp_path):
+    _, train = table
+    stats = ClinicalFieldStats.fit(pd.read_csv(train), continuous=CONT, categorical=CAT, sentinels=SENTINELS)
+    same = ClinicalFieldStats.fit(CSVDataset(src=str(train)), continuous=CONT, categorical=CAT, sentinels=SENTINELS)
+    assert stats.to_dict() == same.to_dict()
+    assert stats.categorical == {"sex": ["F", "M"], "grade": ["2", "3", "4"]}  # 2, 2.0 and "2" are one category
+    assert stats.num_categories("grade") == 4 and UNKNOWN_CATEGORY == 0
+
+    path = tmp_path / "stats.json"
+    stats.save(path)
+    loaded = ClinicalFieldStats.load(path)
+    assert json.loads(path.read_text())["unknown_index"] == 0
+    assert loaded.to_dict() == stats.to_dict()
+
+    z_age = _manual_z("age")
+    value, present = loaded.encode("age", 54, "p0")
+    assert present and value == pytest.approx(z_age["p0"])
+    assert loaded.encode("age", "61", "p2")[0] == pytest.approx(z_age["p2"])
+    for missing in (None, float("nan"), "", "   ", -999, -999.0, "-999", "NA", pd.NA, np.float64("nan")):
+        assert loaded.encode("age", missing) == (0.0, False), missing
+    assert loaded.encode("sex", "M") == (2.0, True)
+    assert loaded.encode("sex", " F ") == (1.0, True)
+    assert loaded.encode("sex", "X") == (float(UNKNOWN_CATEGORY), True)  # seen value, unknown category
+    assert loaded.encode("grade", 4.0) == (3.0, True)
+    with pytest.raises(ValueError, match="'age' of patient 'p9'.*'old'"):
+        loaded.encode("age", "old", "p9")
+    assert loaded.describe(GROUPS["labs"]) == {
+        "fields": ["crp", "wbc", "grade"],
+        "num_continuous": 2,
+        "categorical": {"grade": 4},
+    }
+
+
+def test_groups_field_mask_and_all_missing(table, tmp_path, caplog):
+    csv, train = table
+    stats = ClinicalFieldStats.fit(pd.read_csv(train), continuous=CONT, categorical=CAT, sentinels=SENTINELS)
+    transform = ClinicalFieldsd(GROUPS, stats, modalities=["t1", "demographics", "labs"])
+    assert transform.layout("labs") == ["crp", "wbc", "grade"]
+    rows = {r["patient_id"]: r for r in CSVDataset(src=str(csv))}
+    z_age, z_crp, z_wbc = _manual_z("age"), _manual_z("crp"), _manual_z("wbc")
+
+    with caplog.at_level(logging.WARNING, logger="monai_dymo.transforms"):
+        out = {pid: transform(dict(row, modality_reasons={"t1": "observed"})) for pid, row in rows.items()}
+
+    p1 = out["p1"]  # age blank, crp sentinel
+    torch.testing.assert_close(p1["demographics"], torch.tensor([0.0, 1.0]))
+    assert p1["field_mask"]["demographics"].tolist() == [False, True]
+    torch.testing.assert_close(p1["labs"], torch.tensor([0.0, z_wbc["p1"], 2.0], dtype=torch.float32))
+    assert p1["field_mask"]["labs"].tolist() == [False, True, True]
+    assert p1["present"].tolist() == [True, True, True] and p1["error"] == ""
+
+    p2 = out["p2"]  # sex blank, wbc blank
+    torch.testing.assert_close(p2["demographics"], torch.tensor([z_age["p2"], 0.0], dtype=torch.float32))
+    torch.testing.assert_close(p2["labs"], torch.tensor([z_crp["p2"], 0.0, 3.0], dtype=torch.float32))
+    assert p2["field_mask"]["labs"].tolist() == [True, False, True]
+
+    p4 = out["p4"]  # every field missing: sentinel, blank string, empty cells
+    assert p4["modality_reasons"]["demographics"] == "all fields missing: age, sex"
+    assert p4["modality_reasons"]["labs"] == "all fields missing: crp, grade, wbc"
+    assert p4["present"].tolist() == [True, False, False]
+    assert float(p4["labs"].abs().sum()) == 0.0 and not p4["field_mask"]["labs"].any()
+    assert any("p4" in r.getMessage() and "labs" in r.getMessage() for r in caplog.records)
+
+    p5 = out["p5"]  # unseen category X, unseen grade 5, string sentinel NA
+    assert p5["demographics"][1].item() == UNKNOWN_CATEGORY
+    assert p5["field_mask"]["demographics"].tolist() == [True, True]
+    assert p5["labs"].tolist()[2] == UNKNOWN_CATEGORY and p5["field_mask"]["labs"].tolist() == [False, True, True]
+    assert all(f not in p5 for f in ("age", "sex", "crp", "wbc", "grade"))  # raw values dropped
+    assert p5["patient_id"] == "p5"
+
+    # a patient with no image and no clinical field is flagged
+    alone = ClinicalFieldsd(GROUPS, stats)(dict(rows["p4"]))
+    assert alone["error"].startswith("no modality observed: demographics=all fields missing")
+
+
+def test_configuration_errors(table, tmp_path):
+    csv, train = table
+    df = pd.read_csv(train)
+    with pytest.raises(ValueError, match=r"clinical field 'bmi' is not in the table \(patient 'p0'"):
+        ClinicalFieldStats.fit(df, continuous=["age", "bmi"])
+    with pytest.raises(ValueError, match="both continuous and categorical"):
+        ClinicalFieldStats.fit(df, continuous=["age"], categorical=["age"])
+    with pytest.raises(ValueError, match="'age' has no observed value"):
+        ClinicalFieldStats.fit(df.assign(age=-999), continuous=["age"], sentinels=[-999])
+    with pytest.raises(ValueError, match=r"'sex' of patient 'p0' is not a finite number"):
+        ClinicalFieldStats.fit(df, continuous=["sex"])
+    stats = ClinicalFieldStats.fit(df, continuous=CONT, categorical=CAT, sentinels=SENTINELS)
+    with pytest.raises(ValueError, match=r"\['bmi'\] have no fitted statistics"):
+        ClinicalFieldsd({"vitals": ["bmi"]}, stats)
+    with pytest.raises(ValueError, match="unknown modality key"):
+        ClinicalFieldsd(GROUPS, stats, modalities=["t1", "labs"])
+    with pytest.raises(ValueError, match=r"clinical field 'sex' is not in the table for patient 'p7'"):
+        ClinicalFields(["age", "sex"], stats)({"patient_id": "p7", "age": 3}, patient_id="p7")
+    with pytest.raises(ValueError, match=r"clinical field 'sex' is not in the table for patient 'p7'"):
+        ClinicalFieldsd(GROUPS, stats)({"patient_id": "p7", "age": 3, "crp": 1, "wbc": 2, "grade": 2})
+    with pytest.raises(ValueError, match="statistics file not found"):
+        ClinicalFieldsd(GROUPS, tmp_path / "nope.json")
+
+
+def test_csvdataset_dataloader_collation(table, tmp_path):
+    csv, train = table
+    stats_file = tmp_path / "stats.json"
+    ClinicalFieldStats.fit(CSVDataset(src=str(train)), continuous=CONT, categorical=CAT, sentinels=SENTINELS).save(
+        stats_file
+    )
+    ds = CSVDataset(src=str(csv), transform=ClinicalFieldsd(GROUPS, str(stats_file)))
+    batches = list(DataLoader(ds, batch_size=4, shuffle=False))
+    assert [len(b["patient_id"]) for b in batches] == [4, 2]
+    b = batches[0]
+    assert b["demographics"].shape == (4, 2) and b["labs"].shape == (4, 3)
+    assert b["field_mask"]["labs"].shape == (4, 3) and b["field_mask"]["labs"].dtype == torch.bool
+    assert b["present"].shape == (4, 2) and b["present"].dtype == torch.bool
+    last = batches[1]
+    assert last["patient_id"] == ["p4", "p5"]
+    assert last["modality_reasons"]["labs"] == ["all fields missing: crp, grade, wbc", "observed"]
+    assert last["present"].tolist() == [[False, False], [True, True]]
+    assert last["error"][0].startswith("no modality observed") and last["error"][1] == ""
