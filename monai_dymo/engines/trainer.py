@@ -1,0 +1,330 @@
+"""Subset-augmented training of the DyMo fusion network with MONAI engines (method section 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.optim.optimizer import Optimizer
+from torch.utils.data import DataLoader
+
+from monai.data import MetaTensor
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents, default_metric_cmp_fn
+from monai.transforms import Transform
+from monai.utils import IgniteInfo, min_version, optional_import
+from monai.utils.enums import CommonKeys as Keys
+
+from monai_dymo.handlers.prototypes import PrototypeRefreshHandler
+from monai_dymo.keys import DyMoKeys
+from monai_dymo.losses import PrototypeAccumulator, SubsetAugmentedLoss
+from monai_dymo.subsets import sample_subsets
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine, EventEnum
+    from ignite.metrics import Metric
+else:
+    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+    Metric, _ = optional_import("ignite.metrics", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Metric")
+    EventEnum, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "EventEnum")
+
+__all__ = ["PrepareDyMoBatch", "subset_augmented_forward", "SubsetAugmentedTrainer"]
+
+
+def _plain(x: Any) -> Any:
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
+class PrepareDyMoBatch:
+    """``prepare_batch`` for DyMo batches: ``(inputs {name: [B, ...]}, labels [B], (), {"present": [B, M] | None})``.
+
+    Follows MONAI's ``prepare_batch(batchdata, device, non_blocking, **kwargs)`` convention (4-tuple form).
+
+    Args:
+        modalities: modality names; each is a key of the batch dict.
+        label_key: key of the class labels (``[B]`` or ``[B, 1]`` integer classes).
+        present_key: key of the ``present`` mask ``[B, M]``; used when the batch has it (None: never).
+    """
+
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        label_key: str = DyMoKeys.LABEL,
+        present_key: str | None = DyMoKeys.PRESENT,
+    ) -> None:
+        self.modalities = tuple(modalities)
+        self.label_key = label_key
+        self.present_key = present_key
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, tuple, dict[str, Any]]:
+        if not isinstance(batchdata, Mapping):
+            raise ValueError(f"expected a batch dictionary, found {type(batchdata).__name__}.")
+        missing = [k for k in (*self.modalities, self.label_key) if k not in batchdata]
+        if missing:
+            raise ValueError(f"batch lacks key(s) {missing}; it has {sorted(map(str, batchdata.keys()))}.")
+        inputs = {
+            m: _plain(batchdata[m]).to(device=device, non_blocking=non_blocking, **kwargs) for m in self.modalities
+        }
+        labels = torch.as_tensor(_plain(batchdata[self.label_key])).to(device=device, non_blocking=non_blocking)
+        present = None
+        if self.present_key is not None and batchdata.get(self.present_key) is not None:
+            present = torch.as_tensor(_plain(batchdata[self.present_key])).to(device=device, non_blocking=non_blocking)
+        return inputs, labels, (), {"present": present}
+
+
+def subset_augmented_forward(
+    network: torch.nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    subsets: torch.Tensor,
+    present: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Encode the batch once, then fuse every (subset, sample) row in one batched call.
+
+    Row ``(k, b)`` uses subset ``subsets[k]``, restricted to ``present[b]`` when ``present`` is given; rows whose
+    restricted subset is empty are skipped. Gradients equal those of re-encoding the batch for every subset.
+
+    Args:
+        network: a :class:`monai_dymo.networks.fusion.DynamicFusionTransformer` (``encode``/``fuse``/``modalities``).
+        inputs: ``{name: [B, ...]}``.
+        subsets: BoolTensor ``[K, M]``.
+        present: optional BoolTensor ``[B, M]`` of observed modalities.
+
+    Returns:
+        ``{"logits": [N, C], "z": [N, D], "rows": [N] sample index, "groups": [N] subset index k,
+        "subset": [N, M] the subset each row was fused with}``, rows ordered subset-major.
+    """
+    tokens = network.encode(inputs)
+    batch = next(iter(tokens.values())).shape[0]
+    num_mod = len(network.modalities)
+    if subsets.dtype != torch.bool or subsets.ndim != 2 or subsets.shape[1] != num_mod:
+        raise ValueError(f"subsets must be a bool tensor [K, {num_mod}], found {subsets.dtype} {tuple(subsets.shape)}.")
+    device = next(iter(tokens.values())).device
+    subsets = subsets.to(device)
+    per_row = subsets.unsqueeze(1).expand(-1, batch, -1)
+    if present is not None:
+        if tuple(present.shape) != (batch, num_mod):
+            raise ValueError(f"present must have shape [B, M] = {(batch, num_mod)}, found {tuple(present.shape)}.")
+        per_row = per_row & present.to(device=device, dtype=torch.bool).unsqueeze(0)
+    flat = per_row.reshape(-1, num_mod)
+    keep = flat.any(1).nonzero().flatten()
+    rows, groups = keep % batch, torch.div(keep, batch, rounding_mode="floor")
+    if keep.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return {"logits": None, "z": None, "rows": empty, "groups": empty, "subset": flat[:0]}  # type: ignore
+    if keep.numel() == flat.shape[0]:
+        tok = {m: t.repeat(subsets.shape[0], *([1] * (t.ndim - 1))) for m, t in tokens.items()}
+    else:
+        tok = {m: t.index_select(0, rows) for m, t in tokens.items()}
+    logits, z = network.fuse(tok, flat[keep])
+    return {"logits": logits, "z": z, "rows": rows, "groups": groups, "subset": flat[keep]}
+
+
+class SubsetAugmentedTrainer(SupervisedTrainer):
+    """MONAI ``SupervisedTrainer`` for DyMo's robust representation learning.
+
+    Per iteration: sample ``num_subsets`` distinct non-empty modality subsets uniformly (``sample_subsets`` with this
+    trainer's seeded ``torch.Generator``), encode the batch once, fuse every (subset, sample) row, and minimise
+    :class:`SubsetAugmentedLoss` (cross-entropy + ``λ`` · prototype loss once active, averaged within each subset and
+    then over subsets). The detached projections of all rows go into ``prototype_accumulator``; a
+    :class:`PrototypeRefreshHandler` turns them into the next epoch's prototypes (one is attached automatically, first,
+    when ``prototype_warmup_epochs`` is not None and ``train_handlers`` holds none).
+
+    Batches are dicts: one key per modality name (``network.modalities``), ``label`` and optionally ``present``
+    (``[B, M]`` bool). With ``present``, each sampled subset is restricted to each patient's present modalities, and a
+    patient whose restricted subset is empty is skipped for that subset (a batch with no row left does no update).
+
+    ``engine.state.output``: ``pred`` logits ``[N, C]`` and ``label`` ``[N]`` for the N (subset, sample) rows, ``loss``,
+    ``ce_loss``, ``prototype_loss`` (scalars), ``subsets`` ``[K, M]``, ``rows`` and ``groups`` ``[N]`` (sample / subset
+    index of each row). These are not per-patient, so ``decollate`` defaults to False: give ``StatsHandler``
+    ``output_transform=monai.handlers.from_engine(["loss"])`` and metrics ``from_engine(["pred", "label"])``.
+
+    Args (beyond :class:`monai.engines.SupervisedTrainer`, whose other arguments keep their meaning):
+        network: a :class:`monai_dymo.networks.fusion.DynamicFusionTransformer`.
+        loss_function: a :class:`SubsetAugmentedLoss`; default built from the network with ``prototype_weight`` and
+            ``temperature``.
+        num_subsets: ``K`` subsets per batch (5 in DyMo's PolyMNIST setting; at most ``2**M - 1``).
+        seed: seed of the subset sampler (None: random).
+        prototype_warmup_epochs: warm-up of the automatically attached refresh handler (None: attach none).
+        accumulator: the :class:`PrototypeAccumulator` (default: a new one).
+        label_key, present_key: batch keys used by the default ``prepare_batch``.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable | DataLoader,
+        network: torch.nn.Module,
+        optimizer: Optimizer,
+        loss_function: SubsetAugmentedLoss | None = None,
+        num_subsets: int = 5,
+        seed: int | None = 0,
+        prototype_warmup_epochs: int | None = 3,
+        prototype_weight: float = 1.0,
+        temperature: float = 0.1,
+        accumulator: PrototypeAccumulator | None = None,
+        label_key: str = DyMoKeys.LABEL,
+        present_key: str | None = DyMoKeys.PRESENT,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable | None = None,
+        iteration_update: Callable[[Engine, Any], Any] | None = None,
+        postprocessing: Transform | None = None,
+        key_train_metric: dict[str, Metric] | None = None,
+        additional_metrics: dict[str, Metric] | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        event_names: list[str | EventEnum | type[EventEnum]] | None = None,
+        event_to_attr: dict | None = None,
+        decollate: bool = False,
+        optim_set_to_none: bool = False,
+        to_kwargs: dict | None = None,
+        amp_kwargs: dict | None = None,
+        accumulation_steps: int = 1,
+    ) -> None:
+        for attr in ("encode", "fuse", "modalities", "num_classes", "proj_dim"):
+            if not hasattr(network, attr):
+                raise ValueError(f"network must be a DynamicFusionTransformer-like module; it has no '{attr}'.")
+        num_mod = len(network.modalities)
+        if not 1 <= num_subsets <= 2**num_mod - 1:
+            raise ValueError(
+                f"num_subsets must be in [1, {2**num_mod - 1}] for {num_mod} modalities, got {num_subsets}."
+            )
+        if loss_function is None:
+            loss_function = SubsetAugmentedLoss(
+                network.num_classes, network.proj_dim, prototype_weight=prototype_weight, temperature=temperature
+            )
+        if not isinstance(loss_function, SubsetAugmentedLoss):
+            raise ValueError(f"loss_function must be a SubsetAugmentedLoss, found {type(loss_function).__name__}.")
+        if (loss_function.num_classes, loss_function.proj_dim) != (network.num_classes, network.proj_dim):
+            raise ValueError(
+                f"loss_function is for {loss_function.num_classes} classes / proj_dim {loss_function.proj_dim}, the "
+                f"network has {network.num_classes} / {network.proj_dim}."
+            )
+        handlers = list(train_handlers) if train_handlers is not None else []
+        if prototype_warmup_epochs is not None and not any(isinstance(h, PrototypeRefreshHandler) for h in handlers):
+            handlers.insert(0, PrototypeRefreshHandler(warmup_epochs=prototype_warmup_epochs))
+        if prepare_batch is None:
+            prepare_batch = PrepareDyMoBatch(network.modalities, label_key=label_key, present_key=present_key)
+        # set before the handlers are attached by the parent constructor
+        self.prototype_accumulator = (
+            accumulator if accumulator is not None else PrototypeAccumulator(network.num_classes, network.proj_dim)
+        )
+        self.num_subsets = int(num_subsets)
+        self.subset_generator = torch.Generator()
+        if seed is None:
+            self.subset_generator.seed()
+        else:
+            self.subset_generator.manual_seed(int(seed))
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function.to(device),
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            iteration_update=iteration_update,
+            postprocessing=postprocessing,
+            key_train_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            train_handlers=handlers,
+            amp=amp,
+            event_names=event_names,
+            event_to_attr=event_to_attr,
+            decollate=decollate,
+            optim_set_to_none=optim_set_to_none,
+            to_kwargs=to_kwargs,
+            amp_kwargs=amp_kwargs,
+            accumulation_steps=accumulation_steps,
+        )
+
+    def _iteration(self, engine: SubsetAugmentedTrainer, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
+        """One iteration: sample K subsets, encode once, fuse all (subset, sample) rows, loss, backward, step."""
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        if len(batch) == 2:
+            inputs, targets = batch
+            kwargs: dict = {}
+        else:
+            inputs, targets, _, kwargs = batch
+        present = kwargs.get("present")
+        targets = torch.as_tensor(_plain(targets))
+        if targets.ndim == 2 and targets.shape[1] == 1:
+            targets = targets[:, 0]
+        if targets.ndim != 1:
+            raise ValueError(f"labels must be class indices [B] (or [B, 1]), found shape {tuple(targets.shape)}.")
+        num_mod = len(engine.network.modalities)
+        subsets = sample_subsets(engine.num_subsets, num_mod, engine.subset_generator).to(targets.device)
+        engine.state.output = {"subsets": subsets}
+
+        acc = engine.accumulation_steps
+        if acc > 1:
+            epoch_length = engine.state.epoch_length
+            local_iter = engine.state.iteration - 1
+            if epoch_length is not None:
+                local_iter = local_iter % epoch_length
+            should_zero_grad = local_iter % acc == 0
+            should_step = (local_iter + 1) % acc == 0 or (epoch_length is not None and local_iter + 1 == epoch_length)
+        else:
+            should_zero_grad = should_step = True
+
+        def _compute_pred_loss() -> bool:
+            out = subset_augmented_forward(engine.network, inputs, subsets, present)
+            labels = targets.to(out["rows"].device)[out["rows"]]
+            engine.state.output.update(
+                {Keys.PRED: out["logits"], Keys.LABEL: labels, "rows": out["rows"], "groups": out["groups"]}
+            )
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            if out["logits"] is None:  # every sampled subset missed every patient's present modalities
+                zero = torch.zeros((), device=labels.device)
+                engine.state.output.update({Keys.LOSS: zero, "ce_loss": zero, "prototype_loss": zero})
+                engine.fire_event(IterationEvents.LOSS_COMPLETED)
+                return False
+            terms = engine.loss_function.compute(out["logits"], out["z"], labels, out["groups"])
+            engine.state.output.update(
+                {Keys.LOSS: terms["loss"], "ce_loss": terms["ce_loss"], "prototype_loss": terms["prototype_loss"]}
+            )
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+            engine.prototype_accumulator.update(out["z"].detach().float(), labels)
+            return True
+
+        engine.network.train()
+        if should_zero_grad:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+
+        if engine.amp and engine.scaler is not None:
+            with torch.autocast("cuda", **engine.amp_kwargs):
+                has_rows = _compute_pred_loss()
+            if has_rows:
+                loss = engine.state.output[Keys.LOSS]
+                engine.scaler.scale(loss / acc if acc > 1 else loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if should_step and (has_rows or acc > 1):
+                engine.scaler.step(engine.optimizer)
+                engine.scaler.update()
+        else:
+            has_rows = _compute_pred_loss()
+            if has_rows:
+                loss = engine.state.output[Keys.LOSS]
+                (loss / acc if acc > 1 else loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if should_step and (has_rows or acc > 1):
+                engine.optimizer.step()
+        for key in (Keys.PRED, Keys.LOSS, "ce_loss", "prototype_loss"):
+            if isinstance(engine.state.output.get(key), torch.Tensor):
+                engine.state.output[key] = engine.state.output[key].detach()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

@@ -1,0 +1,217 @@
+"""Losses of DyMo's robust representation learning (method section 2).
+
+- :class:`PrototypeLoss`: ``CE(softmax(z · Pᵀ / τ), y)`` against given class prototypes ``P [C, D]``.
+- :class:`SubsetAugmentedLoss`: cross-entropy on the logits plus ``λ`` times the prototype loss (once switched on),
+  each averaged within a sampled subset and then over the subsets. It owns the current prototypes as buffers, so
+  saving it (or :class:`monai_dymo.handlers.prototypes.PrototypeRefreshHandler`) with MONAI's ``CheckpointSaver``
+  saves them.
+- :class:`PrototypeAccumulator`: class means of detached projections collected over an epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.loss import _Loss
+
+from monai.utils import LossReduction
+
+__all__ = ["prototype_logits", "PrototypeLoss", "SubsetAugmentedLoss", "PrototypeAccumulator"]
+
+
+def _check_targets(target: torch.Tensor, num_rows: int, num_classes: int) -> torch.Tensor:
+    if target.ndim == 2 and target.shape[1] == 1:
+        target = target[:, 0]
+    if target.ndim != 1 or target.shape[0] != num_rows:
+        raise ValueError(f"labels must be class indices of shape [{num_rows}], found shape {tuple(target.shape)}.")
+    if target.is_floating_point():
+        if not torch.equal(target, target.round()):
+            raise ValueError("labels must be integer class indices, found non-integer values.")
+    target = target.long()
+    if num_rows and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+        raise ValueError(
+            f"labels must be in [0, {num_classes - 1}], found values in [{int(target.min())}, {int(target.max())}]."
+        )
+    return target
+
+
+def _group_mean(values: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``values [N]`` within each group, then over the non-empty groups (plain mean when ``groups`` is None)."""
+    if groups is None:
+        return values.mean()
+    if groups.shape != values.shape:
+        raise ValueError(f"groups must have shape {tuple(values.shape)}, found {tuple(groups.shape)}.")
+    groups = groups.long()
+    size = int(groups.max()) + 1 if groups.numel() else 1
+    counts = torch.bincount(groups, minlength=size).to(values.dtype)
+    sums = torch.zeros(size, dtype=values.dtype, device=values.device).index_add(0, groups, values)
+    used = counts > 0
+    return (sums[used] / counts[used]).mean()
+
+
+def prototype_logits(z: torch.Tensor, prototypes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """``z [N, D]``, ``prototypes [C, D]`` -> ``z · Pᵀ / τ`` ``[N, C]``."""
+    if z.ndim != 2 or prototypes.ndim != 2 or z.shape[1] != prototypes.shape[1]:
+        raise ValueError(
+            f"expected z [N, D] and prototypes [C, D] of the same D, "
+            f"found {tuple(z.shape)} and {tuple(prototypes.shape)}."
+        )
+    return z @ prototypes.to(z.dtype).t() / temperature
+
+
+class PrototypeLoss(_Loss):
+    """Prototype cross-entropy ``CE(softmax(z · Pᵀ / τ), y)``.
+
+    Args:
+        temperature: ``τ`` (0.1 in DyMo).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-row losses ``[N]``).
+    """
+
+    def __init__(self, temperature: float = 0.1, reduction: LossReduction | str = LossReduction.MEAN) -> None:
+        super().__init__(reduction=LossReduction(reduction).value)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}.")
+        self.temperature = float(temperature)
+
+    def forward(self, z: torch.Tensor, target: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        """``z [N, D]`` (L2-normalised projections), ``target [N]`` class indices, ``prototypes [C, D]``."""
+        logits = prototype_logits(z, prototypes, self.temperature)
+        target = _check_targets(target, z.shape[0], prototypes.shape[0])
+        return F.cross_entropy(logits, target, reduction=self.reduction)
+
+
+class SubsetAugmentedLoss(nn.Module):
+    """DyMo training loss over the rows of several sampled subsets.
+
+    ``loss = mean_k [ mean_{rows of k} CE(logits, y) + λ · active · mean_{rows of k} CE(z·Pᵀ/τ, y) ]`` over subsets k
+
+    Buffers (saved in ``state_dict``): ``prototypes [C, D]`` (zeros until first refreshed) and ``prototype_active``
+    (bool scalar; the prototype term is added only when True, set by
+    :class:`monai_dymo.handlers.prototypes.PrototypeRefreshHandler` after the warm-up epochs).
+
+    Args:
+        num_classes: ``C``.
+        proj_dim: ``D``.
+        prototype_weight: ``λ`` (1 in DyMo).
+        temperature: ``τ`` (0.1 in DyMo).
+    """
+
+    def __init__(
+        self, num_classes: int, proj_dim: int, prototype_weight: float = 1.0, temperature: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.proj_dim = int(proj_dim)
+        self.prototype_weight = float(prototype_weight)
+        self.prototype_loss = PrototypeLoss(temperature=temperature, reduction=LossReduction.NONE)
+        self.register_buffer("prototypes", torch.zeros(self.num_classes, self.proj_dim))
+        self.register_buffer("prototype_active", torch.tensor(False))
+
+    @property
+    def temperature(self) -> float:
+        return self.prototype_loss.temperature
+
+    @property
+    def active(self) -> bool:
+        """Whether the prototype term is currently added to the loss."""
+        return bool(self.prototype_active)
+
+    def set_active(self, active: bool) -> None:
+        self.prototype_active.fill_(bool(active))
+
+    def set_prototypes(self, prototypes: torch.Tensor) -> None:
+        """Replace the prototypes (``[C, D]``)."""
+        if tuple(prototypes.shape) != tuple(self.prototypes.shape):
+            raise ValueError(
+                f"prototypes must have shape {tuple(self.prototypes.shape)}, found {tuple(prototypes.shape)}."
+            )
+        self.prototypes.copy_(prototypes.detach())
+
+    def compute(
+        self, logits: torch.Tensor, z: torch.Tensor, target: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """All terms: ``{"loss", "ce_loss", "prototype_loss"}`` (scalars; ``prototype_loss`` is 0 while inactive).
+
+        Args:
+            logits: ``[N, C]`` classifier outputs, one row per (subset, sample) pair.
+            z: ``[N, D]`` projections of the same rows.
+            target: ``[N]`` class indices.
+            groups: ``[N]`` index of the sampled subset of each row (None: all rows form one subset).
+        """
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must have shape [N, {self.num_classes}], found {tuple(logits.shape)}.")
+        if z.ndim != 2 or z.shape != (logits.shape[0], self.proj_dim):
+            raise ValueError(f"z must have shape {(logits.shape[0], self.proj_dim)}, found {tuple(z.shape)}.")
+        target = _check_targets(target, logits.shape[0], self.num_classes)
+        ce = _group_mean(F.cross_entropy(logits, target, reduction="none"), groups)
+        if self.active and self.prototype_weight != 0.0:
+            proto = _group_mean(self.prototype_loss(z, target, self.prototypes), groups)
+        else:
+            proto = torch.zeros_like(ce)
+        return {"loss": ce + self.prototype_weight * proto, "ce_loss": ce, "prototype_loss": proto}
+
+    def forward(
+        self, logits: torch.Tensor, z: torch.Tensor, target: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Total loss (see :meth:`compute`)."""
+        return self.compute(logits, z, target, groups)["loss"]
+
+
+class PrototypeAccumulator:
+    """Running class sums of detached projections, to compute class-mean prototypes ``[C, D]`` at epoch end.
+
+    ``update(z, y)`` pools every row it is given (all sampled subsets together); ``compute(previous)`` returns the class
+    means. A class never seen since the last ``reset`` keeps its row of ``previous`` when given, otherwise
+    ``compute`` raises ``ValueError`` naming the unseen classes. Sums are kept in float64.
+    """
+
+    def __init__(self, num_classes: int, proj_dim: int) -> None:
+        self.num_classes = int(num_classes)
+        self.proj_dim = int(proj_dim)
+        self.sums = torch.zeros(self.num_classes, self.proj_dim, dtype=torch.float64)
+        self.counts = torch.zeros(self.num_classes, dtype=torch.int64)
+
+    def reset(self) -> None:
+        self.sums = torch.zeros_like(self.sums)
+        self.counts = torch.zeros_like(self.counts)
+
+    def update(self, z: torch.Tensor, target: torch.Tensor) -> None:
+        """Add rows ``z [N, D]`` with labels ``target [N]``."""
+        if z.ndim != 2 or z.shape[1] != self.proj_dim:
+            raise ValueError(f"z must have shape [N, {self.proj_dim}], found {tuple(z.shape)}.")
+        target = _check_targets(target, z.shape[0], self.num_classes).to(z.device)
+        if self.sums.device != z.device:
+            self.sums, self.counts = self.sums.to(z.device), self.counts.to(z.device)
+        self.sums.index_add_(0, target, z.detach().to(torch.float64))
+        self.counts += torch.bincount(target, minlength=self.num_classes)
+
+    def compute(self, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Class means ``[C, D]`` (float32; on the device of the accumulated rows)."""
+        seen = self.counts > 0
+        means = (self.sums / self.counts.clamp_min(1).unsqueeze(1).to(self.sums.dtype)).to(torch.float32)
+        if bool(seen.all()):
+            return means
+        if previous is None:
+            unseen = (~seen).nonzero().flatten().tolist()
+            raise ValueError(f"no projection accumulated for class(es) {unseen}; pass `previous` prototypes to keep.")
+        if tuple(previous.shape) != (self.num_classes, self.proj_dim):
+            raise ValueError(
+                f"previous prototypes must have shape {(self.num_classes, self.proj_dim)}, "
+                f"found {tuple(previous.shape)}."
+            )
+        return torch.where(seen.unsqueeze(1), means, previous.to(means.device, torch.float32))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums.clone(), "counts": self.counts.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        sums, counts = torch.as_tensor(state["sums"]), torch.as_tensor(state["counts"])
+        if tuple(sums.shape) != tuple(self.sums.shape) or tuple(counts.shape) != tuple(self.counts.shape):
+            raise ValueError(
+                f"accumulator state has shapes {tuple(sums.shape)}/{tuple(counts.shape)}, "
+                f"expected {tuple(self.sums.shape)}/{tuple(self.counts.shape)}."
+            )
+        self.sums, self.counts = sums.to(torch.float64), counts.to(torch.int64)

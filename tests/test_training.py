@@ -1,0 +1,251 @@
+"""Subset-augmented training through MONAI engines, prototype refresh and checkpointing (method section 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ignite.engine import Engine, Events
+from ignite.metrics import Accuracy
+
+from monai.data import DataLoader
+from monai.handlers import CheckpointLoader, CheckpointSaver, StatsHandler, from_engine
+from monai_dymo.engines.trainer import PrepareDyMoBatch, SubsetAugmentedTrainer, subset_augmented_forward
+from monai_dymo.handlers.prototypes import PrototypeRefreshHandler
+from monai_dymo.losses import PrototypeAccumulator, SubsetAugmentedLoss
+from monai_dymo.networks.encoders import ClinicalTokenEncoder, ImageTokenEncoder
+from monai_dymo.networks.fusion import DynamicFusionTransformer
+from monai_dymo.subsets import all_subset_masks
+
+MODALITIES = ("a", "b", "c")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny tensors: a single thread is faster and immune to other processes competing for the cores
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _net(seed: int = 0) -> DynamicFusionTransformer:
+    torch.manual_seed(seed)
+    encoders = {
+        "a": ImageTokenEncoder(2, 1, 32, channels=(8,), strides=(2,), pool_size=2),
+        "b": ClinicalTokenEncoder(3, [3], 32),
+        "c": ImageTokenEncoder(2, 1, 32, channels=(8,), strides=(2,), pool_size=2),
+    }
+    return DynamicFusionTransformer(MODALITIES, encoders, num_classes=3, dim=32, depth=1, num_heads=2, proj_dim=16)
+
+
+def _toy(n: int, seed: int, missing_c: bool = False):
+    """3 classes; every modality alone carries the label (image stripes, clinical one-hot + a noisy category)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    a = torch.randn(n, 1, 8, 8, generator=g)
+    c = torch.randn(n, 1, 8, 8, generator=g)
+    for i in range(n):
+        k = int(y[i])
+        a[i, 0, :, 2 * k : 2 * k + 2] += 2.0
+        c[i, 0, 2 * k : 2 * k + 2, :] += 2.0
+    b = torch.randn(n, 4, generator=g)
+    b[:, :3] += 2.0 * F.one_hot(y, 3)
+    b[:, 3] = torch.where(torch.rand(n, generator=g) < 0.8, y, torch.randint(0, 3, (n,), generator=g)).float()
+    present = torch.ones(n, 3, dtype=torch.bool)
+    if missing_c:
+        present[::2, 2] = False
+        c[::2] = 0.0
+    samples = [{"a": a[i], "b": b[i], "c": c[i], "label": y[i], "present": present[i]} for i in range(n)]
+    return samples, {"a": a, "b": b, "c": c}, y, present
+
+
+def _manual_loss(net, loss_fn, inputs, y, subsets, present=None):
+    """Reference: re-encode and run the network once per subset, skip rows whose restricted subset is empty."""
+    per_subset = []
+    for s in subsets:
+        rows = torch.arange(y.shape[0])
+        sub = s.expand(y.shape[0], -1)
+        if present is not None:
+            sub = sub & present
+            rows = sub.any(1).nonzero().flatten()
+            if rows.numel() == 0:
+                continue
+        logits, z = net({k: v[rows] for k, v in inputs.items()}, sub[rows])
+        loss = F.cross_entropy(logits, y[rows])
+        if loss_fn.active:
+            loss = loss + loss_fn.prototype_weight * F.cross_entropy(z @ loss_fn.prototypes.t() / 0.1, y[rows])
+        per_subset.append(loss)
+    return torch.stack(per_subset).mean()
+
+
+@pytest.mark.parametrize("with_present", [False, True])
+def test_encode_once_equals_reencoding(with_present):
+    _, inputs, y, present = _toy(12, seed=0, missing_c=with_present)
+    subsets = torch.tensor([[True, False, False], [False, False, True], [True, True, True]])
+    if with_present:
+        present[3] = torch.tensor([False, True, False])  # only 'b': skipped for subsets 0 and 1
+    loss_fn = SubsetAugmentedLoss(3, 16)
+    loss_fn.set_prototypes(F.normalize(torch.randn(3, 16), dim=-1))
+    loss_fn.set_active(True)
+
+    # without `present`, batch norm in training mode (the same batch statistics for every subset); with it, eval mode,
+    # since the reference re-encodes only the kept rows (different batch statistics)
+    net = _net().train(not with_present)
+    out = subset_augmented_forward(net, inputs, subsets, present if with_present else None)
+    # rows are subset-major, restricted to present modalities, empty ones skipped
+    expected = subsets[:, None, :] & (present if with_present else torch.ones_like(present))[None]
+    keep = expected.reshape(-1, 3).any(1)
+    assert out["rows"].tolist() == (torch.arange(36)[keep] % 12).tolist()
+    assert out["groups"].tolist() == (torch.arange(36)[keep] // 12).tolist()
+    torch.testing.assert_close(out["subset"], expected.reshape(-1, 3)[keep])
+    if with_present:
+        assert 12 + 3 not in torch.arange(36)[keep].tolist() and 3 not in torch.arange(36)[keep].tolist()
+    loss = loss_fn(out["logits"], out["z"], y[out["rows"]], out["groups"])
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+
+    net_ref = _net().train(not with_present)
+    ref = _manual_loss(net_ref, loss_fn, inputs, y, subsets, present if with_present else None)
+    grads_ref = torch.autograd.grad(ref, list(net_ref.parameters()), allow_unused=True)
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    for g, gr in zip(grads, grads_ref):
+        torch.testing.assert_close(g, torch.zeros_like(g) if gr is None else gr, atol=2e-5, rtol=1e-4)
+
+
+class _Recorder:
+    """Records per-iteration loss terms, and what the accumulator holds just before the prototype refresh."""
+
+    def __init__(self) -> None:
+        self.iterations: list[tuple[int, float, float]] = []
+        self.epoch_means: dict[int, torch.Tensor] = {}
+        self.epoch_counts: dict[int, int] = {}
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch)
+
+    def iteration(self, engine) -> None:
+        out = engine.state.output
+        self.iterations.append((engine.state.epoch, float(out["ce_loss"]), float(out["prototype_loss"])))
+
+    def epoch(self, engine) -> None:
+        acc = engine.prototype_accumulator
+        self.epoch_counts[engine.state.epoch] = int(acc.counts.sum())
+        self.epoch_means[engine.state.epoch] = acc.compute(previous=engine.loss_function.prototypes.clone())
+
+
+def test_trainer_learns_toy_task_and_checkpoints_prototypes(tmp_path: Path):
+    train, _, _, _ = _toy(240, seed=1)
+    _, x_test, y_test, _ = _toy(150, seed=2)
+    net = _net()
+    loader = DataLoader(train, batch_size=30, shuffle=True, generator=torch.Generator().manual_seed(0))
+    recorder = _Recorder()
+    refresh = PrototypeRefreshHandler(warmup_epochs=3)
+    saver = CheckpointSaver(
+        str(tmp_path), {"network": net, "prototypes": refresh}, save_final=True, final_filename="final.pt"
+    )
+    max_epochs = 12
+    trainer = SubsetAugmentedTrainer(
+        device="cpu",
+        max_epochs=max_epochs,
+        train_data_loader=loader,
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 3e-3),
+        num_subsets=3,
+        seed=0,
+        key_train_metric={"train_acc": Accuracy(output_transform=from_engine(["pred", "label"]))},
+        train_handlers=[
+            recorder,
+            refresh,
+            StatsHandler(output_transform=from_engine(["loss"]), iteration_log=False),
+            saver,
+        ],
+    )
+    assert trainer.loss_function.prototypes.abs().sum() == 0 and not trainer.loss_function.active
+    trainer.run()
+
+    # every (subset, sample) row was accumulated, all sampled subsets pooled
+    assert recorder.epoch_counts == {e: 3 * 240 for e in range(1, max_epochs + 1)}
+    # prototype term: off during the warm-up epochs, on afterwards
+    assert all(p == 0.0 for e, _, p in recorder.iterations if e <= 3)
+    assert all(p > 0.0 for e, _, p in recorder.iterations if e > 3)
+    loss_fn = trainer.loss_function
+    assert loss_fn.active
+    torch.testing.assert_close(loss_fn.prototypes, recorder.epoch_means[max_epochs])
+    assert not torch.allclose(recorder.epoch_means[max_epochs - 1], recorder.epoch_means[max_epochs])
+    assert trainer.state.metrics["train_acc"] > 0.8
+
+    # held-out accuracy on every one of the 7 subsets, well above chance (1/3)
+    net.eval()
+    with torch.no_grad():
+        tokens = net.encode(x_test)
+        for subset in all_subset_masks(3):
+            logits, _ = net.fuse(tokens, subset.expand(150, -1))
+            acc = float((logits.argmax(1) == y_test).float().mean())
+            assert acc > 0.75, f"subset {subset.tolist()}: accuracy {acc:.3f}"
+
+    # checkpoint round trip into fresh objects (as when resuming)
+    ckpt = tmp_path / "final.pt"
+    assert ckpt.exists()
+    new_loss = SubsetAugmentedLoss(3, 16)
+    new_refresh = PrototypeRefreshHandler(3, loss_function=new_loss, accumulator=PrototypeAccumulator(3, 16))
+    CheckpointLoader(str(ckpt), {"prototypes": new_refresh, "network": _net(seed=5)})(Engine(lambda e, b: None))
+    torch.testing.assert_close(new_loss.prototypes, loss_fn.prototypes)
+    assert new_loss.active
+    state = torch.load(ckpt, weights_only=False)
+    torch.testing.assert_close(state["prototypes"]["prototypes"], loss_fn.prototypes)
+    # the loss module itself is checkpointable too (its buffers)
+    other = SubsetAugmentedLoss(3, 16)
+    other.load_state_dict(loss_fn.state_dict())
+    torch.testing.assert_close(other.prototypes, loss_fn.prototypes)
+    assert other.active
+
+
+def _one_epoch_subsets(seed: int, samples, **kwargs) -> tuple[list[torch.Tensor], list]:
+    net = _net()
+    loader = DataLoader(samples, batch_size=8, shuffle=False)
+    trainer = SubsetAugmentedTrainer(
+        "cpu", 1, loader, net, torch.optim.SGD(net.parameters(), 0.01), num_subsets=4, seed=seed, **kwargs
+    )
+    seen: list[torch.Tensor] = []
+    outputs: list = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.output["subsets"].clone()))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: outputs.append((e.state.batch["present"], e.state.output["rows"], e.state.output["groups"])),
+    )
+    trainer.run()
+    return seen, outputs
+
+
+def test_trainer_seeded_subsets_and_present_mask():
+    samples, _, _, _ = _toy(24, seed=3, missing_c=True)
+    a, outputs = _one_epoch_subsets(7, samples)
+    b, _ = _one_epoch_subsets(7, samples)
+    c, _ = _one_epoch_subsets(8, samples)
+    assert len(a) == 3 and all(s.shape == (4, 3) and s.any(1).all() for s in a)
+    assert all(len({tuple(r.tolist()) for r in s}) == 4 for s in a)  # distinct subsets
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    # rows are exactly the (subset, sample) pairs whose subset meets the sample's present modalities
+    for subsets, (present, rows, groups) in zip(a, outputs):
+        inter = (subsets[:, None, :] & present[None]).any(-1)  # [K, B]
+        assert sorted(zip(groups.tolist(), rows.tolist())) == sorted(map(tuple, inter.nonzero().tolist()))
+    # without the present key every pair is used
+    _, outputs_all = _one_epoch_subsets(7, samples, present_key=None)
+    assert all(rows.numel() == 4 * 8 for _, rows, _ in outputs_all)
+
+
+def test_trainer_validation():
+    samples, _, _, _ = _toy(8, seed=4)
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), 0.1)
+    loader = DataLoader(samples, batch_size=4)
+    with pytest.raises(ValueError, match=r"num_subsets must be in \[1, 7\]"):
+        SubsetAugmentedTrainer("cpu", 1, loader, net, opt, num_subsets=8)
+    with pytest.raises(ValueError, match="proj_dim"):
+        SubsetAugmentedTrainer("cpu", 1, loader, net, opt, loss_function=SubsetAugmentedLoss(3, 8))
+    with pytest.raises(ValueError, match=r"batch lacks key\(s\) \['c'\]"):
+        PrepareDyMoBatch(MODALITIES)({k: v for k, v in samples[0].items() if k != "c"})
