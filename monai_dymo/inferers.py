@@ -1,0 +1,222 @@
+"""MONAI inferer running DyMo inference-time modality selection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from monai.data import MetaTensor
+from monai.inferers import Inferer
+
+from .calibration import SubsetCalibration
+from .keys import DyMoKeys
+from .selection import SelectionResult, select_modalities
+
+__all__ = ["DyMoInferer", "NO_MODALITY_ERROR"]
+
+NO_MODALITY_ERROR = "no modality observed"
+
+_NETWORK_ATTRS = ("encode", "fuse", "modalities")
+
+
+class DyMoInferer(Inferer):
+    """Inferer for a DyMo fusion network: optional recovery, one encoding pass, batched greedy selection.
+
+    ``network`` is duck typed: it needs ``encode(inputs) -> {name: tokens[B, n, d]}``,
+    ``fuse(tokens, subset[B, M]) -> (logits[B, C], z[B, D])`` and ``modalities`` (names in subset-bit order)
+    (``DynamicFusionTransformer`` qualifies; a ``DataParallel``/DDP wrapper is unwrapped through ``.module``).
+
+    Args:
+        calibration: the fitted :class:`~monai_dymo.calibration.SubsetCalibration` of ``network``; it is moved lazily
+            (once per device) to the device of the inputs.
+        recovery: optional ``recovery(inputs, present) -> {name: Tensor}`` (e.g. a MoPoE recovery network); when given
+            it generates the missing modalities before encoding (the observed ones are always kept as they came).
+            Without it, the inputs of missing modalities are used as given (e.g. recovered upstream).
+        temperature: ``tau`` of the quality score.
+        on_empty: what to do with a patient with no modality observed: ``"report"`` leaves it out of the selection,
+            gives it NaN logits and a record with ``error = "no modality observed"``; ``"raise"`` raises ``ValueError``.
+
+    After each call, :attr:`last_result` holds the :class:`~monai_dymo.selection.SelectionResult` of the batch (one
+    row per input patient) and :meth:`last_records` turns it into per-patient reliability records
+    (:class:`~monai_dymo.engines.evaluator.DyMoEvaluator` stores them in ``engine.state.output["dymo_selection"]``).
+    Selection runs under ``torch.no_grad()``.
+    """
+
+    def __init__(
+        self,
+        calibration: SubsetCalibration,
+        recovery: Callable[[Mapping[str, torch.Tensor], torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
+        temperature: float = 0.1,
+        on_empty: str = "report",
+    ) -> None:
+        super().__init__()
+        if not isinstance(calibration, SubsetCalibration):
+            raise ValueError(f"calibration must be a SubsetCalibration, got {type(calibration).__name__}.")
+        if on_empty not in ("report", "raise"):
+            raise ValueError(f"on_empty must be 'report' or 'raise', got {on_empty!r}.")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        self.calibration = calibration
+        self.recovery = recovery
+        self.temperature = float(temperature)
+        self.on_empty = on_empty
+        self.last_result: SelectionResult | None = None
+        self.last_modalities: tuple[str, ...] | None = None
+        self._calibration_by_device: dict[torch.device, SubsetCalibration] = {calibration.device: calibration}
+
+    # ------------------------------------------------------------------ helpers
+    def calibration_on(self, device: torch.device) -> SubsetCalibration:
+        """The calibration on ``device`` (moved once, then cached)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device not in self._calibration_by_device:
+            self._calibration_by_device[device] = self.calibration.to(device)
+        return self._calibration_by_device[device]
+
+    def check_network(self, network: Any) -> tuple[Any, tuple[str, ...]]:
+        """Return the (unwrapped) network and its modality names; ``ValueError`` if it does not fit the calibration."""
+        if not all(hasattr(network, a) for a in _NETWORK_ATTRS) and hasattr(network, "module"):
+            network = network.module
+        missing = [a for a in _NETWORK_ATTRS if not hasattr(network, a)]
+        if missing:
+            raise ValueError(
+                f"DyMoInferer needs a network with encode/fuse/modalities; {type(network).__name__} lacks {missing}."
+            )
+        modalities = tuple(str(m) for m in network.modalities)
+        calib = self.calibration
+        if len(modalities) != calib.num_modalities:
+            raise ValueError(
+                f"network has {len(modalities)} modalities {modalities}, the calibration {calib.num_modalities}."
+            )
+        if calib.modalities is not None and calib.modalities != modalities:
+            raise ValueError(
+                f"network modalities {modalities} do not match the calibration's {calib.modalities} (names and order)."
+            )
+        num_classes = getattr(network, "num_classes", None)
+        if num_classes is not None and int(num_classes) != calib.num_classes:
+            raise ValueError(f"network has {num_classes} classes, the calibration {calib.num_classes}.")
+        proj_dim = getattr(network, "proj_dim", None)
+        if proj_dim is not None and int(proj_dim) != calib.proj_dim:
+            raise ValueError(f"network projection width is {proj_dim}, the calibration's {calib.proj_dim}.")
+        return network, modalities
+
+    @staticmethod
+    def _present(
+        present: torch.Tensor | None, inputs: Mapping[str, Any], batch_size: int, modalities: Sequence[str], device
+    ) -> torch.Tensor:
+        if present is None:
+            present = inputs.get(DyMoKeys.PRESENT) if isinstance(inputs, Mapping) else None
+        if present is None:  # no missingness information: every modality is observed
+            return torch.ones(batch_size, len(modalities), dtype=torch.bool, device=device)
+        present = torch.as_tensor(present)
+        if isinstance(present, MetaTensor):
+            present = present.as_tensor()
+        if present.shape != (batch_size, len(modalities)):
+            raise ValueError(
+                f"present must be [B, M] = {(batch_size, len(modalities))} (modalities {list(modalities)}), "
+                f"got {tuple(present.shape)}."
+            )
+        if present.dtype != torch.bool:
+            if present.is_floating_point() or not ((present == 0) | (present == 1)).all():
+                raise ValueError(f"present must be a bool (or 0/1 integer) tensor, got dtype {present.dtype}.")
+            present = present.bool()
+        return present.to(device)
+
+    # ------------------------------------------------------------------ call
+    def __call__(  # type: ignore[override]
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        network: Any,
+        *args: Any,
+        present: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Return the logits ``[B, C]`` of the selected subsets (NaN rows for patients with nothing observed).
+
+        Args:
+            inputs: ``{name: Tensor[B, ...]}``, one entry per network modality (missing ones as placeholders).
+            network: fusion network with ``encode``/``fuse``/``modalities``.
+            args, kwargs: forwarded to ``network.encode``.
+            present: ``BoolTensor[B, M]`` (default: ``inputs["present"]`` if there, else all observed).
+        """
+        net, modalities = self.check_network(network)
+        if not isinstance(inputs, Mapping):
+            raise ValueError(f"DyMoInferer expects a mapping of modality tensors, got {type(inputs).__name__}.")
+        absent = [m for m in modalities if m not in inputs]
+        if absent:
+            raise ValueError(
+                f"inputs lack modalities {absent} (give missing modalities as placeholders); keys: {sorted(inputs)}."
+            )
+        x = {m: inputs[m] for m in modalities}
+        batch_size = x[modalities[0]].shape[0]
+        for m, t in x.items():
+            if t.shape[0] != batch_size:
+                raise ValueError(
+                    f"modality {m!r} has batch size {t.shape[0]}, modality {modalities[0]!r} {batch_size}."
+                )
+        device = x[modalities[0]].device
+        present_t = self._present(present, inputs, batch_size, modalities, device)
+        calib = self.calibration_on(device)
+
+        valid = present_t.any(1)
+        n_valid = int(valid.sum())
+        if n_valid < batch_size:
+            empty_idx = (~valid).nonzero().squeeze(1).tolist()
+            if self.on_empty == "raise":
+                raise ValueError(f"patient(s) at batch index {empty_idx} have no modality observed.")
+        index = valid.nonzero().squeeze(1) if n_valid < batch_size else None
+
+        with torch.no_grad():
+            if n_valid == 0:
+                result = SelectionResult.empty(
+                    calib.num_modalities, calib.num_classes, calib.proj_dim, device=device
+                ).expand(torch.zeros(0, dtype=torch.long, device=device), batch_size, present_t, NO_MODALITY_ERROR)
+            else:
+                x_v = x if index is None else {m: t.index_select(0, index) for m, t in x.items()}
+                present_v = present_t if index is None else present_t.index_select(0, index)
+                if self.recovery is not None and not bool(present_v.all()):
+                    x_v = self._recover(x_v, present_v, modalities)
+                tokens = net.encode(x_v, *args, **kwargs)
+                result = select_modalities(
+                    net.fuse, tokens, present_v, calib, temperature=self.temperature, modalities=modalities
+                )
+                if index is not None:
+                    result = result.expand(index, batch_size, present_t, NO_MODALITY_ERROR)
+        self.last_result = result
+        self.last_modalities = modalities
+        return result.logits
+
+    def _recover(
+        self, x: Mapping[str, torch.Tensor], present: torch.Tensor, modalities: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        assert self.recovery is not None
+        rec_modalities = getattr(self.recovery, "modalities", None)
+        if rec_modalities is not None and tuple(str(m) for m in rec_modalities) != tuple(modalities):
+            raise ValueError(
+                f"recovery modalities {tuple(rec_modalities)} do not match the network's {tuple(modalities)}."
+            )
+        out = self.recovery(x, present)
+        missing = [m for m in modalities if m not in out]
+        if missing:
+            raise ValueError(f"recovery did not return modalities {missing}.")
+        filled = {}
+        for i, m in enumerate(modalities):
+            rec = torch.as_tensor(out[m]).to(x[m].device)
+            if rec.shape != x[m].shape:
+                raise ValueError(f"recovery returned {m!r} of shape {tuple(rec.shape)}, input is {tuple(x[m].shape)}.")
+            keep = present[:, i].reshape(-1, *([1] * (x[m].ndim - 1)))
+            filled[m] = torch.where(keep, x[m], rec.to(x[m].dtype))  # observed data always kept as given
+        return filled
+
+    def last_records(
+        self,
+        patient_ids: Sequence[Any] | None = None,
+        reasons: Mapping[str, Sequence[str]] | Sequence[Mapping[str, str]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Per-patient reliability records of the last call (see :meth:`SelectionResult.to_records`)."""
+        if self.last_result is None or self.last_modalities is None:
+            raise RuntimeError("DyMoInferer.last_records() called before the inferer was run.")
+        return self.last_result.to_records(self.last_modalities, patient_ids=patient_ids, reasons=reasons)

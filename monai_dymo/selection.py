@@ -1,0 +1,493 @@
+"""Batched greedy dynamic modality selection (DyMo method, section 4).
+
+:func:`select_modalities` runs the selection for a whole batch: the encoders are *not* called here (the caller encodes
+every modality once, recovered ones included); each greedy step makes a single call of the fusion function with one row
+per (unfinished patient, candidate modality). The score of the current subset is never recomputed (it is the score of
+the candidate accepted at the previous step, or of the observed set), and there is no final extra pass: the logits
+returned are those of the last accepted candidate. ``fuse`` therefore sees exactly
+``B + (number of candidate evaluations)`` rows in total.
+
+This module never imports networks: ``fuse`` is any callable ``(tokens, subset[R, M]) -> (logits[R, C], z[R, D])``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+
+from .calibration import SubsetCalibration
+from .keys import Reason
+from .subsets import mask_to_code
+
+__all__ = [
+    "SelectionResult",
+    "select_modalities",
+    "quality_score",
+    "log_ics_score",
+    "calibration_factor",
+    "selection_reward",
+]
+
+FuseFn = Callable[[Mapping[str, torch.Tensor], torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+_LOG2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------------------------------------------- scores
+def quality_score(z: torch.Tensor, overall: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """``q(S) = max_c softmax_c(z . P_c^T / tau)``; ``z`` ``[R, D]``, ``overall`` ``[C, D]`` -> float64 ``[R]``."""
+    logits = z.to(torch.float64) @ overall.to(device=z.device, dtype=torch.float64).T / temperature
+    return torch.softmax(logits, dim=-1).amax(dim=-1)
+
+
+def log_ics_score(
+    logits: torch.Tensor, z: torch.Tensor, codes: torch.Tensor, calibration: SubsetCalibration
+) -> torch.Tensor:
+    """In-class Gaussian score ``log p(S)`` in float64, ``[R]``.
+
+    ``c = argmax logits`` (``[R, C]``), ``mu``/``sigma`` of the row's subset ``codes`` (``[R]``) and class ``c``,
+    ``d = 1 - z . mu`` (cosine) or ``||z - mu||`` (Euclidean), ``log p = log 2 + log Phi(-d / sigma)``.
+    """
+    c_hat = logits.argmax(dim=-1)
+    mu = calibration.prototypes[codes, c_hat]  # [R, D]
+    sigma = calibration.sigma[codes, c_hat]  # [R]
+    z64 = z.to(torch.float64)
+    if calibration.metric == "cosine":
+        d = 1.0 - (z64 * mu).sum(-1)
+    else:
+        d = (z64 - mu).norm(dim=-1)
+    return _LOG2 + torch.special.log_ndtr(-d / sigma)
+
+
+def calibration_factor(
+    log_p_current: torch.Tensor, log_p_candidate: torch.Tensor, metric: str = "cosine"
+) -> torch.Tensor:
+    """``G_u``: 1 unless ``p(S u {u}) < p(S)``; then ``log p(S) / log p(S u {u})`` (cosine) or
+    ``p(S u {u}) / p(S)`` (Euclidean)."""
+    lower = log_p_candidate < log_p_current
+    if metric == "cosine":
+        ratio = log_p_current / torch.where(lower, log_p_candidate, torch.full_like(log_p_candidate, -1.0))
+    else:
+        ratio = torch.exp(torch.where(lower, log_p_candidate - log_p_current, torch.zeros_like(log_p_candidate)))
+    return torch.where(lower, ratio, torch.ones_like(ratio))
+
+
+def selection_reward(
+    q_current: torch.Tensor,
+    log_p_current: torch.Tensor,
+    q_candidate: torch.Tensor,
+    log_p_candidate: torch.Tensor,
+    metric: str = "cosine",
+) -> torch.Tensor:
+    """``r_u = q(S u {u}) * G_u - q(S)``."""
+    return q_candidate * calibration_factor(log_p_current, log_p_candidate, metric) - q_current
+
+
+# ---------------------------------------------------------------------------------------------------- result
+@dataclass
+class SelectionResult:
+    """Outcome of :func:`select_modalities` for a batch of ``B`` patients, ``M`` modalities, ``C`` classes.
+
+    Attributes:
+        selected: ``BoolTensor[B, M]`` observed + accepted modalities (the final subset).
+        logits: ``Tensor[B, C]`` fusion logits on the final subset (NaN for patients that could not be processed).
+        rewards: ``float64[T, B, M]`` reward of every candidate evaluated at round ``t`` (NaN where the modality was
+            not a candidate of that patient at that round); ``T`` = number of rounds run for the batch.
+        accepted, rejected: ``BoolTensor[B, M]`` candidates added to the subset / put in ``Bad``.
+        accept_step, reject_step: ``LongTensor[B, M]`` round (0-based) of acceptance / rejection, ``-1`` if never.
+        quality: ``float64[B]`` ``q`` of the final subset.
+        log_ics, ics: ``float64[B]`` ``log p`` and ``p`` of the final subset.
+        steps: ``LongTensor[B]`` number of accepted modalities.
+        present: ``BoolTensor[B, M]`` observed modalities; every other modality is a (recovered) candidate.
+        projection: ``Tensor[B, D]`` projection ``z`` of the final subset.
+        errors: per-patient error message (``None`` if processed), or ``None`` when no patient failed.
+    """
+
+    selected: torch.Tensor
+    logits: torch.Tensor
+    rewards: torch.Tensor
+    accepted: torch.Tensor
+    rejected: torch.Tensor
+    accept_step: torch.Tensor
+    reject_step: torch.Tensor
+    quality: torch.Tensor
+    log_ics: torch.Tensor
+    ics: torch.Tensor
+    steps: torch.Tensor
+    present: torch.Tensor
+    projection: torch.Tensor
+    errors: list[str | None] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.present.shape[0])
+
+    @property
+    def num_modalities(self) -> int:
+        return int(self.present.shape[1])
+
+    @property
+    def unused(self) -> torch.Tensor:
+        """``BoolTensor[B, M]`` candidates neither accepted nor rejected."""
+        out = ~self.present & ~self.accepted & ~self.rejected
+        if self.errors is not None:
+            failed = torch.tensor([e is not None for e in self.errors], dtype=torch.bool, device=out.device)
+            out &= ~failed[:, None]
+        return out
+
+    def probabilities(self) -> torch.Tensor:
+        """``softmax(logits)``, ``[B, C]``."""
+        return torch.softmax(self.logits.float(), dim=-1)
+
+    def to(self, device: torch.device | str) -> SelectionResult:
+        return replace(
+            self, **{f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "errors"}
+        )
+
+    def expand(self, index: torch.Tensor, batch_size: int, present: torch.Tensor, error: str) -> SelectionResult:
+        """Place this result's rows at ``index`` of a batch of ``batch_size``; the other patients get NaN scores,
+        no selection and ``errors[b] = error``. ``present`` is the ``[batch_size, M]`` mask of the full batch."""
+        device = self.logits.device
+        index = index.to(device)
+
+        def grow(t: torch.Tensor, fill: Any, dim: int = 0) -> torch.Tensor:
+            shape = list(t.shape)
+            shape[dim] = batch_size
+            out = torch.full(shape, fill, dtype=t.dtype, device=device)
+            return out.index_copy(dim, index, t)
+
+        errors = [error] * batch_size
+        inner = self.errors or [None] * self.batch_size
+        for i, b in enumerate(index.tolist()):
+            errors[b] = inner[i]
+        return SelectionResult(
+            selected=grow(self.selected, False),
+            logits=grow(self.logits, float("nan")),
+            rewards=grow(self.rewards, float("nan"), dim=1),
+            accepted=grow(self.accepted, False),
+            rejected=grow(self.rejected, False),
+            accept_step=grow(self.accept_step, -1),
+            reject_step=grow(self.reject_step, -1),
+            quality=grow(self.quality, float("nan")),
+            log_ics=grow(self.log_ics, float("nan")),
+            ics=grow(self.ics, float("nan")),
+            steps=grow(self.steps, 0),
+            present=present.to(device=device, dtype=torch.bool),
+            projection=grow(self.projection, float("nan")),
+            errors=errors,
+        )
+
+    @classmethod
+    def empty(
+        cls,
+        num_modalities: int,
+        num_classes: int,
+        proj_dim: int,
+        device: torch.device | str | None = None,
+        logits_dtype: torch.dtype = torch.float32,
+    ) -> SelectionResult:
+        """A result with zero patients (use :meth:`expand` to build an all-failed batch)."""
+        M = num_modalities
+        b = torch.zeros(0, M, dtype=torch.bool, device=device)
+        f64 = torch.zeros(0, dtype=torch.float64, device=device)
+        return cls(
+            selected=b,
+            logits=torch.zeros(0, num_classes, dtype=logits_dtype, device=device),
+            rewards=torch.zeros(0, 0, M, dtype=torch.float64, device=device),
+            accepted=b,
+            rejected=b,
+            accept_step=torch.zeros(0, M, dtype=torch.long, device=device),
+            reject_step=torch.zeros(0, M, dtype=torch.long, device=device),
+            quality=f64,
+            log_ics=f64,
+            ics=f64,
+            steps=torch.zeros(0, dtype=torch.long, device=device),
+            present=b,
+            projection=torch.zeros(0, proj_dim, dtype=logits_dtype, device=device),
+            errors=[],
+        )
+
+    def to_records(
+        self,
+        modalities: Sequence[str],
+        patient_ids: Sequence[Any] | None = None,
+        reasons: Mapping[str, Sequence[str]] | Sequence[Mapping[str, str]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Per-patient JSON-serialisable reliability records (the shared record format).
+
+        Args:
+            modalities: the ``M`` modality names, in subset-bit order.
+            patient_ids: ``B`` identifiers (default: the batch index as a string).
+            reasons: why each modality is / is not present, either collated (``{name: [B reasons]}``) or one dict per
+                patient; missing entries become ``"observed"`` for observed modalities and ``None`` otherwise.
+        """
+        modalities = [str(m) for m in modalities]
+        B, M = self.batch_size, self.num_modalities
+        if len(modalities) != M:
+            raise ValueError(f"{len(modalities)} modality names given for a selection over {M} modalities.")
+        if patient_ids is not None and len(patient_ids) != B:
+            raise ValueError(f"{len(patient_ids)} patient ids given for a batch of {B}.")
+        per_patient_reasons = _reasons_per_patient(reasons, modalities, B)
+
+        cpu = self.to("cpu")
+        present = cpu.present.tolist()
+        accepted = cpu.accepted.tolist()
+        rejected = cpu.rejected.tolist()
+        unused = cpu.unused.tolist()
+        selected = cpu.selected.tolist()
+        accept_step = cpu.accept_step.tolist()
+        reject_step = cpu.reject_step.tolist()
+        rewards = cpu.rewards
+        probs = cpu.probabilities()
+        prob_max, pred = probs.max(dim=-1) if probs.shape[0] else (probs.new_zeros(0), probs.new_zeros(0))
+        quality, log_ics, ics = cpu.quality.tolist(), cpu.log_ics.tolist(), cpu.ics.tolist()
+        steps = cpu.steps.tolist()
+        errors = self.errors or [None] * B
+
+        def reward(t: int, b: int, m: int) -> float | None:
+            return _finite_or_none(float(rewards[t, b, m])) if 0 <= t < rewards.shape[0] else None
+
+        records = []
+        for b in range(B):
+            pid = str(patient_ids[b]) if patient_ids is not None else str(b)
+            rsn = per_patient_reasons[b]
+            for m, name in enumerate(modalities):
+                if rsn.get(name) is None and present[b][m]:
+                    rsn[name] = str(Reason.OBSERVED)
+            failed = errors[b] is not None
+            acc = sorted((accept_step[b][m], m) for m in range(M) if accepted[b][m])
+            rej = sorted((reject_step[b][m], m) for m in range(M) if rejected[b][m])
+            records.append(
+                {
+                    "patient_id": pid,
+                    "observed": [modalities[m] for m in range(M) if present[b][m]],
+                    "recovered": [] if failed else [modalities[m] for m in range(M) if not present[b][m]],
+                    "selected": [modalities[m] for m in range(M) if selected[b][m]],
+                    "accepted": [{"modality": modalities[m], "step": t, "reward": reward(t, b, m)} for t, m in acc],
+                    "rejected": [{"modality": modalities[m], "step": t, "reward": reward(t, b, m)} for t, m in rej],
+                    "unused": [modalities[m] for m in range(M) if unused[b][m]],
+                    "quality": None if failed else _finite_or_none(quality[b]),
+                    "log_ics": None if failed else _finite_or_none(log_ics[b]),
+                    "ics": None if failed else _finite_or_none(ics[b]),
+                    "prediction": None if failed else int(pred[b]),
+                    "probability": None if failed else _finite_or_none(float(prob_max[b])),
+                    "steps": int(steps[b]),
+                    "reasons": rsn,
+                    "error": errors[b],
+                }
+            )
+        return records
+
+
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def _reasons_per_patient(reasons: Any, modalities: Sequence[str], batch_size: int) -> list[dict[str, str | None]]:
+    out: list[dict[str, str | None]] = [{m: None for m in modalities} for _ in range(batch_size)]
+    if reasons is None:
+        return out
+    if isinstance(reasons, Mapping):  # collated: {name: [B reasons]}
+        for name, values in reasons.items():
+            if name not in out[0]:
+                continue
+            values = list(values) if not isinstance(values, str) else [values] * batch_size
+            if len(values) != batch_size:
+                raise ValueError(
+                    f"reasons for modality {name!r} have {len(values)} entries for a batch of {batch_size}."
+                )
+            for b in range(batch_size):
+                out[b][name] = None if values[b] is None else str(values[b])
+        return out
+    reasons = list(reasons)
+    if len(reasons) != batch_size:
+        raise ValueError(f"{len(reasons)} reason dictionaries given for a batch of {batch_size}.")
+    for b, r in enumerate(reasons):
+        for name in modalities:
+            if r is not None and r.get(name) is not None:
+                out[b][name] = str(r[name])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- selection
+def _resolve_modalities(
+    tokens: Mapping[str, torch.Tensor], calibration: SubsetCalibration, modalities: Sequence[str] | None
+) -> tuple[str, ...]:
+    if modalities is not None:
+        names = tuple(str(m) for m in modalities)
+        if calibration.modalities is not None and names != calibration.modalities:
+            raise ValueError(f"modalities {names} do not match the calibration's modalities {calibration.modalities}.")
+    elif calibration.modalities is not None:
+        names = calibration.modalities
+    else:
+        names = tuple(str(k) for k in tokens)
+    if len(names) != calibration.num_modalities:
+        raise ValueError(
+            f"the calibration covers {calibration.num_modalities} modalities, got {len(names)}: {names}."
+        )
+    missing = [m for m in names if m not in tokens]
+    extra = [k for k in tokens if k not in names]
+    if missing or extra:
+        raise ValueError(
+            f"tokens keys {list(tokens)} do not match the modalities {list(names)}"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unexpected {extra}" if extra else "")
+            + "."
+        )
+    return names
+
+
+def select_modalities(
+    fuse: FuseFn,
+    tokens: Mapping[str, torch.Tensor],
+    present: torch.Tensor,
+    calibration: SubsetCalibration,
+    *,
+    temperature: float = 0.1,
+    modalities: Sequence[str] | None = None,
+) -> SelectionResult:
+    """Greedy DyMo selection for a batch (method section 4).
+
+    For each patient: ``S <- O``, ``Bad <- {}``; while candidates ``U \\ S \\ Bad`` remain, every candidate gets the
+    reward ``r_u = q(S u {u}) * G_u - q(S)``; candidates with ``r_u < 0`` join ``Bad`` for good; if no reward is
+    ``> 0`` the patient stops, else the best candidate joins ``S``. No label is used.
+
+    Args:
+        fuse: ``fuse(tokens, subset[R, M]) -> (logits[R, C], z[R, D])`` (e.g. ``network.fuse``); rows independent.
+        tokens: ``{name: Tensor[B, n_m, d]}`` from the encoders, *every* modality included (missing ones recovered).
+        present: ``BoolTensor[B, M]``, True = observed; every other modality is a candidate.
+        calibration: :class:`~monai_dymo.calibration.SubsetCalibration` (moved to ``present``'s device if needed).
+        temperature: ``tau`` of the quality score.
+        modalities: modality order (default: ``calibration.modalities``, else the order of ``tokens``).
+
+    Returns:
+        :class:`SelectionResult`.
+
+    Raises:
+        ValueError: malformed ``present`` (shape, dtype), a patient with no observed modality, ``tokens`` keys not
+            matching the modalities, ``fuse`` outputs not matching the calibration (classes, projection width), or
+            non-finite ``fuse`` outputs.
+    """
+    names = _resolve_modalities(tokens, calibration, modalities)
+    M, C, D = len(names), calibration.num_classes, calibration.proj_dim
+    if not isinstance(present, torch.Tensor) or present.dtype != torch.bool:
+        raise ValueError(f"present must be a bool tensor [B, M], got {getattr(present, 'dtype', type(present))}.")
+    if present.ndim != 2 or present.shape[1] != M:
+        raise ValueError(f"present must have shape [B, {M}] (modalities {list(names)}), got {tuple(present.shape)}.")
+    if type(present) is not torch.Tensor:  # e.g. a MetaTensor from a MONAI pipeline: plain tensor semantics
+        present = present.as_subclass(torch.Tensor)
+    B = present.shape[0]
+    for name in names:
+        t = tokens[name]
+        if t.shape[0] != B:
+            raise ValueError(f"tokens of modality {name!r} have batch size {t.shape[0]}, present has {B} patients.")
+    empty = ~present.any(1)
+    if bool(empty.any()):
+        idx = empty.nonzero().squeeze(1).tolist()
+        raise ValueError(f"patient(s) at batch index {idx} have no modality observed; DyMo needs at least one.")
+    device = next(iter(tokens.values())).device
+    present = present.to(device)
+    calib = calibration.to(device)
+    tokens = {name: tokens[name] for name in names}
+
+    def run(tok: Mapping[str, torch.Tensor], subset: torch.Tensor):
+        rows = subset.shape[0]
+        logits, z = fuse(tok, subset)
+        if type(logits) is not torch.Tensor:
+            logits = logits.as_subclass(torch.Tensor)
+        if type(z) is not torch.Tensor:
+            z = z.as_subclass(torch.Tensor)
+        if logits.ndim != 2 or logits.shape[0] != rows or logits.shape[1] != C:
+            raise ValueError(
+                f"fuse returned logits of shape {tuple(logits.shape)} for {rows} rows; the calibration has {C} classes."
+            )
+        if z.ndim != 2 or z.shape[0] != rows or z.shape[1] != D:
+            raise ValueError(
+                f"fuse returned projections of shape {tuple(z.shape)} for {rows} rows; "
+                f"the calibration has projection width {D}."
+            )
+        codes = mask_to_code(subset)
+        q = quality_score(z, calib.overall, temperature)
+        log_p = log_ics_score(logits, z, codes, calib)
+        finite = torch.isfinite(logits).all(-1) & torch.isfinite(z).all(-1)
+        return logits, z, q, log_p, finite
+
+    arange_b = torch.arange(B, device=device)
+    cur_logits, cur_z, cur_q, cur_logp, finite0 = run(tokens, present)
+    nonfinite = (~finite0).long()  # [B], checked once at the end (no host sync in the loop)
+    selected = present.clone()
+    bad = torch.zeros_like(present)
+    accept_step = torch.full((B, M), -1, dtype=torch.long, device=device)
+    reject_step = torch.full((B, M), -1, dtype=torch.long, device=device)
+    steps = torch.zeros(B, dtype=torch.long, device=device)
+    active = (~present).any(1)
+    rewards: list[torch.Tensor] = []
+    neg_inf = torch.tensor(float("-inf"), dtype=torch.float64, device=device)
+
+    t = 0
+    while True:
+        cand = active[:, None] & ~selected & ~bad  # [B, M]
+        idx = cand.nonzero()  # the one host sync per round
+        k = idx.shape[0]
+        if k == 0:
+            break
+        p, u = idx[:, 0], idx[:, 1]
+        arange_k = torch.arange(k, device=device)
+        subset = selected.index_select(0, p)
+        subset[arange_k, u] = True
+        tok = {name: v.index_select(0, p) for name, v in tokens.items()}
+        logits_k, z_k, q_k, logp_k, finite_k = run(tok, subset)
+        nonfinite.index_add_(0, p, (~finite_k).long())
+
+        r = selection_reward(cur_q[p], cur_logp[p], q_k, logp_k, calib.metric)  # [K] float64
+        r_bm = torch.full((B, M), float("nan"), dtype=torch.float64, device=device)
+        r_bm[p, u] = r
+        rewards.append(r_bm)
+
+        negative = r < 0
+        bad[p, u] = bad[p, u] | negative
+        reject_step[p, u] = torch.where(negative, torch.full_like(p, t), reject_step[p, u])
+
+        best_r, best_u = torch.where(cand, r_bm, neg_inf).max(dim=1)
+        accept = active & (best_r > 0)
+        row_of = torch.full((B, M), -1, dtype=torch.long, device=device)
+        row_of[p, u] = arange_k
+        row = row_of[arange_b, best_u].clamp_min(0)  # rows of non-accepting patients are ignored below
+
+        cur_logits = torch.where(accept[:, None], logits_k.index_select(0, row), cur_logits)
+        cur_z = torch.where(accept[:, None], z_k.index_select(0, row), cur_z)
+        cur_q = torch.where(accept, q_k.index_select(0, row), cur_q)
+        cur_logp = torch.where(accept, logp_k.index_select(0, row), cur_logp)
+        new = torch.nn.functional.one_hot(best_u, M).bool() & accept[:, None]
+        selected |= new
+        accept_step = torch.where(new, torch.full_like(accept_step, t), accept_step)
+        steps += accept.long()
+        active = accept
+        t += 1
+
+    if bool((nonfinite > 0).any()):
+        idx = (nonfinite > 0).nonzero().squeeze(1).tolist()
+        raise ValueError(f"fuse returned non-finite logits or projections for patient(s) at batch index {idx}.")
+
+    rewards_t = (
+        torch.stack(rewards) if rewards else torch.zeros(0, B, M, dtype=torch.float64, device=device)
+    )
+    return SelectionResult(
+        selected=selected,
+        logits=cur_logits,
+        rewards=rewards_t,
+        accepted=selected & ~present,
+        rejected=bad,
+        accept_step=accept_step,
+        reject_step=reject_step,
+        quality=cur_q,
+        log_ics=cur_logp,
+        ics=cur_logp.exp(),
+        steps=steps,
+        present=present,
+        projection=cur_z,
+    )

@@ -1,0 +1,242 @@
+"""Tests of the selection reports (CSV / JSON / plot), SelectionReportWriter and DyMoEvaluator end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from ignite.metrics import Accuracy
+
+from monai.data import DataLoader
+from monai.handlers import from_engine
+from monai.transforms import Activationsd, AsDiscreted, Compose
+
+from monai_dymo.calibration import fit_calibration
+from monai_dymo.engines.evaluator import DyMoEvaluator, PrepareDyMoEvalBatch
+from monai_dymo.handlers.reports import (
+    SelectionReportWriter,
+    modality_status,
+    plot_selection_summary,
+    report_modalities,
+    write_report_csv,
+    write_report_json,
+)
+from monai_dymo.inferers import NO_MODALITY_ERROR, DyMoInferer
+
+NAMES = ("t1", "t2", "flair", "adc")
+C = 2
+
+
+class ToyNet(nn.Module):
+    def __init__(self, names=NAMES, in_dim=3, d=8, proj_dim=4, num_classes=C):
+        super().__init__()
+        self.modalities = tuple(names)
+        self.num_classes = num_classes
+        self.proj_dim = proj_dim
+        self.enc = nn.ModuleDict({n: nn.Linear(in_dim, 2 * d) for n in names})
+        self.d = d
+        self.head = nn.Linear(d, num_classes)
+        self.proj = nn.Linear(d, proj_dim)
+
+    def encode(self, inputs):
+        return {n: self.enc[n](inputs[n]).reshape(-1, 2, self.d) for n in self.modalities}
+
+    def fuse(self, tokens, subset):
+        w = subset.float()
+        h = torch.tanh(sum(tokens[n].mean(1) * w[:, i : i + 1] for i, n in enumerate(self.modalities)))
+        return self.head(h), F.normalize(self.proj(h), dim=-1)
+
+    def forward(self, inputs, subset):
+        return self.fuse(self.encode(inputs), subset)
+
+
+def _samples(n=22, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        present = torch.rand(len(NAMES), generator=g) > 0.6
+        present[int(torch.randint(0, len(NAMES), (1,), generator=g))] = True
+        if i == 5:
+            present[:] = False  # a patient with nothing observed
+        sample = {m: torch.randn(3, generator=g) if present[j] else torch.zeros(3) for j, m in enumerate(NAMES)}
+        sample["present"] = present
+        sample["modality_reasons"] = {
+            m: "observed" if present[j] else f"file not found: /data/case{i}/{m}.nii.gz" for j, m in enumerate(NAMES)
+        }
+        sample["patient_id"] = f"case{i:03d}"
+        sample["label"] = i % C
+        out.append(sample)
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    net = ToyNet().eval()
+    g = torch.Generator().manual_seed(1)
+    train = [{**{m: torch.randn(16, 3, generator=g) for m in NAMES}, "label": torch.arange(16) % C} for _ in range(2)]
+    calib = fit_calibration(net.encode, net.fuse, train, modalities=NAMES, num_classes=C, progress=False)
+    return net, calib
+
+
+def _records(setup):
+    net, calib = setup
+    samples = _samples(8)
+    x = {m: torch.stack([s[m] for s in samples]) for m in NAMES}
+    present = torch.stack([s["present"] for s in samples])
+    inferer = DyMoInferer(calib)
+    inferer(x, net, present=present)
+    records = inferer.last_records(
+        patient_ids=[s["patient_id"] for s in samples], reasons=[s["modality_reasons"] for s in samples]
+    )
+    for s, r in zip(samples, records):
+        r["label"] = s["label"]
+    return records
+
+
+def test_write_report_csv_rows_and_columns(setup, tmp_path):
+    records = _records(setup)
+    path = write_report_csv(records, tmp_path / "sub" / "report.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(records) == 8
+    cols = list(rows[0])
+    for c in ["patient_id", "label", "prediction", "probability", "correct", "quality", "ics", "log_ics", "steps",
+              "observed", "recovered", "selected", "accepted", "rejected", "error"]:
+        assert c in cols
+    assert [c for c in cols if c.endswith("_status")] == [f"{m}_status" for m in NAMES]
+    for row, rec in zip(rows, records):
+        assert row["patient_id"] == rec["patient_id"]
+        assert row["observed"] == ";".join(rec["observed"])
+        assert row["accepted"] == ";".join(a["modality"] for a in rec["accepted"])
+        for m in NAMES:
+            assert row[f"{m}_status"] == modality_status(rec, m)
+            assert row[f"{m}_reason"] == rec["reasons"][m]
+        if rec["error"] is None:
+            assert int(row["prediction"]) == rec["prediction"]
+            assert float(row["quality"]) == pytest.approx(rec["quality"])
+            assert row["correct"] == str(int(rec["prediction"] == rec["label"]))
+    err = rows[5]
+    assert err["error"] == NO_MODALITY_ERROR and err["prediction"] == "" and err["correct"] == ""
+    assert all(err[f"{m}_status"] == "missing" for m in NAMES)
+    statuses = {rows[i][f"{m}_status"] for i in range(8) if i != 5 for m in NAMES}
+    assert "observed" in statuses and statuses <= {"observed", "accepted", "rejected", "unused"}
+
+
+def test_write_report_json_and_plot(setup, tmp_path):
+    records = _records(setup)
+    records[0] = {**records[0], "quality": float("nan")}  # non-finite values become null
+    path = write_report_json(records, tmp_path / "r.json")
+    back = json.loads(open(path).read())
+    assert len(back) == 8 and back[0]["quality"] is None
+    assert back[3] == records[3]
+    assert report_modalities(records) == list(NAMES)
+    png = plot_selection_summary(records, None, tmp_path / "summary.png")
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _evaluator(setup, tmp_path, decollate=True, postprocessing=None, batch_size=5):
+    net, calib = setup
+    loader = DataLoader(_samples(), batch_size=batch_size, shuffle=False, num_workers=0)
+    writer = SelectionReportWriter(output_dir=tmp_path)
+    evaluator = DyMoEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=loader,
+        network=net,
+        inferer=DyMoInferer(calib),
+        key_val_metric={"acc": Accuracy(output_transform=from_engine(["pred", "label"]))},
+        val_handlers=[writer],
+        decollate=decollate,
+        postprocessing=postprocessing,
+    )
+    return evaluator, writer
+
+
+def _expected(setup):
+    net, calib = setup
+    samples = _samples()
+    x = {m: torch.stack([s[m] for s in samples]) for m in NAMES}
+    present = torch.stack([s["present"] for s in samples])
+    inferer = DyMoInferer(calib)
+    logits = inferer(x, net, present=present)
+    labels = torch.tensor([s["label"] for s in samples])
+    return logits, labels, inferer.last_records()
+
+
+@pytest.mark.parametrize("decollate", [True, False])
+def test_evaluator_end_to_end(setup, tmp_path, decollate):
+    evaluator, writer = _evaluator(setup, tmp_path, decollate=decollate)
+    evaluator.run()
+    logits, labels, expected = _expected(setup)
+    # ignite's Accuracy: argmax of the logits (a NaN row counts as class 0)
+    pred = torch.nan_to_num(logits, nan=0.0).argmax(1)
+    pred[torch.isnan(logits).any(1)] = 0
+    assert evaluator.state.metrics["acc"] == pytest.approx((pred == labels).float().mean().item())
+
+    with open(tmp_path / "dymo_report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["patient_id"] for r in rows] == [f"case{i:03d}" for i in range(22)]
+    assert rows[5]["error"] == NO_MODALITY_ERROR
+    assert [int(r["label"]) for r in rows] == labels.tolist()
+    for row, rec in zip(rows, expected):
+        assert row["selected"] == ";".join(rec["selected"])
+        if rec["error"] is None:
+            assert int(row["prediction"]) == rec["prediction"]
+            assert float(row["log_ics"]) == pytest.approx(rec["log_ics"], rel=1e-6)
+    assert rows[0]["t2_reason"] in ("observed", "file not found: /data/case0/t2.nii.gz")
+    records = json.loads((tmp_path / "dymo_report.json").read_text())
+    assert len(records) == 22 and records[5]["error"] == NO_MODALITY_ERROR and records[5]["label"] == 1
+    assert (tmp_path / "dymo_summary.png").exists()
+    assert len(writer.records) == 22
+
+    out = evaluator.state.output
+    if decollate:
+        assert isinstance(out, list) and len(out) == 2  # last batch of 22 with batch size 5
+        assert isinstance(out[0]["dymo_selection"], dict) and out[0]["dymo_selection"]["patient_id"] == "case020"
+        assert out[0]["patient_id"] == "case020"
+    else:
+        assert isinstance(out, dict) and out["pred"].shape == (2, C) and len(out["dymo_selection"]) == 2
+
+
+def test_evaluator_with_postprocessing(setup, tmp_path):
+    post = Compose([Activationsd(keys="pred", softmax=True), AsDiscreted(keys="pred", argmax=True, to_onehot=C)])
+    evaluator, writer = _evaluator(setup, tmp_path, postprocessing=post)
+    evaluator.run()
+    assert evaluator.state.output[0]["pred"].shape == (C,)
+    assert len(writer.records) == 22 and writer.paths["csv"].endswith("dymo_report.csv")
+
+
+def test_prepare_batch_and_bad_inputs(setup):
+    net, calib = setup
+    batch = DataLoader(_samples(4), batch_size=4)
+    data = next(iter(batch))
+    inputs, label, args, kwargs = PrepareDyMoEvalBatch(NAMES)(data, "cpu")
+    assert set(inputs) == set(NAMES) and label.tolist() == [0, 1, 0, 1] and kwargs["present"].shape == (4, 4)
+    with pytest.raises(ValueError, match="adc"):
+        PrepareDyMoEvalBatch(NAMES)({k: v for k, v in data.items() if k != "adc"})
+    with pytest.raises(ValueError, match="DyMoInferer"):
+        DyMoEvaluator(device="cpu", val_data_loader=batch, network=net, inferer=None)
+    writer = SelectionReportWriter()
+    with pytest.raises(ValueError, match="dymo_selection"):
+        writer.collect({"pred": torch.zeros(2, 2)})
+    recs = writer.collect({"dymo_selection": [{"patient_id": "a"}, {"patient_id": "b"}], "label": torch.tensor([1, 0])})
+    assert [r["label"] for r in recs] == [1, 0]
+    recs = writer.collect([{"dymo_selection": {"patient_id": "a"}, "label": torch.tensor([0.0, 1.0])}])
+    assert recs[0]["label"] == 1  # one-hot label -> class index
+
+
+def test_report_without_labels_or_reasons(tmp_path):
+    rec = {"patient_id": "x", "observed": ["a"], "recovered": ["b"], "selected": ["a", "b"],
+           "accepted": [{"modality": "b", "step": 0, "reward": 0.1}], "rejected": [], "unused": [],
+           "quality": 0.9, "log_ics": -1.0, "ics": math.exp(-1.0), "prediction": 1, "probability": 0.8,
+           "steps": 1, "reasons": {}, "error": None}
+    path = write_report_csv([rec], tmp_path / "r.csv")
+    row = next(csv.DictReader(open(path, newline="")))
+    assert row["label"] == "" and row["correct"] == "" and row["a_status"] == "observed"
+    assert row["b_status"] == "accepted" and row["b_reason"] == ""
