@@ -4,7 +4,8 @@ What is timed (same ``DynamicFusionTransformer`` in eval mode, same batch, ``tor
 already recovered, so recovery is not timed):
 
 - ``dymo``: ``network.encode`` once + :func:`monai_dymo.selection.select_modalities` (one batched ``fuse`` call per
-  greedy round; the final logits come from the last accepted candidate, no extra pass).
+  greedy round, candidate rows given as patient indices; the final logits come from the last accepted candidate, no
+  extra pass).
 - ``reference``: the cost profile of the straightforward implementation: at every step, for every candidate modality
   ``u``, two whole forward passes (encoders included) of the patients that have ``u`` as a candidate,
   ``network(inputs, S u {u})`` and ``network(inputs, S)``, then the quality / Gaussian scores and rewards computed
@@ -168,9 +169,9 @@ def run_case(name, args, device):
         rows = {"n": 0}
         fuse = net.fuse
 
-        def counting_fuse(tokens, subset):
+        def counting_fuse(tokens, subset, index=None):  # forwards the row -> patient index like net.fuse takes it
             rows["n"] += subset.shape[0]
-            return fuse(tokens, subset)
+            return fuse(tokens, subset, index=index)
 
         def dymo():
             return select_modalities(counting_fuse, net.encode(inputs), present, calib, temperature=TAU)

@@ -8,10 +8,15 @@ returned are those of the last accepted candidate. ``fuse`` therefore sees exact
 ``B + (number of candidate evaluations)`` rows in total.
 
 This module never imports networks: ``fuse`` is any callable ``(tokens, subset[R, M]) -> (logits[R, C], z[R, D])``.
+If it also takes an ``index`` keyword (``fuse(tokens, subset, index=LongTensor[R])``: row ``r`` uses the tokens of
+patient ``index[r]``, as :meth:`monai_dymo.networks.fusion.DynamicFusionTransformer.fuse` does), the candidate rows
+are passed as patient indices instead of copies of the tokens, so ``fuse`` can share per-patient work across rows.
+The selection runs under ``torch.no_grad()``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -314,6 +319,15 @@ def _reasons_per_patient(reasons: Any, modalities: Sequence[str], batch_size: in
 
 
 # ---------------------------------------------------------------------------------------------------- selection
+def _takes_index(fuse: Callable) -> bool:
+    """Whether ``fuse`` accepts an ``index`` keyword (row -> patient index into the tokens)."""
+    try:
+        param = inspect.signature(fuse).parameters.get("index")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+
+
 def _resolve_modalities(
     tokens: Mapping[str, torch.Tensor], calibration: SubsetCalibration, modalities: Sequence[str] | None
 ) -> tuple[str, ...]:
@@ -358,6 +372,7 @@ def select_modalities(
 
     Args:
         fuse: ``fuse(tokens, subset[R, M]) -> (logits[R, C], z[R, D])`` (e.g. ``network.fuse``); rows independent.
+            If it takes an ``index`` keyword, candidate rows are given as ``fuse(tokens, subset, index=patients)``.
         tokens: ``{name: Tensor[B, n_m, d]}`` from the encoders, *every* modality included (missing ones recovered).
         present: ``BoolTensor[B, M]``, True = observed; every other modality is a candidate.
         calibration: :class:`~monai_dymo.calibration.SubsetCalibration` (moved to ``present``'s device if needed).
@@ -372,6 +387,18 @@ def select_modalities(
             matching the modalities, ``fuse`` outputs not matching the calibration (classes, projection width), or
             non-finite ``fuse`` outputs.
     """
+    with torch.no_grad():
+        return _select(fuse, tokens, present, calibration, temperature, modalities)
+
+
+def _select(
+    fuse: FuseFn,
+    tokens: Mapping[str, torch.Tensor],
+    present: torch.Tensor,
+    calibration: SubsetCalibration,
+    temperature: float,
+    modalities: Sequence[str] | None,
+) -> SelectionResult:
     names = _resolve_modalities(tokens, calibration, modalities)
     M, C, D = len(names), calibration.num_classes, calibration.proj_dim
     if not isinstance(present, torch.Tensor) or present.dtype != torch.bool:
@@ -393,10 +420,16 @@ def select_modalities(
     present = present.to(device)
     calib = calibration.to(device)
     tokens = {name: tokens[name] for name in names}
+    by_index = _takes_index(fuse)
 
-    def run(tok: Mapping[str, torch.Tensor], subset: torch.Tensor):
+    def run(subset: torch.Tensor, patients: torch.Tensor | None = None):
         rows = subset.shape[0]
-        logits, z = fuse(tok, subset)
+        if patients is None:
+            logits, z = fuse(tokens, subset)
+        elif by_index:
+            logits, z = fuse(tokens, subset, index=patients)
+        else:
+            logits, z = fuse({name: v.index_select(0, patients) for name, v in tokens.items()}, subset)
         if type(logits) is not torch.Tensor:
             logits = logits.as_subclass(torch.Tensor)
         if type(z) is not torch.Tensor:
@@ -417,7 +450,7 @@ def select_modalities(
         return logits, z, q, log_p, finite
 
     arange_b = torch.arange(B, device=device)
-    cur_logits, cur_z, cur_q, cur_logp, finite0 = run(tokens, present)
+    cur_logits, cur_z, cur_q, cur_logp, finite0 = run(present)
     nonfinite = (~finite0).long()  # [B], checked once at the end (no host sync in the loop)
     selected = present.clone()
     bad = torch.zeros_like(present)
@@ -439,8 +472,7 @@ def select_modalities(
         arange_k = torch.arange(k, device=device)
         subset = selected.index_select(0, p)
         subset[arange_k, u] = True
-        tok = {name: v.index_select(0, p) for name, v in tokens.items()}
-        logits_k, z_k, q_k, logp_k, finite_k = run(tok, subset)
+        logits_k, z_k, q_k, logp_k, finite_k = run(subset, p)
         nonfinite.index_add_(0, p, (~finite_k).long())
 
         r = selection_reward(cur_q[p], cur_logp[p], q_k, logp_k, calib.metric)  # [K] float64

@@ -149,9 +149,52 @@ def test_fusion_shapes_and_unit_norm():
     torch.testing.assert_close(net.fuse(tokens, one)[0], net.fuse(tokens, one.expand(6, 3))[0])
 
 
+def _spec_reference(net: DynamicFusionTransformer, x: dict, subset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Method section 1, written out literally from the network's parameters: per-modality LayerNorm, zero the tokens
+    of modalities outside the subset, add the modality embedding, prepend CLS, add positional embeddings, run the blocks'
+    own forward over the whole sequence with a key mask hiding the unselected modalities, CLS -> heads."""
+    parts = [net.cls_token.expand(subset.shape[0], -1, -1)]
+    for i, m in enumerate(net.modalities):
+        t = net.token_norms[m](net.encoders[m](x[m]))
+        parts.append(t * subset[:, i, None, None].float() + net.modality_embedding[i])
+    seq = torch.cat(parts, dim=1) + net.pos_embedding
+    hidden = torch.cat(
+        [torch.zeros(subset.shape[0], 1, dtype=torch.bool)]
+        + [(~subset[:, i, None]).expand(-1, net.num_tokens[m]) for i, m in enumerate(net.modalities)],
+        dim=1,
+    )
+    for block in net.blocks:
+        seq = block(seq, src_key_padding_mask=hidden)
+    cls = net.norm(seq[:, 0])
+    return net.classifier(cls), torch.nn.functional.normalize(net.projection(cls), dim=-1)
+
+
+def _perturb_parameters(net: DynamicFusionTransformer) -> None:
+    # non-trivial LayerNorm affine parameters and biases (the defaults are 1 / 0)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_forward_matches_method_written_out(depth):
+    net = _small_fusion(depth=depth).eval()
+    _perturb_parameters(net)
+    x = _small_inputs(batch=20)
+    subset = _random_subsets(20, 3, seed=3)
+    with torch.no_grad():
+        logits, z = net(x, subset)
+        logits_ref, z_ref = _spec_reference(net, x, subset)
+    torch.testing.assert_close(logits, logits_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(z, z_ref, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("train_mode", [False, True])
-def test_fuse_matches_full_masked_reference(train_mode):
-    net = _small_fusion()
+@pytest.mark.parametrize("depth", [1, 2])
+def test_fuse_matches_full_masked_reference(train_mode, depth):
+    net = _small_fusion(depth=depth)
+    _perturb_parameters(net)
     net.train(train_mode)  # dropout is 0, so train mode exercises the autograd (non fast-path) attention
     x = _small_inputs(batch=20)
     subset = _random_subsets(20, 3, seed=3)
@@ -163,9 +206,45 @@ def test_fuse_matches_full_masked_reference(train_mode):
     torch.testing.assert_close(logits, logits_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(z, z_ref, atol=1e-5, rtol=1e-5)
     if train_mode:
-        g = torch.autograd.grad(logits.sum() + z.sum(), net.pos_embedding, retain_graph=True)[0]
-        g_ref = torch.autograd.grad(logits_ref.sum() + z_ref.sum(), net.pos_embedding)[0]
-        torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-4)
+        params = [p for p in net.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(logits.sum() + z.sum(), params, retain_graph=True, allow_unused=True)
+        grads_ref = torch.autograd.grad(logits_ref.sum() + z_ref.sum(), params, allow_unused=True)
+        for (name, _), g, g_ref in zip(net.named_parameters(), grads, grads_ref):
+            if g_ref is None:
+                assert g is None or not g.any(), name
+                continue
+            if name.endswith("conv.bias"):  # conv bias before BatchNorm: true gradient 0, only rounding noise
+                continue
+            torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_fuse_with_row_index_and_chunks(depth):
+    """``index`` (several rows per sample: the first block's projection is shared) and small chunks give the same
+    rows as fusing copies of the tokens over the whole sequence."""
+    net = _small_fusion(depth=depth).eval()
+    _perturb_parameters(net)
+    x = _small_inputs(batch=5)
+    g = torch.Generator().manual_seed(4)
+    index = torch.randint(0, 5, (40,), generator=g)
+    subset = _random_subsets(40, 3, seed=9)
+    with torch.no_grad():
+        tokens = net.encode(x)
+        copied = {m: t.index_select(0, index) for m, t in tokens.items()}
+        ref = net.fuse_full(copied, subset)
+        for chunk in (4096, 12, 1):
+            net.chunk_tokens = chunk
+            for out in (net.fuse(tokens, subset, index=index), net.fuse(copied, subset)):
+                torch.testing.assert_close(out[0], ref[0], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(out[1], ref[1], atol=1e-5, rtol=1e-5)
+        full_idx = net.fuse_full(tokens, subset, index=index)
+    torch.testing.assert_close(full_idx[0], ref[0])
+    with pytest.raises(ValueError, match=r"index values must lie in \[0, 5\).*found 0..5"):
+        net.fuse(tokens, subset[:2], index=torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="index must be an integer tensor"):
+        net.fuse(tokens, subset[:2], index=torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"shape \[B, M\] = \(3, 3\), found \(2, 3\)"):
+        net.fuse(tokens, subset[:2], index=torch.tensor([0, 1, 2]))
 
 
 def test_each_row_independent_of_batch_composition():
@@ -321,3 +400,32 @@ def test_constructible_from_bundle_config():
     logits, z = net.eval()({"t1": torch.randn(2, 1, 8, 8, 8), "clin": torch.tensor([[0.1, 0.2, 1.0], [0.3, 0.0, 2.0]])})
     assert logits.shape == (2, 2) and z.shape == (2, 8)
     assert parser.get_parsed_content("polymnist").dim == 32
+
+
+def test_selection_passes_row_index_and_matches_copied_tokens():
+    """``select_modalities`` hands candidate rows to ``fuse`` as patient indices when ``fuse`` takes ``index``; the
+    selection is the same as with a ``fuse`` that only accepts copied tokens."""
+    from monai_dymo.calibration import fit_calibration
+    from monai_dymo.selection import select_modalities
+
+    net = _small_fusion().eval()
+    _perturb_parameters(net)
+    train = [{**_small_inputs(batch=24, seed=s), "label": torch.arange(24) % 3} for s in (2, 3)]
+    calib = fit_calibration(net.encode, net.fuse, train, modalities=net.modalities, num_classes=3, progress=False)
+    x = _small_inputs(batch=16, seed=5)
+    present = torch.zeros(16, 3, dtype=torch.bool)
+    present[torch.arange(16), torch.arange(16) % 3] = True
+    indexed: list[bool] = []
+
+    def with_index(tokens, subset, index=None):
+        indexed.append(index is not None)
+        return net.fuse(tokens, subset, index=index)
+
+    with torch.no_grad():
+        tokens = net.encode(x)
+        a = select_modalities(with_index, tokens, present, calib)
+        b = select_modalities(lambda tok, subset: net.fuse(tok, subset), tokens, present, calib)
+    assert indexed[0] is False and all(indexed[1:]) and len(indexed) > 1
+    assert torch.equal(a.selected, b.selected) and torch.equal(a.rejected, b.rejected)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.rewards, b.rewards, atol=1e-5, rtol=1e-5, equal_nan=True)

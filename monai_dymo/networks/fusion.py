@@ -18,17 +18,25 @@ __all__ = ["DynamicFusionTransformer", "build_image_fusion", "build_polymnist_fu
 class DynamicFusionTransformer(nn.Module):
     """Transformer fusion of modality tokens with subset masking (DyMo's flexible fusion network ``F``).
 
-    ``encode`` runs each modality's encoder once (tokens ``[B, n_m, dim]``); ``fuse`` then evaluates any subset per row:
-    tokens get a per-modality LayerNorm, tokens of modalities outside the row's subset are zeroed, a learned modality
-    embedding is added to every token, a learned CLS token is prepended, learned positional embeddings are added over
-    the whole sequence ``[CLS, tokens of modality 0, ..., tokens of modality M-1]``, and pre-norm transformer blocks run
-    with an attention mask hiding the tokens of modalities outside the subset (CLS always visible). The final CLS state
-    feeds a linear classifier (logits ``[B, C]``) and a linear projection head (``z [B, proj_dim]``, L2-normalised).
+    The network computes, for a subset ``S`` (method section 1): tokens get a per-modality LayerNorm, tokens of
+    modalities outside ``S`` are zeroed, a learned modality embedding is added to every token, a learned CLS token is
+    prepended, learned positional embeddings are added over the whole sequence
+    ``[CLS, tokens of modality 0, ..., tokens of modality M-1]``, and pre-norm transformer blocks run with an attention
+    mask hiding the tokens of modalities outside ``S`` (CLS always visible). The final CLS state feeds a linear
+    classifier (logits ``[B, C]``) and a linear projection head (``z [B, proj_dim]``, L2-normalised).
 
-    Since hidden tokens cannot influence the CLS output, ``fuse`` only computes each row's visible tokens: they are
-    gathered into a compacted sequence (CLS first), and rows with the same number of visible tokens run together, so
-    no sequence carries padding; ``fuse_full`` is the straightforward full-sequence masked computation, kept as the
-    reference (they agree to float tolerance).
+    It is split so that a sample is encoded once and then fused with many subsets:
+
+    - ``encode`` runs each modality's encoder and the subset-independent per-token work (LayerNorm, modality and
+      positional embeddings; :meth:`embed_tokens`) -> tokens ``{name: [B, n_m, dim]}``. The zeroing of unselected
+      modalities is skipped: their tokens are hidden from attention, so it cannot change the CLS output.
+    - ``fuse(tokens, subset, index=None)`` evaluates one subset per row. Only each row's visible tokens are computed:
+      they are packed without padding (CLS first; rows of equal sequence length run their attention together, in
+      chunks of about ``chunk_tokens`` tokens on CPU), the last block computes only the CLS query (the one output
+      used), and with ``index`` (several rows per sample, as in the greedy selection) the first block's LayerNorm and
+      query/key/value projection are done once per sample.
+    - ``fuse_full`` is the straightforward full-sequence masked computation through the blocks' own ``forward``, kept
+      as the reference (they agree to float tolerance).
 
     The transformer blocks are ``torch.nn.TransformerEncoderLayer`` (pre-norm, GELU) driven by ``src_key_padding_mask``:
     MONAI's ``TransformerBlock``/``SABlock`` take an equivalent key mask but need the optional ``einops`` package.
@@ -98,6 +106,10 @@ class DynamicFusionTransformer(nn.Module):
             [torch.full((counts[m],), i, dtype=torch.int64) for i, m in enumerate(self.modalities)]
         )
         self.register_buffer("token_modality", token_modality, persistent=False)
+        starts = [1]  # position of each modality's first token in the sequence (CLS is position 0)
+        for m in self.modalities[:-1]:
+            starts.append(starts[-1] + counts[m])
+        self._token_start: tuple[int, ...] = tuple(starts)
 
         self.token_norms = nn.ModuleDict({m: nn.LayerNorm(dim) for m in self.modalities})
         self.modality_embedding = nn.Parameter(torch.zeros(len(self.modalities), dim))
@@ -120,14 +132,19 @@ class DynamicFusionTransformer(nn.Module):
             ]
         )
         self.norm = nn.LayerNorm(dim)
+        self.chunk_tokens = 4096  # CPU only: tokens per packed chunk in ``fuse`` (cache-sized); 0 = whole groups
         self.classifier = nn.Linear(dim, num_classes)
         self.projection = nn.Linear(dim, proj_dim)
 
     # ------------------------------------------------------------------ encoding
     def encode(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Run every modality's encoder: ``{name: [B, ...]}`` -> ``{name: tokens [B, n_m, dim]}``."""
+        """Run every modality's encoder and embed its tokens: ``{name: [B, ...]}`` -> ``{name: [B, n_m, dim]}``.
+
+        The returned tokens already carry everything that does not depend on the subset (see :meth:`embed_tokens`),
+        so that it is computed once per sample rather than once per (sample, subset) row in :meth:`fuse`.
+        """
         self._check_names(inputs, "inputs")
-        tokens: dict[str, torch.Tensor] = {}
+        raw: dict[str, torch.Tensor] = {}
         batch: int | None = None
         for m in self.modalities:
             x = inputs[m]
@@ -143,41 +160,110 @@ class DynamicFusionTransformer(nn.Module):
                 raise ValueError(
                     f"modality '{m}': batch size {x.shape[0]} differs from {batch} of '{self.modalities[0]}'."
                 )
-            tokens[m] = self.encoders[m](x)
-        self._check_tokens(tokens)
-        return tokens
+            raw[m] = self.encoders[m](x)
+        return self.embed_tokens(raw)
+
+    def embed_tokens(self, raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Subset-independent per-token embedding of raw encoder outputs ``{name: [B, n_m, dim]}``: the modality's
+        LayerNorm, plus its modality embedding, plus the positional embeddings of its slots in the sequence
+        ``[CLS, tokens of modality 0, ..., tokens of modality M-1]`` -> ``{name: [B, n_m, dim]}``.
+
+        The method's zeroing of the tokens of modalities outside the subset is not needed: those tokens are hidden
+        from attention, so their values never reach the CLS output.
+        """
+        self._check_tokens(raw)
+        out: dict[str, torch.Tensor] = {}
+        for i, m in enumerate(self.modalities):
+            start, n = self._token_start[i], self.num_tokens[m]
+            t = self.token_norms[m](raw[m]) + self.modality_embedding[i]
+            out[m] = t + self.pos_embedding[:, start : start + n]
+        return out
 
     # ------------------------------------------------------------------ fusion
-    def fuse(self, tokens: Mapping[str, torch.Tensor], subset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fuse per-row subsets: tokens ``{name: [B, n_m, dim]}``, subset BoolTensor ``[B, M]`` (``[M]``: same for
-        all rows) -> ``(logits [B, C], z [B, proj_dim])``. Only the visible tokens of each row are computed."""
-        x, visible = self._embed(tokens, subset)
-        counts = visible.sum(1)
-        # visible positions first, in their original order (CLS is always visible, so it stays first)
-        order = torch.argsort((~visible).to(torch.int8), dim=1, stable=True)
-        lengths = torch.unique(counts).tolist()
-        if len(lengths) == 1:
-            x = torch.gather(x, 1, order[:, : lengths[0], None].expand(-1, -1, x.shape[-1]))
-            return self._transform(x, None)
-        # rows with equal visible counts are run together, so no sequence carries padding
-        all_rows, all_logits, all_z = [], [], []
-        for length in lengths:
-            rows = (counts == length).nonzero().flatten()
-            idx = order.index_select(0, rows)[:, :length]
-            xr = torch.gather(x.index_select(0, rows), 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-            lr, zr = self._transform(xr, None)
-            all_rows.append(rows)
-            all_logits.append(lr)
-            all_z.append(zr)
-        perm = torch.cat(all_rows)
-        inverse = torch.empty_like(perm)
-        inverse[perm] = torch.arange(perm.numel(), device=perm.device)
-        return torch.cat(all_logits)[inverse], torch.cat(all_z)[inverse]
+    def fuse(
+        self, tokens: Mapping[str, torch.Tensor], subset: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fuse per-row subsets of embedded tokens (from :meth:`encode`) -> ``(logits [R, C], z [R, proj_dim])``.
 
-    def fuse_full(self, tokens: Mapping[str, torch.Tensor], subset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference path of :meth:`fuse`: the whole sequence with a key mask hiding modalities outside the subset."""
-        x, visible = self._embed(tokens, subset)
-        return self._transform(x, visible)
+        Args:
+            tokens: ``{name: [B, n_m, dim]}``.
+            subset: BoolTensor ``[R, M]`` (``[M]``: the same subset for every row).
+            index: optional LongTensor ``[R]``: row ``r`` fuses the tokens of sample ``index[r]`` (default: ``R = B``,
+                row ``r`` uses sample ``r``). Several rows may share a sample: their subset-independent work (the first
+                block's LayerNorm and query/key/value projection) is then done once per sample.
+
+        Only each row's visible tokens are computed: they are packed without padding (rows of equal sequence length
+        run their attention together) and the last block only computes the CLS query, the one output used.
+        """
+        batch = self._check_tokens(tokens)
+        rows, index = self._check_index(index, batch)
+        subset = self._check_subset(subset, rows)
+        dim, num_tok = self.dim, self.total_tokens
+        device = subset.device
+        if rows == 0:
+            return self._head(tokens[self.modalities[0]].new_zeros(0, dim))
+
+        # ---- packing: rows sorted by visible-token count, each row = [CLS, its visible tokens in sequence order]
+        visible = subset[:, self.token_modality]  # [R, N]
+        counts = visible.sum(1)
+        order = torch.argsort(counts, stable=True)
+        lengths, sizes = torch.unique_consecutive(counts.index_select(0, order), return_counts=True)
+        groups: list[tuple[int, int, int]] = []  # (first packed token, rows, sequence length incl. CLS)
+        start = 0
+        for length, size in zip(lengths.tolist(), sizes.tolist()):
+            groups.append((start, size, length + 1))
+            start += size * (length + 1)
+        sample = order if index is None else index.index_select(0, order)
+        in_seq = torch.cat([torch.ones_like(visible[:, :1]), visible.index_select(0, order)], dim=1)  # [R, 1 + N]
+        src = torch.arange(-1, num_tok, device=device) + 1 + sample[:, None] * num_tok  # source row of each slot
+        src[:, 0] = 0  # source row 0 is the CLS token
+        flat = src[in_seq]  # [T], CLS first in each row
+
+        cls = (self.cls_token[0] + self.pos_embedding[0, :1]).to(dtype=tokens[self.modalities[0]].dtype)  # [1, dim]
+        source = torch.cat([cls, torch.cat([tokens[m] for m in self.modalities], dim=1).reshape(-1, dim)])
+        qkv_source = None
+        if len(self.blocks) > 0 and source.shape[0] < flat.shape[0]:
+            # the first block's LayerNorm + q/k/v projection is per token: do it once per sample, then gather
+            first = self.blocks[0]
+            qkv_source = F.linear(first.norm1(source), first.self_attn.in_proj_weight, first.self_attn.in_proj_bias)
+        limit = self.chunk_tokens if device.type == "cpu" else 0
+        outputs = []
+        for start, n, length in groups:
+            step = max(1, limit // length) if limit else n
+            for r0 in range(0, n, step):
+                k = min(step, n - r0)
+                idx = flat[start + r0 * length : start + (r0 + k) * length]
+                x = source.index_select(0, idx)  # [k * length, dim]
+                qkv = None if qkv_source is None else qkv_source.index_select(0, idx)
+                for i, block in enumerate(self.blocks):
+                    if i < len(self.blocks) - 1:
+                        x = self._block_all(block, x, qkv, k, length)
+                    else:
+                        x = self._block_cls(block, x, qkv, k, length)
+                    qkv = None
+                outputs.append(x if len(self.blocks) else x.view(k, length, dim)[:, 0])
+        logits, z = self._head(outputs[0] if len(outputs) == 1 else torch.cat(outputs))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(rows, device=device)
+        return logits.index_select(0, inverse), z.index_select(0, inverse)
+
+    def fuse_full(
+        self, tokens: Mapping[str, torch.Tensor], subset: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference path of :meth:`fuse`: the whole sequence ``[CLS, all tokens]`` through the blocks' own
+        ``forward`` with a key mask hiding modalities outside the subset (same arguments and results as ``fuse``)."""
+        batch = self._check_tokens(tokens)
+        rows, index = self._check_index(index, batch)
+        subset = self._check_subset(subset, rows)
+        if index is not None:
+            tokens = {m: t.index_select(0, index) for m, t in tokens.items()}
+        first = tokens[self.modalities[0]]
+        cls = (self.cls_token + self.pos_embedding[:, :1]).to(first.dtype).expand(rows, -1, -1)
+        x = torch.cat([cls] + [tokens[m] for m in self.modalities], dim=1)
+        visible = torch.cat([torch.ones_like(subset[:, :1]), subset[:, self.token_modality]], dim=1)
+        for block in self.blocks:
+            x = block(x, src_key_padding_mask=~visible)
+        return self._head(x[:, 0])
 
     def forward(
         self, inputs: Mapping[str, torch.Tensor], subset: torch.Tensor | None = None
@@ -212,35 +298,111 @@ class DynamicFusionTransformer(nn.Module):
                 raise ValueError(f"modality '{m}': expected tokens of shape [B, n, dim] = {expected}, found {found}.")
         return batch
 
-    def _embed(self, tokens: Mapping[str, torch.Tensor], subset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embedded sequence ``[B, 1 + N, dim]`` and visibility ``BoolTensor[B, 1 + N]`` (CLS first)."""
-        batch = self._check_tokens(tokens)
+    def _check_index(self, index: torch.Tensor | None, batch: int) -> tuple[int, torch.Tensor | None]:
+        """Number of rows and the row -> sample index (``None``: one row per sample)."""
+        if index is None:
+            return batch, None
+        if not isinstance(index, torch.Tensor) or index.ndim != 1 or index.dtype not in (torch.int32, torch.int64):
+            found = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
+            raise ValueError(f"index must be an integer tensor [R] of sample indices, found {found}.")
+        index = index.to(device=self.cls_token.device, dtype=torch.int64)
+        if index.numel():
+            low, high = torch.aminmax(index)
+            low, high = int(low), int(high)
+            if low < 0 or high >= batch:
+                raise ValueError(
+                    f"index values must lie in [0, {batch}) (the tokens' batch size), found {low}..{high}."
+                )
+        return index.shape[0], index
+
+    def _check_subset(self, subset: torch.Tensor, rows: int) -> torch.Tensor:
+        """Validated subset ``BoolTensor[R, M]`` on the network's device."""
         num_mod = len(self.modalities)
         if not isinstance(subset, torch.Tensor) or subset.dtype != torch.bool:
             found = getattr(subset, "dtype", type(subset).__name__)
             raise ValueError(f"subset must be a bool tensor [B, {num_mod}], found {found}.")
+        if type(subset) is not torch.Tensor:  # e.g. a MetaTensor: plain tensor semantics
+            subset = subset.as_subclass(torch.Tensor)
         if subset.ndim == 1 and subset.shape[0] == num_mod:
-            subset = subset.unsqueeze(0).expand(batch, -1)
-        if tuple(subset.shape) != (batch, num_mod):
-            raise ValueError(f"subset must have shape [B, M] = {(batch, num_mod)}, found {tuple(subset.shape)}.")
-        empty = ~subset.any(1)
-        if empty.any():
-            raise ValueError(f"row {int(empty.nonzero()[0])}: empty subset (no modality selected).")
+            subset = subset.unsqueeze(0).expand(rows, -1)
+        if tuple(subset.shape) != (rows, num_mod):
+            raise ValueError(f"subset must have shape [B, M] = {(rows, num_mod)}, found {tuple(subset.shape)}.")
         subset = subset.to(self.cls_token.device)
-        parts = [self.cls_token.expand(batch, -1, -1)]
-        for i, m in enumerate(self.modalities):
-            t = self.token_norms[m](tokens[m])
-            t = t * subset[:, i, None, None].to(t.dtype)
-            parts.append(t + self.modality_embedding[i])
-        x = torch.cat(parts, dim=1) + self.pos_embedding
-        visible = torch.cat([torch.ones_like(subset[:, :1]), subset[:, self.token_modality]], dim=1)
-        return x, visible
+        empty = ~subset.any(1)
+        if bool(empty.any()):
+            raise ValueError(f"row {int(empty.nonzero()[0])}: empty subset (no modality selected).")
+        return subset
 
-    def _transform(self, x: torch.Tensor, visible: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        padding = None if visible is None else ~visible
-        for block in self.blocks:
-            x = block(x, src_key_padding_mask=padding)
-        cls = self.norm(x[:, 0])
+    @staticmethod
+    def _attend(
+        block: nn.TransformerEncoderLayer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """Multi-head attention of ``q [n, Lq, H, hd]`` over ``k, v [n, L, H, hd]`` -> ``[n, Lq, H * hd]``."""
+        p = block.self_attn.dropout if block.training else 0.0
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p)
+        return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+
+    def _mlp(self, block: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+        """Second half of a pre-norm block: ``x + MLP(norm2(x))``."""
+        h = block.linear2(block.dropout(block.activation(block.linear1(block.norm2(x)))))
+        return x + block.dropout2(h)
+
+    def _block_all(
+        self, block: nn.TransformerEncoderLayer, x: torch.Tensor, qkv: torch.Tensor | None, rows: int, length: int
+    ) -> torch.Tensor:
+        """One pre-norm block (the computation of ``block.forward``) on ``rows`` packed sequences of ``length``
+        tokens, ``x [rows * length, dim]``; ``qkv [rows * length, 3 dim]`` if already projected."""
+        heads = block.self_attn.num_heads
+        if qkv is None:
+            qkv = F.linear(block.norm1(x), block.self_attn.in_proj_weight, block.self_attn.in_proj_bias)
+        g = qkv.view(rows, length, 3, heads, -1)
+        attn = self._attend(block, g[:, :, 0], g[:, :, 1], g[:, :, 2]).reshape(rows * length, -1)
+        x = x + block.dropout1(block.self_attn.out_proj(attn))
+        return self._mlp(block, x)
+
+    def _block_cls(
+        self, block: nn.TransformerEncoderLayer, x: torch.Tensor, qkv: torch.Tensor | None, rows: int, length: int
+    ) -> torch.Tensor:
+        """Last block, CLS outputs only (the other tokens' outputs of the last block are never used): attention of
+        each sequence's CLS (its first token) over all its tokens, then the MLP -> ``[rows, dim]``.
+
+        Without precomputed ``qkv`` the keys and values are never formed: for head ``h``,
+        ``q_h . (W_k,h n_j + b_k,h) = (W_k,h^T q_h) . n_j + const`` (``n_j`` the normed token; the constant cancels in
+        the softmax) and ``sum_j a_j (W_v,h n_j + b_v,h) = W_v,h (sum_j a_j n_j) + b_v,h sum_j a_j``, which costs
+        ``O(dim)`` per token and head instead of a ``dim x 2 dim`` projection per token.
+        """
+        attn_mod = block.self_attn
+        heads, dim = attn_mod.num_heads, self.dim
+        head_dim = dim // heads
+        weight, bias = attn_mod.in_proj_weight, attn_mod.in_proj_bias
+        x_cls = x.view(rows, length, dim)[:, 0]
+        if qkv is not None:
+            kv, q = qkv[:, dim:], qkv.view(rows, length, 3 * dim)[:, 0, :dim]
+            g = kv.view(rows, length, 2, heads, -1)
+            attn = self._attend(block, q.view(rows, 1, heads, -1), g[:, :, 0], g[:, :, 1]).reshape(rows, dim)
+        else:
+            normed = block.norm1(x).view(rows, length, dim)
+            q = F.linear(normed[:, 0], weight[:dim], None if bias is None else bias[:dim])  # [rows, dim]
+            w_k = weight[dim : 2 * dim].view(heads, head_dim, dim)
+            w_v = weight[2 * dim :].view(heads, head_dim, dim)
+            q_k = torch.bmm(q.view(rows, heads, head_dim).transpose(0, 1), w_k).transpose(0, 1)  # [rows, H, dim]
+            scores = torch.bmm(q_k * head_dim**-0.5, normed.transpose(1, 2))  # [rows, H, length]
+            weights = torch.softmax(scores, dim=-1)
+            p = attn_mod.dropout if block.training else 0.0
+            if p > 0:
+                weights = F.dropout(weights, p)
+            context = torch.bmm(weights, normed)  # [rows, H, dim]
+            attn = torch.bmm(context.transpose(0, 1), w_v.transpose(1, 2)).transpose(0, 1)  # [rows, H, head_dim]
+            if bias is not None:
+                b_v = bias[2 * dim :].view(heads, head_dim)
+                attn = attn + (b_v * weights.sum(-1, keepdim=True) if p > 0 else b_v)
+            attn = attn.reshape(rows, dim)
+        x_cls = x_cls + block.dropout1(attn_mod.out_proj(attn))
+        return self._mlp(block, x_cls)
+
+    def _head(self, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final CLS states ``[R, dim]`` -> ``(logits [R, C], z [R, proj_dim])``."""
+        cls = self.norm(cls)
         return self.classifier(cls), F.normalize(self.projection(cls), dim=-1)
 
 
