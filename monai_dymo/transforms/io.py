@@ -176,7 +176,8 @@ class LoadModality(Transform):
         finite = torch.isfinite(values)
         if not bool(finite.any()):
             return None, format_reason(Reason.EMPTY_IMAGE, f"{name} (no finite voxel)")
-        vmin, vmax = values[finite].min(), values[finite].max()
+        # the common all-finite case avoids copying the volume through a boolean index
+        vmin, vmax = torch.aminmax(values if bool(finite.all()) else values[finite])
         if bool(vmin == vmax):
             return None, format_reason(Reason.EMPTY_IMAGE, f"{name} (constant volume, all voxels {float(vmin):g})")
         img.meta[PLACEHOLDER_META_KEY] = False
