@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from .evaluator import DyMoEvaluator, PrepareDyMoEvalBatch
+from .recovery_trainer import (
+    PrepareRecoveryBatch,
+    RecoveryEvaluator,
+    RecoveryMSE,
+    RecoveryTrainer,
+    recovery_loss_terms,
+    simulate_missing,
+)
 from .trainer import PrepareDyMoBatch, SubsetAugmentedTrainer, subset_augmented_forward
 
 __all__ = [
     "DyMoEvaluator",
     "PrepareDyMoBatch",
     "PrepareDyMoEvalBatch",
+    "PrepareRecoveryBatch",
+    "RecoveryEvaluator",
+    "RecoveryMSE",
+    "RecoveryTrainer",
     "SubsetAugmentedTrainer",
+    "recovery_loss_terms",
+    "simulate_missing",
     "subset_augmented_forward",
 ]

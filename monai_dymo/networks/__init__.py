@@ -5,8 +5,7 @@ from __future__ import annotations
 from .encoders import ClinicalTokenEncoder, ImageTokenEncoder
 from .fusion import DynamicFusionTransformer, build_image_fusion, build_polymnist_fusion
 
-# recovery networks (written separately; the lead merges their exports here):
-# from .recovery import ...
+from .recovery import IterativeImputerRecovery, MoPoERecovery, RecoveryNetwork, build_mri_recovery, build_polymnist_recovery
 
 __all__ = [
     "ClinicalTokenEncoder",
@@ -14,4 +13,9 @@ __all__ = [
     "DynamicFusionTransformer",
     "build_image_fusion",
     "build_polymnist_fusion",
+    "IterativeImputerRecovery",
+    "MoPoERecovery",
+    "RecoveryNetwork",
+    "build_mri_recovery",
+    "build_polymnist_recovery",
 ]
