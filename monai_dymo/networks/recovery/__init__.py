@@ -1,0 +1,35 @@
+"""Recovery networks: generate missing modalities from the observed ones of the same patient.
+
+Every recovery network is called as ``recovery(inputs, present)`` (see :mod:`.base`): ``inputs`` maps modality name ->
+``Tensor[B, ...]``, ``present`` is ``BoolTensor[B, M]``; the result holds every modality, observed ones unchanged.
+"""
+
+from __future__ import annotations
+
+from .base import RecoveryNetwork, check_recovery_inputs, merge_recovered, missing_rows
+from .imputer import IMPUTER_FILE_FORMAT, IterativeImputerRecovery
+from .mopoe import (
+    MOPOE_CHECKPOINT_FORMAT,
+    ModalitySpec,
+    MoPoERecovery,
+    build_mri_recovery,
+    build_polymnist_recovery,
+    gaussian_kl_standard,
+    product_of_experts,
+)
+
+__all__ = [
+    "RecoveryNetwork",
+    "check_recovery_inputs",
+    "merge_recovered",
+    "missing_rows",
+    "ModalitySpec",
+    "MoPoERecovery",
+    "build_polymnist_recovery",
+    "build_mri_recovery",
+    "product_of_experts",
+    "gaussian_kl_standard",
+    "MOPOE_CHECKPOINT_FORMAT",
+    "IterativeImputerRecovery",
+    "IMPUTER_FILE_FORMAT",
+]
