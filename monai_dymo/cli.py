@@ -90,8 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _demo(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"monai-dymo: error: {e}", file=sys.stderr)
+    except Exception as e:  # bundle configs wrap errors in RuntimeError: report the root cause of input problems
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, (FileNotFoundError, ValueError)):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        print(f"monai-dymo: error: {cause}", file=sys.stderr)
         return 2
 
 
