@@ -148,7 +148,9 @@ def quality(args, device, rows_out):
 
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    net = build_polymnist_recovery(modalities=mods, latent_dim=args.latent_dim, beta=args.beta).to(device)
+    net = build_polymnist_recovery(
+        modalities=mods, latent_dim=args.latent_dim, beta=args.beta, expert_parametrization=args.expert_parametrization
+    ).to(device)
 
     class _Loader:
         def __init__(self, n, bs):
@@ -246,6 +248,7 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--train-batch", type=int, default=64, help="PolyMNIST training batch size (--quality)")
+    p.add_argument("--expert-parametrization", default="natural", choices=("mean_logvar", "natural"))
     p.add_argument("--save", default="", help="optional path to save the trained PolyMNIST network (--quality)")
     args = p.parse_args()
     if args.threads:

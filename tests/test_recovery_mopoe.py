@@ -223,3 +223,35 @@ def test_subset_sampling_uniform_within_observed_and_kl_estimate():
     torch.testing.assert_close(a["kl"], b["kl"])
     torch.testing.assert_close(a["loss"], b["loss"])
     assert torch.isfinite(mc.elbo(x, torch.ones(4, 3, dtype=torch.bool))["loss"])
+
+
+def test_expert_parametrizations_and_state_dict_guard():
+    x = _inputs(5)
+    present = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 1, 1], [0, 0, 1], [1, 0, 1]], dtype=torch.bool)
+    torch.manual_seed(0)
+    nat = MoPoERecovery(**{**_small_net().get_config(), "expert_parametrization": "natural"}).eval()
+    assert nat.get_config()["expert_parametrization"] == "natural"
+    # encode (mu, logvar) and encode_natural describe the same experts; posterior = product of those experts
+    with torch.no_grad():
+        mu, logvar = nat.encode(x, present)
+        eta, log_prec = nat.encode_natural(x, present)
+        torch.testing.assert_close(mu * torch.exp(-logvar), eta * present.unsqueeze(-1))
+        torch.testing.assert_close(nat.posterior(x, present)[0], product_of_experts(mu, logvar, present)[0])
+        out = nat(x, present)
+    for m, name in enumerate(nat.modalities):
+        assert torch.equal(out[name][present[:, m]], x[name][present[:, m]])
+    assert torch.isfinite(nat.elbo(x, present)["loss"])
+
+    # weights never load silently into the other parametrisation; legacy state_dicts (no marker) are "mean_logvar"
+    std = _small_net()
+    with pytest.raises(RuntimeError, match="trained with expert_parametrization='natural'"):
+        std.load_state_dict(nat.state_dict())
+    with pytest.raises(RuntimeError, match="trained with expert_parametrization='mean_logvar'"):
+        nat.load_state_dict(std.state_dict())
+    legacy = {k: v for k, v in std.state_dict().items() if k != "expert_parametrization_code"}
+    fresh = _small_net()
+    fresh.load_state_dict(legacy)
+    with pytest.raises(RuntimeError):
+        nat.load_state_dict(legacy)
+    with pytest.raises(ValueError, match="expert_parametrization must be one of"):
+        MoPoERecovery(**{**_small_net().get_config(), "expert_parametrization": "cholesky"})

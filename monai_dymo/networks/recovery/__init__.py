@@ -16,6 +16,7 @@ from .mopoe import (
     build_polymnist_recovery,
     gaussian_kl_standard,
     product_of_experts,
+    product_of_natural_experts,
 )
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "build_polymnist_recovery",
     "build_mri_recovery",
     "product_of_experts",
+    "product_of_natural_experts",
     "gaussian_kl_standard",
     "MOPOE_CHECKPOINT_FORMAT",
     "IterativeImputerRecovery",

@@ -45,6 +45,7 @@ __all__ = [
     "ModalitySpec",
     "MoPoERecovery",
     "product_of_experts",
+    "product_of_natural_experts",
     "gaussian_kl_standard",
     "build_polymnist_recovery",
     "build_mri_recovery",
@@ -56,6 +57,9 @@ MOPOE_CHECKPOINT_FORMAT = "monai_dymo.MoPoERecovery"
 _MOPOE_CHECKPOINT_VERSION = 1
 
 _IMAGE_LIKELIHOODS = ("laplace", "gaussian")
+#: encoder output conventions; index = code stored in the state_dict (state_dicts without it are "mean_logvar")
+_EXPERT_PARAMETRIZATIONS = ("mean_logvar", "natural")
+_PARAM_KEY = "expert_parametrization_code"
 _OUTPUT_ACTIVATIONS = (None, "sigmoid", "tanh")
 
 
@@ -258,10 +262,38 @@ class _ConvDecoder(Generator):
         return self.output_act(self.conv(self.reshape(x)))
 
 
+def product_of_natural_experts(
+    eta: torch.Tensor, log_prec: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Product of Gaussian experts in natural parameters, together with the prior expert ``N(0, I)``.
+
+    Expert ``m`` is ``N(eta_m / p_m, 1 / p_m)`` with precision ``p_m = exp(log_prec_m)``; the product has precision
+    ``Lambda = 1 + sum_m p_m`` and mean ``sum_m eta_m / Lambda``.
+
+    Args:
+        eta, log_prec: ``[B, M, D]`` (values of unselected experts are ignored).
+        mask: ``BoolTensor[B, M]`` (one subset per sample) or ``[B, K, M]`` (``K`` subsets per sample).
+
+    Returns:
+        ``(mu_s, logvar_s)``, each ``[B, D]`` or ``[B, K, D]``.
+    """
+    prec = torch.exp(log_prec)
+    w = mask.to(eta.dtype)
+    if mask.ndim == 2:
+        w = w.unsqueeze(-1)
+        lam = 1.0 + (w * prec).sum(1)
+        num = (w * eta).sum(1)
+    else:
+        lam = 1.0 + torch.einsum("bkm,bmd->bkd", w, prec)
+        num = torch.einsum("bkm,bmd->bkd", w, eta)
+    return num / lam, -torch.log(lam)
+
+
 def product_of_experts(
     mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Product of the Gaussian experts selected by ``mask`` and the prior expert ``N(0, I)``.
+    """Product of the Gaussian experts ``N(mu_m, diag exp(logvar_m))`` selected by ``mask`` and the prior ``N(0, I)``:
+    ``Lambda_s = 1 + sum_m exp(-logvar_m)``, ``mu_s = Lambda_s^-1 sum_m exp(-logvar_m) mu_m``.
 
     Args:
         mu, logvar: ``[B, M, D]`` expert means and log-variances (values of unselected experts are ignored).
@@ -270,16 +302,7 @@ def product_of_experts(
     Returns:
         ``(mu_s, logvar_s)``, each ``[B, D]`` or ``[B, K, D]``.
     """
-    prec = torch.exp(-logvar)
-    w = mask.to(mu.dtype)
-    if mask.ndim == 2:
-        w = w.unsqueeze(-1)
-        lam = 1.0 + (w * prec).sum(1)
-        num = (w * prec * mu).sum(1)
-    else:
-        lam = 1.0 + torch.einsum("bkm,bmd->bkd", w, prec)
-        num = torch.einsum("bkm,bmd->bkd", w, prec * mu)
-    return num / lam, -torch.log(lam)
+    return product_of_natural_experts(torch.exp(-logvar) * mu, -logvar, mask)
 
 
 def gaussian_kl_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -298,6 +321,13 @@ class MoPoERecovery(RecoveryNetwork):
         max_kl_subsets: when ``2**M - 1`` exceeds this, the KL mean over subsets is estimated by the KL of the drawn
             subset (an unbiased one-sample estimate) instead of being computed over every subset.
         logvar_bounds: the experts' log-variances are clamped to this range for numerical safety.
+        expert_parametrization: what each encoder outputs for its Gaussian expert: ``"mean_logvar"`` (default,
+            ``(mu, log sigma^2)``) or ``"natural"`` (``(mu / sigma^2, -log sigma^2)``). Same Gaussian family; the
+            natural form is better conditioned for the product of experts: with ``"mean_logvar"`` an expert that wants
+            to shift the product's mean while adding almost no precision saturates ``log sigma^2`` at its upper bound
+            and grows ``mu`` instead (|mu| ~ 1e4 seen on PolyMNIST; harmless in float32, risky in float16). The choice
+            is stored in the state_dict (state_dicts without it are ``"mean_logvar"``), and loading weights trained
+            with the other one raises.
 
     Example::
 
@@ -320,6 +350,7 @@ class MoPoERecovery(RecoveryNetwork):
         beta: float = 1.0,
         max_kl_subsets: int = 64,
         logvar_bounds: Sequence[float] = (-10.0, 10.0),
+        expert_parametrization: str = "mean_logvar",
     ) -> None:
         if not isinstance(modality_specs, Mapping):
             raise ValueError("`modality_specs` must map modality name -> spec.")
@@ -334,6 +365,15 @@ class MoPoERecovery(RecoveryNetwork):
         self.beta = float(beta)
         self.max_kl_subsets = int(max_kl_subsets)
         self.logvar_bounds = (float(logvar_bounds[0]), float(logvar_bounds[1]))
+        if expert_parametrization not in _EXPERT_PARAMETRIZATIONS:
+            raise ValueError(
+                f"expert_parametrization must be one of {_EXPERT_PARAMETRIZATIONS}, got {expert_parametrization!r}."
+            )
+        self.expert_parametrization = expert_parametrization
+        # stored in the state_dict so that weights trained with one parametrisation never load silently into the other
+        self.register_buffer(
+            _PARAM_KEY, torch.tensor(_EXPERT_PARAMETRIZATIONS.index(expert_parametrization), dtype=torch.int64)
+        )
         self.nan_tolerant = tuple(m for m, s in self.specs.items() if not s.is_image)
         self.encoders = nn.ModuleDict({m: self._make_encoder(s) for m, s in self.specs.items()})
         self.decoders = nn.ModuleDict({m: self._make_decoder(s) for m, s in self.specs.items()})
@@ -390,7 +430,32 @@ class MoPoERecovery(RecoveryNetwork):
             "beta": self.beta,
             "max_kl_subsets": self.max_kl_subsets,
             "logvar_bounds": list(self.logvar_bounds),
+            "expert_parametrization": self.expert_parametrization,
         }
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
+        key = prefix + _PARAM_KEY
+        code = int(state_dict[key]) if key in state_dict else 0  # older state_dicts: "mean_logvar"
+        own = _EXPERT_PARAMETRIZATIONS.index(self.expert_parametrization)
+        if code != own:
+            found = _EXPERT_PARAMETRIZATIONS[code] if 0 <= code < len(_EXPERT_PARAMETRIZATIONS) else str(code)
+            error_msgs.append(
+                f"these MoPoE weights were trained with expert_parametrization={found!r}, but the network was built "
+                f"with {self.expert_parametrization!r}; build it with expert_parametrization={found!r}."
+            )
+        state_dict[key] = torch.tensor(own, dtype=torch.int64)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | Path) -> None:
@@ -448,48 +513,64 @@ class MoPoERecovery(RecoveryNetwork):
         parts.append(observed.to(x.dtype))
         return torch.cat(parts, dim=1)
 
-    def encode(
+    def encode_natural(
         self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Expert parameters of the observed rows.
+        """Expert parameters of the observed rows in the encoders' natural parametrisation.
+
+        ``eta = mu / sigma^2`` and ``log_prec = -log sigma^2`` (log-variances clamped to ``logvar_bounds``), whatever
+        the encoders' ``expert_parametrization``.
 
         Args:
             inputs: validated inputs; present: ``BoolTensor[B, M]``.
 
         Returns:
-            ``(mu, logvar)``, each ``[B, M, D]``; entries of missing modalities are 0 (they must be masked out).
+            ``(eta, log_prec)``, each ``[B, M, D]``; entries of missing modalities are 0 (they must be masked out).
         """
         device, dtype = self._device(), self._dtype()
         present = present.to(device)
         batch = present.shape[0]
-        mus, logvars = [], []
+        lo, hi = -self.logvar_bounds[1], -self.logvar_bounds[0]
+        etas, log_precs = [], []
         for m, name in enumerate(self.modalities):
             col = present[:, m]
-            mu_m = torch.zeros(batch, self.latent_dim, device=device, dtype=dtype)
-            lv_m = torch.zeros_like(mu_m)
+            eta_m = torch.zeros(batch, self.latent_dim, device=device, dtype=dtype)
+            lp_m = torch.zeros_like(eta_m)
             if bool(col.any()):
                 x = inputs[name]
                 all_rows = bool(col.all())
                 rows = None if all_rows else torch.nonzero(col, as_tuple=False).flatten()
                 xs = x if all_rows else x[rows.to(x.device)]  # type: ignore[union-attr]
                 out = self.encoders[name](self._encoder_input(name, xs))
-                mu_r, lv_r = out[:, : self.latent_dim], out[:, self.latent_dim :]
-                lv_r = lv_r.clamp(*self.logvar_bounds)
+                first, second = out[:, : self.latent_dim], out[:, self.latent_dim :]
+                if self.expert_parametrization == "natural":
+                    eta_r, lp_r = first, second.clamp(lo, hi)
+                else:  # (mu, logvar)
+                    lp_r = -second.clamp(*self.logvar_bounds)
+                    eta_r = first * torch.exp(lp_r)
                 if all_rows:
-                    mu_m, lv_m = mu_r, lv_r
+                    eta_m, lp_m = eta_r, lp_r
                 else:
-                    mu_m = mu_m.index_copy(0, rows, mu_r)
-                    lv_m = lv_m.index_copy(0, rows, lv_r)
-            mus.append(mu_m)
-            logvars.append(lv_m)
-        return torch.stack(mus, dim=1), torch.stack(logvars, dim=1)
+                    eta_m = eta_m.index_copy(0, rows, eta_r)
+                    lp_m = lp_m.index_copy(0, rows, lp_r)
+            etas.append(eta_m)
+            log_precs.append(lp_m)
+        return torch.stack(etas, dim=1), torch.stack(log_precs, dim=1)
+
+    def encode(
+        self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expert Gaussians ``q_m(z | x_m)`` of the observed rows as ``(mu, logvar)``, each ``[B, M, D]`` (entries of
+        missing modalities are 0 and must be masked out)."""
+        eta, log_prec = self.encode_natural(inputs, present)
+        return eta * torch.exp(-log_prec), -log_prec
 
     def posterior(
         self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu_O, logvar_O)`` ``[B, D]`` of the product of the observed experts and the prior."""
-        mu, logvar = self.encode(inputs, present)
-        return product_of_experts(mu, logvar, present.to(mu.device))
+        eta, log_prec = self.encode_natural(inputs, present)
+        return product_of_natural_experts(eta, log_prec, present.to(eta.device))
 
     def decode(self, name: str, z: torch.Tensor) -> torch.Tensor:
         """Raw decoder output for modality ``name``: image means ``[n, *shape]`` or, for vectors, continuous means
@@ -597,29 +678,30 @@ class MoPoERecovery(RecoveryNetwork):
         )
         device = self._device()
         present = present.to(device)
-        mu, logvar = self.encode(tensors, present)
+        eta, log_prec = self.encode_natural(tensors, present)
         chosen = self.sample_subsets(present, generator)  # [B, M], one subset of O per sample
         if self.num_modalities <= self._kl_table_max_modalities:
             subsets = all_subset_masks(self.num_modalities, device=device)  # [K, M], row k = code k + 1
             valid = ~(subsets.unsqueeze(0) & ~present.unsqueeze(1)).any(-1)  # [B, K]: subset within observed set
-            mu_all, lv_all = product_of_experts(mu, logvar, subsets.unsqueeze(0).expand(mu.shape[0], -1, -1))
+            masks = subsets.unsqueeze(0).expand(eta.shape[0], -1, -1)
+            mu_all, lv_all = product_of_natural_experts(eta, log_prec, masks)
             kl_all = gaussian_kl_standard(mu_all, lv_all)  # [B, K]
-            vf = valid.to(mu.dtype)
+            vf = valid.to(eta.dtype)
             kl = (kl_all * vf).sum(1) / vf.sum(1)
-            rows = torch.arange(mu.shape[0], device=device)
+            rows = torch.arange(eta.shape[0], device=device)
             idx_s = mask_to_code(chosen) - 1
             mu_s, lv_s = mu_all[rows, idx_s], lv_all[rows, idx_s]
         else:
-            mu_s, lv_s = product_of_experts(mu, logvar, chosen)
+            mu_s, lv_s = product_of_natural_experts(eta, log_prec, chosen)
             kl = gaussian_kl_standard(mu_s, lv_s)
         eps = torch.randn(mu_s.shape, generator=generator, device=device, dtype=mu_s.dtype)
         z = mu_s + torch.exp(0.5 * lv_s) * eps
-        recon = mu.new_zeros(mu.shape[0])
+        recon = eta.new_zeros(eta.shape[0])
         terms: dict[str, torch.Tensor] = {}
         for m, name in enumerate(self.modalities):
             col = present[:, m]
             if not bool(col.any()):
-                terms[f"recon_{name}"] = mu.new_tensor(float("nan"))
+                terms[f"recon_{name}"] = eta.new_tensor(float("nan"))
                 continue
             all_rows = bool(col.all())
             idx = None if all_rows else torch.nonzero(col, as_tuple=False).flatten()
@@ -658,9 +740,11 @@ def build_polymnist_recovery(
     scale: float = 0.75,
     act: Any = "leakyrelu",
     num_res_units: int = 0,
+    expert_parametrization: str = "mean_logvar",
 ) -> MoPoERecovery:
     """MoPoE for PolyMNIST: ``len(modalities)`` RGB images ``3x28x28`` in [0, 1] (sigmoid output, Laplace likelihood
-    with scale 0.75 by default), a shared latent of ``latent_dim``.
+    with scale 0.75 by default), a shared latent of ``latent_dim``; ``expert_parametrization="natural"`` is
+    recommended for new training (see :class:`MoPoERecovery`).
 
     Encoders: strided convs 28 -> 14 -> 7 -> 4 (``channels``) + linear; decoders: linear -> ``channels[-1]x7x7`` ->
     transposed convs 7 -> 14 -> 28.
@@ -675,7 +759,13 @@ def build_polymnist_recovery(
         "num_res_units": num_res_units,
         "output_activation": "sigmoid",
     }
-    return MoPoERecovery(modalities, {m: dict(spec) for m in modalities}, latent_dim=latent_dim, beta=beta)
+    return MoPoERecovery(
+        modalities,
+        {m: dict(spec) for m in modalities},
+        latent_dim=latent_dim,
+        beta=beta,
+        expert_parametrization=expert_parametrization,
+    )
 
 
 def build_mri_recovery(
@@ -691,6 +781,7 @@ def build_mri_recovery(
     norm: Any = None,
     num_res_units: int = 0,
     clinical: Mapping[str, Mapping[str, Any]] | None = None,
+    expert_parametrization: str = "mean_logvar",
 ) -> MoPoERecovery:
     """MoPoE for single-channel 3D MRI sequences ``1 x D x H x W`` (intensity-normalised, e.g. z-scored brain voxels,
     hence a Gaussian likelihood with ``sigma = scale`` and no output activation), optionally with clinical vector
@@ -710,4 +801,6 @@ def build_mri_recovery(
     for name, cfg in (clinical or {}).items():
         specs[name] = dict(cfg)
         names.append(name)
-    return MoPoERecovery(names, specs, latent_dim=latent_dim, beta=beta)
+    return MoPoERecovery(
+        names, specs, latent_dim=latent_dim, beta=beta, expert_parametrization=expert_parametrization
+    )
