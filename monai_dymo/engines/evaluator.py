@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from monai.engines import SupervisedEvaluator
-from monai.engines.utils import IterationEvents, PrepareBatch
+from monai.engines.utils import IterationEvents
 from monai.transforms import Decollated, Transform
 from monai.utils import ForwardMode, IgniteInfo, min_version, optional_import
 from monai.utils.enums import CommonKeys
 
 from ..inferers import DyMoInferer
 from ..keys import DyMoKeys
+from .trainer import PrepareDyMoBatch
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, EventEnum
@@ -27,14 +28,10 @@ else:
 __all__ = ["PrepareDyMoEvalBatch", "DyMoEvaluator"]
 
 
-class PrepareDyMoEvalBatch(PrepareBatch):
-    """Parse a DyMo batch dictionary into ``(inputs, label, args, kwargs)`` for the evaluator.
-
-    Like the trainer's ``PrepareDyMoBatch`` but the label is optional (evaluation / inference without labels).
-
-    ``inputs`` is ``{modality: Tensor[B, ...]}`` on ``device``, ``label`` the label tensor (``None`` if the batch has
-    none) and ``kwargs = {"present": BoolTensor[B, M]}`` (omitted when the batch has no ``present``), which the
-    evaluator hands to :class:`~monai_dymo.inferers.DyMoInferer` as ``inferer(inputs, network, present=...)``.
+class PrepareDyMoEvalBatch(PrepareDyMoBatch):
+    """The trainer's :class:`~monai_dymo.engines.trainer.PrepareDyMoBatch` with the label optional (evaluation and
+    inference without labels): ``(inputs {modality: [B, ...]}, label or None, (), {"present": [B, M] or None})``; the
+    evaluator hands ``present`` to :class:`~monai_dymo.inferers.DyMoInferer` as ``inferer(inputs, network, present=...)``.
 
     Args:
         modality_keys: batch keys of the modalities, in the network's modality order.
@@ -47,33 +44,7 @@ class PrepareDyMoEvalBatch(PrepareBatch):
         present_key: str = DyMoKeys.PRESENT,
         label_key: str = DyMoKeys.LABEL,
     ) -> None:
-        self.modality_keys = tuple(modality_keys)
-        self.present_key = present_key
-        self.label_key = label_key
-
-    def __call__(
-        self,
-        batchdata: Mapping[str, Any],
-        device: str | torch.device | None = None,
-        non_blocking: bool = False,
-        **kwargs: Any,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, tuple, dict[str, Any]]:
-        if not isinstance(batchdata, Mapping):
-            raise ValueError(f"DyMo batches must be dictionaries, got {type(batchdata).__name__}.")
-        missing = [k for k in self.modality_keys if k not in batchdata]
-        if missing:
-            raise ValueError(f"batch lacks modality keys {missing}; keys: {sorted(batchdata)}.")
-        inputs = {
-            k: torch.as_tensor(batchdata[k]).to(device=device, non_blocking=non_blocking, **kwargs)
-            for k in self.modality_keys
-        }
-        label = batchdata.get(self.label_key)
-        if isinstance(label, torch.Tensor):
-            label = label.to(device=device, non_blocking=non_blocking, **kwargs)
-        extra: dict[str, Any] = {}
-        if self.present_key in batchdata and batchdata[self.present_key] is not None:
-            extra["present"] = torch.as_tensor(batchdata[self.present_key]).to(device=device, non_blocking=non_blocking)
-        return inputs, label, (), extra
+        super().__init__(modality_keys, label_key=label_key, present_key=present_key, require_label=False)
 
 
 class DyMoEvaluator(SupervisedEvaluator):

@@ -45,6 +45,7 @@ class PrepareDyMoBatch:
         modalities: modality names; each is a key of the batch dict.
         label_key: key of the class labels (``[B]`` or ``[B, 1]`` integer classes).
         present_key: key of the ``present`` mask ``[B, M]``; used when the batch has it (None: never).
+        require_label: raise when the batch has no labels (training); False gives ``labels=None`` (inference).
     """
 
     def __init__(
@@ -52,10 +53,12 @@ class PrepareDyMoBatch:
         modalities: Sequence[str],
         label_key: str = DyMoKeys.LABEL,
         present_key: str | None = DyMoKeys.PRESENT,
+        require_label: bool = True,
     ) -> None:
         self.modalities = tuple(modalities)
         self.label_key = label_key
         self.present_key = present_key
+        self.require_label = require_label
 
     def __call__(
         self,
@@ -63,16 +66,19 @@ class PrepareDyMoBatch:
         device: str | torch.device | None = None,
         non_blocking: bool = False,
         **kwargs: Any,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, tuple, dict[str, Any]]:
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, tuple, dict[str, Any]]:
         if not isinstance(batchdata, Mapping):
             raise ValueError(f"expected a batch dictionary, found {type(batchdata).__name__}.")
-        missing = [k for k in (*self.modalities, self.label_key) if k not in batchdata]
+        required = (*self.modalities, self.label_key) if self.require_label else self.modalities
+        missing = [k for k in required if k not in batchdata]
         if missing:
             raise ValueError(f"batch lacks key(s) {missing}; it has {sorted(map(str, batchdata.keys()))}.")
         inputs = {
             m: _plain(batchdata[m]).to(device=device, non_blocking=non_blocking, **kwargs) for m in self.modalities
         }
-        labels = torch.as_tensor(_plain(batchdata[self.label_key])).to(device=device, non_blocking=non_blocking)
+        labels = batchdata.get(self.label_key)
+        if labels is not None:
+            labels = torch.as_tensor(_plain(labels)).to(device=device, non_blocking=non_blocking)
         present = None
         if self.present_key is not None and batchdata.get(self.present_key) is not None:
             present = torch.as_tensor(_plain(batchdata[self.present_key])).to(device=device, non_blocking=non_blocking)
