@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from monai.utils import convert_to_tensor
 from tqdm.auto import tqdm
 
 from monai_dymo.calibration import SubsetCalibration
@@ -41,10 +42,6 @@ METHOD_LABELS = {
     "complete": "complete data (upper bound)",
 }
 _PATTERN_NAME = re.compile(r"missing_rate(?P<rate>[0-9.]+)_seed(?P<seed>[0-9]+)\.csv$")
-
-
-def _plain(x: Any) -> torch.Tensor:
-    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
 @torch.no_grad()
@@ -90,9 +87,10 @@ def compare_methods(
         for key in (*modalities, present_key, label_key):
             if key not in batch:
                 raise ValueError(f"batch lacks key '{key}'; it has {sorted(map(str, batch.keys()))}.")
-        true = {m: _plain(batch[m]).to(device) for m in modalities}
-        present = _plain(batch[present_key]).to(device=device, dtype=torch.bool)
-        labels = _plain(batch[label_key]).to(device).long().reshape(-1)
+        true = {m: convert_to_tensor(batch[m], track_meta=False, device=device) for m in modalities}
+        present = convert_to_tensor(batch[present_key], dtype=torch.bool, device=device, track_meta=False)
+        labels = convert_to_tensor(batch[label_key], device=device, track_meta=False, wrap_sequence=True).long()
+        labels = labels.reshape(-1)
         batch_size = labels.shape[0]
         everything = torch.ones_like(present)
 

@@ -9,11 +9,10 @@ import torch
 from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
-from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn
 from monai.transforms import Transform
-from monai.utils import IgniteInfo, min_version, optional_import
+from monai.utils import IgniteInfo, convert_to_tensor, min_version, optional_import
 from monai.utils.enums import CommonKeys as Keys
 
 from monai_dymo.handlers.prototypes import PrototypeRefreshHandler
@@ -30,10 +29,6 @@ else:
     EventEnum, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "EventEnum")
 
 __all__ = ["PrepareDyMoBatch", "subset_augmented_forward", "SubsetAugmentedTrainer"]
-
-
-def _plain(x: Any) -> Any:
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
 class PrepareDyMoBatch:
@@ -73,15 +68,17 @@ class PrepareDyMoBatch:
         missing = [k for k in required if k not in batchdata]
         if missing:
             raise ValueError(f"batch lacks key(s) {missing}; it has {sorted(map(str, batchdata.keys()))}.")
-        inputs = {
-            m: _plain(batchdata[m]).to(device=device, non_blocking=non_blocking, **kwargs) for m in self.modalities
-        }
+        def plain(x: Any, **to_kwargs: Any) -> torch.Tensor:  # MetaTensor -> plain tensor on the engine's device
+            x = convert_to_tensor(x, track_meta=False, wrap_sequence=True)
+            return x.to(device=device, non_blocking=non_blocking, **to_kwargs)
+
+        inputs = {m: plain(batchdata[m], **kwargs) for m in self.modalities}
         labels = batchdata.get(self.label_key)
         if labels is not None:
-            labels = torch.as_tensor(_plain(labels)).to(device=device, non_blocking=non_blocking)
+            labels = plain(labels)
         present = None
         if self.present_key is not None and batchdata.get(self.present_key) is not None:
-            present = torch.as_tensor(_plain(batchdata[self.present_key])).to(device=device, non_blocking=non_blocking)
+            present = plain(batchdata[self.present_key])
         return inputs, labels, (), {"present": present}
 
 
@@ -267,7 +264,7 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         else:
             inputs, targets, _, kwargs = batch
         present = kwargs.get("present")
-        targets = torch.as_tensor(_plain(targets))
+        targets = convert_to_tensor(targets, track_meta=False, wrap_sequence=True)
         if targets.ndim == 2 and targets.shape[1] == 1:
             targets = targets[:, 0]
         if targets.ndim != 1:
