@@ -25,6 +25,7 @@ TRAIN = ["p0", "p1", "p2", "p3"]
 GROUPS = {"demographics": ["age", "sex"], "labs": ["crp", "grade", "wbc"]}
 CONT, CAT = ["age", "crp", "wbc"], ["sex", "grade"]
 SENTINELS = [-999, "NA"]
+NAN = float("nan")
 
 
 @pytest.fixture()
@@ -52,12 +53,12 @@ def test_fit_save_load_and_encodings(table, tmp_path):
     same = ClinicalFieldStats.fit(CSVDataset(src=str(train)), continuous=CONT, categorical=CAT, sentinels=SENTINELS)
     assert stats.to_dict() == same.to_dict()
     assert stats.categorical == {"sex": ["F", "M"], "grade": ["2", "3", "4"]}  # 2, 2.0 and "2" are one category
-    assert stats.num_categories("grade") == 4 and UNKNOWN_CATEGORY == 0
+    assert stats.num_categories("grade") == 3 and UNKNOWN_CATEGORY == -1
 
     path = tmp_path / "stats.json"
     stats.save(path)
     loaded = ClinicalFieldStats.load(path)
-    assert json.loads(path.read_text())["unknown_index"] == 0
+    assert json.loads(path.read_text())["unknown_index"] == -1
     assert loaded.to_dict() == stats.to_dict()
 
     z_age = _manual_z("age")
@@ -65,17 +66,18 @@ def test_fit_save_load_and_encodings(table, tmp_path):
     assert present and value == pytest.approx(z_age["p0"])
     assert loaded.encode("age", "61", "p2")[0] == pytest.approx(z_age["p2"])
     for missing in (None, float("nan"), "", "   ", -999, -999.0, "-999", "NA", pd.NA, np.float64("nan")):
-        assert loaded.encode("age", missing) == (0.0, False), missing
-    assert loaded.encode("sex", "M") == (2.0, True)
-    assert loaded.encode("sex", " F ") == (1.0, True)
-    assert loaded.encode("sex", "X") == (float(UNKNOWN_CATEGORY), True)  # seen value, unknown category
-    assert loaded.encode("grade", 4.0) == (3.0, True)
+        value, present = loaded.encode("age", missing)
+        assert np.isnan(value) and not present, missing
+    assert loaded.encode("sex", "M") == (1.0, True)
+    assert loaded.encode("sex", " F ") == (0.0, True)
+    assert loaded.encode("sex", "X") == (-1.0, True)  # a value, but a category unseen in training
+    assert loaded.encode("grade", 4.0) == (2.0, True)
     with pytest.raises(ValueError, match="'age' of patient 'p9'.*'old'"):
         loaded.encode("age", "old", "p9")
     assert loaded.describe(GROUPS["labs"]) == {
         "fields": ["crp", "wbc", "grade"],
         "num_continuous": 2,
-        "categorical": {"grade": 4},
+        "categorical": {"grade": 3},
     }
 
 
@@ -91,28 +93,30 @@ def test_groups_field_mask_and_all_missing(table, tmp_path, caplog):
         out = {pid: transform(dict(row, modality_reasons={"t1": "observed"})) for pid, row in rows.items()}
 
     p1 = out["p1"]  # age blank, crp sentinel
-    torch.testing.assert_close(p1["demographics"], torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(p1["demographics"], torch.tensor([NAN, 0.0]), equal_nan=True)
     assert p1["field_mask"]["demographics"].tolist() == [False, True]
-    torch.testing.assert_close(p1["labs"], torch.tensor([0.0, z_wbc["p1"], 2.0], dtype=torch.float32))
+    expected = torch.tensor([NAN, z_wbc["p1"], 1.0], dtype=torch.float32)
+    torch.testing.assert_close(p1["labs"], expected, equal_nan=True)
     assert p1["field_mask"]["labs"].tolist() == [False, True, True]
     assert p1["present"].tolist() == [True, True, True] and p1["error"] == ""
 
     p2 = out["p2"]  # sex blank, wbc blank
-    torch.testing.assert_close(p2["demographics"], torch.tensor([z_age["p2"], 0.0], dtype=torch.float32))
-    torch.testing.assert_close(p2["labs"], torch.tensor([z_crp["p2"], 0.0, 3.0], dtype=torch.float32))
+    torch.testing.assert_close(p2["demographics"], torch.tensor([z_age["p2"], NAN], dtype=torch.float32), equal_nan=True)
+    torch.testing.assert_close(p2["labs"], torch.tensor([z_crp["p2"], NAN, 2.0], dtype=torch.float32), equal_nan=True)
     assert p2["field_mask"]["labs"].tolist() == [True, False, True]
 
     p4 = out["p4"]  # every field missing: sentinel, blank string, empty cells
     assert p4["modality_reasons"]["demographics"] == "all fields missing: age, sex"
     assert p4["modality_reasons"]["labs"] == "all fields missing: crp, grade, wbc"
     assert p4["present"].tolist() == [True, False, False]
-    assert float(p4["labs"].abs().sum()) == 0.0 and not p4["field_mask"]["labs"].any()
+    assert bool(p4["labs"].isnan().all()) and not p4["field_mask"]["labs"].any()
     assert any("p4" in r.getMessage() and "labs" in r.getMessage() for r in caplog.records)
 
     p5 = out["p5"]  # unseen category X, unseen grade 5, string sentinel NA
     assert p5["demographics"][1].item() == UNKNOWN_CATEGORY
     assert p5["field_mask"]["demographics"].tolist() == [True, True]
     assert p5["labs"].tolist()[2] == UNKNOWN_CATEGORY and p5["field_mask"]["labs"].tolist() == [False, True, True]
+    assert bool(p5["labs"][0].isnan())  # crp "NA" is a sentinel
     assert all(f not in p5 for f in ("age", "sex", "crp", "wbc", "grade"))  # raw values dropped
     assert p5["patient_id"] == "p5"
 

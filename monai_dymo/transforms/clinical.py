@@ -4,7 +4,7 @@ A *group* of fields (e.g. ``{"demographics": ["age", "sex"], "labs": ["crp", "wb
 group of ``F`` fields the transform outputs
 
 - ``d[group]``: ``FloatTensor[F]`` in the group's *layout*: its continuous fields first (z-scores), then its
-  categorical fields (category indices as floats), each part in the configured order; missing fields are 0;
+  categorical fields (category codes as floats), each part in the configured order; missing fields are NaN;
 - ``d["field_mask"][group]``: ``BoolTensor[F]``, True where the field is present (same layout);
 - the group's reason: ``"observed"`` when at least one field is present, else ``"all fields missing: a, b, c"``
   (then the group is missing in ``d["present"]``).
@@ -12,9 +12,13 @@ group of ``F`` fields the transform outputs
 Encodings (fitted on the training set with :meth:`ClinicalFieldStats.fit`, saved/loaded as JSON):
 
 - continuous: ``(x - mean) / std`` (population std; a constant field uses std 1);
-- categorical: index ``1..K`` for the ``K`` categories seen in training, sorted; index ``0`` is the *unknown*
-  bucket, used for a missing value (mask False) and for a value never seen in training (mask True). A categorical
-  field therefore has ``K + 1`` classes (:meth:`ClinicalFieldStats.num_categories`).
+- categorical: code ``0..K-1`` for the ``K`` categories seen in training, sorted; a value never seen in training is
+  present but *unknown*: code ``-1`` (:data:`UNKNOWN_CATEGORY`). A categorical field has ``K`` classes
+  (:meth:`ClinicalFieldStats.num_categories`).
+
+This is the convention of the package's clinical networks (``ClinicalTokenEncoder``, the MoPoE clinical experts and
+``IterativeImputerRecovery``): NaN = missing field, ``-1`` = unknown category, so ``d[group]`` can be fed to them as
+is, with the cardinalities from :meth:`ClinicalFieldStats.describe`.
 
 Missing values: None, NaN / ``pd.NA``, empty or blank strings, and the configured sentinels (e.g. ``-999``, ``"NA"``;
 numeric sentinels also match their string form). A clinical tokenizer / recovery network gets the group's field
@@ -49,8 +53,8 @@ __all__ = [
 
 logger = logging.getLogger("monai_dymo.transforms")
 
-UNKNOWN_CATEGORY = 0
-"""Index of the unknown bucket of every categorical field (missing or unseen value)."""
+UNKNOWN_CATEGORY = -1
+"""Code of a categorical value never seen in training (present, but of unknown category)."""
 
 
 def _as_records(rows: Any) -> list[Mapping[str, Any]]:
@@ -101,7 +105,7 @@ class ClinicalFieldStats:
 
     Args:
         continuous: field -> ``(mean, std)``.
-        categorical: field -> sorted vocabulary (canonical strings); category ``vocab[i]`` has index ``i + 1``.
+        categorical: field -> sorted vocabulary (canonical strings); category ``vocab[i]`` has code ``i``.
         sentinels: values that mean "missing" in the table (e.g. ``-999``, ``"NA"``).
     """
 
@@ -119,7 +123,7 @@ class ClinicalFieldStats:
         self.sentinels = list(sentinels)
         self._num_sentinels = {float(s) for s in self.sentinels if _is_number(s)}
         self._str_sentinels = {str(s).strip() for s in self.sentinels}
-        self._index = {k: {c: i + 1 for i, c in enumerate(v)} for k, v in self.categorical.items()}
+        self._index = {k: {c: i for i, c in enumerate(v)} for k, v in self.categorical.items()}
 
     # ---------------------------------------------------------------- fitting / io
     @classmethod
@@ -237,8 +241,8 @@ class ClinicalFieldStats:
         return f
 
     def num_categories(self, field: str) -> int:
-        """Number of classes of a categorical field, unknown bucket included (``K + 1``)."""
-        return len(self.categorical[field]) + 1
+        """Number ``K`` of categories of a categorical field seen in training (codes ``0..K-1``)."""
+        return len(self.categorical[field])
 
     def layout(self, fields: Sequence[str]) -> list[str]:
         """Order of ``fields`` in an encoded vector: continuous ones first, then categorical, each in given order."""
@@ -248,7 +252,11 @@ class ClinicalFieldStats:
         return [f for f in fields if f in self.continuous] + [f for f in fields if f in self.categorical]
 
     def describe(self, fields: Sequence[str]) -> dict[str, Any]:
-        """Layout of a group for a tokenizer: ``{"fields", "num_continuous", "categorical": {name: K + 1}}``."""
+        """Layout of a group for a tokenizer: ``{"fields", "num_continuous", "categorical": {name: K}}``.
+
+        ``list(describe(fields)["categorical"].values())`` are the ``categorical_cardinalities`` of a
+        ``ClinicalTokenEncoder`` for the group.
+        """
         order = self.layout(fields)
         return {
             "fields": order,
@@ -257,9 +265,9 @@ class ClinicalFieldStats:
         }
 
     def encode(self, field: str, value: Any, patient_id: str | None = None) -> tuple[float, bool]:
-        """``(encoded value, present)`` of one field; missing -> ``(0.0, False)``."""
+        """``(encoded value, present)`` of one field; missing -> ``(nan, False)``."""
         if self.is_missing(value):
-            return 0.0, False
+            return math.nan, False
         if field in self.continuous:
             mean, std = self.continuous[field]
             return (self._to_float(field, value, patient_id) - mean) / std, True

@@ -15,6 +15,7 @@ effective drop rate is slightly below ``rate`` for patients with few observed mo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -146,9 +147,9 @@ class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
     """Drop observed modalities of a sample at a rate or by a mask-CSV pattern; mark them ``"simulated missing"``.
 
     A dropped modality gets reason ``"simulated missing: ..."``, ``present`` False, and its tensor is replaced by zeros
-    of the same shape and meta (a placeholder; ``keep_data=True`` keeps the data and only marks it); for a clinical
-    group its ``field_mask`` is cleared. Modalities already missing are left as they are (a pattern cannot make a
-    missing modality observed).
+    of the same shape and meta (a placeholder; ``keep_data=True`` keeps the data and only marks it); a clinical
+    group's fields become NaN (missing) and its ``field_mask`` is cleared. Modalities already missing are left as they
+    are (a pattern cannot make a missing modality observed).
 
     Args:
         keys: modalities that may be dropped.
@@ -245,8 +246,8 @@ class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
                 continue
             reasons[name] = reason
             if key in d and isinstance(d[key], torch.Tensor):
-                if not self.keep_data:
-                    d[key] = placeholder_like(d[key], reason)
+                if not self.keep_data:  # a clinical group's fields become missing (NaN), like ClinicalFieldsd's
+                    d[key] = placeholder_like(d[key], reason, math.nan if name in field_mask else 0.0)
                 elif hasattr(d[key], "meta"):
                     d[key] = d[key].clone()
                     d[key].meta[REASON_META_KEY] = reason

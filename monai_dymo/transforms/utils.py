@@ -100,13 +100,14 @@ def make_placeholder(
     return out
 
 
-def placeholder_like(img: torch.Tensor, reason: str) -> MetaTensor:
-    """Zeros with the shape, dtype and meta (affine, ...) of ``img``, marked as a placeholder with ``reason``."""
+def placeholder_like(img: torch.Tensor, reason: str, fill_value: float = 0.0) -> MetaTensor:
+    """``fill_value`` (zeros; NaN for clinical fields) with the shape, dtype and meta (affine, ...) of ``img``, marked as
+    a placeholder with ``reason``."""
     meta = dict(img.meta) if isinstance(img, MetaTensor) else {}
     meta[PLACEHOLDER_META_KEY] = True
     meta[REASON_META_KEY] = str(reason)
     meta.setdefault("filename_or_obj", "")
-    out = MetaTensor(torch.zeros_like(torch.as_tensor(img)), meta=meta)
+    out = MetaTensor(torch.full_like(torch.as_tensor(img), fill_value), meta=meta)
     if isinstance(img, MetaTensor):
         out.affine = img.affine.clone()
     return out

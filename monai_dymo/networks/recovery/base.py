@@ -21,7 +21,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["RecoveryNetwork", "check_recovery_inputs", "merge_recovered", "missing_rows"]
+__all__ = ["UNKNOWN_CODE", "RecoveryNetwork", "check_recovery_inputs", "merge_recovered", "missing_rows"]
+
+UNKNOWN_CODE = -1
+"""Categorical code of a category unseen in training (present, value unknown): clinical recovery treats it as missing."""
 
 
 def _shape_str(shape: Sequence[int]) -> str:

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_dymo.networks.recovery.base import RecoveryNetwork, check_recovery_inputs, merge_recovered, missing_rows
+from monai_dymo.networks.recovery.base import (
+    UNKNOWN_CODE,
+    RecoveryNetwork,
+    check_recovery_inputs,
+    merge_recovered,
+    missing_rows,
+)
 
 __all__ = ["IterativeImputerRecovery", "IMPUTER_FILE_FORMAT"]
 
@@ -43,7 +49,8 @@ class IterativeImputerRecovery(RecoveryNetwork):
         field_groups: modality (group) name -> number of fields ``F`` or list of field names (the column names used when
             fitting from a :class:`pandas.DataFrame`). The order gives the columns of ``present``.
         categorical: optional group name -> field indices (or ``{index: number of classes}``) holding class indices;
-            imputed values there are rounded (and clipped to ``[0, K-1]`` when ``K`` is given).
+            imputed values there are rounded (and clipped to ``[0, K-1]`` when ``K`` is given); a code ``-1``
+            (category unseen in training) is treated as missing.
         fill_observed_fields: also fill NaN fields inside *observed* groups (off by default, because observed
             modalities are otherwise returned bit for bit).
         max_iter, random_state, sample_posterior, initial_strategy, tol: passed to ``IterativeImputer``.
@@ -156,6 +163,14 @@ class IterativeImputerRecovery(RecoveryNetwork):
                 )
             for m, g in enumerate(self.modalities):
                 mat[~pres[:, m], self._slices[g]] = np.nan
+        return self._unknown_categories_to_nan(mat)
+
+    def _unknown_categories_to_nan(self, mat: np.ndarray) -> np.ndarray:
+        """A categorical code ``-1`` (category unseen in training, see ``ClinicalFieldsd``) carries no value: NaN."""
+        for g, fields in self.categorical.items():
+            for i in fields:
+                col = self._slices[g].start + i
+                mat[mat[:, col] == UNKNOWN_CODE, col] = np.nan
         return mat
 
     def fit(self, table: Any, present: Any | None = None) -> IterativeImputerRecovery:
@@ -209,7 +224,7 @@ class IterativeImputerRecovery(RecoveryNetwork):
                 vals = _as_numpy(inputs[g])
                 vals[~pres[:, m]] = np.nan
                 mat[:, self._slices[g]] = vals
-        return self.impute_matrix(mat)
+        return self.impute_matrix(self._unknown_categories_to_nan(mat))
 
     def _rows_of(
         self, filled: np.ndarray, group: str, rows: torch.Tensor, like: torch.Tensor | None, device: torch.device

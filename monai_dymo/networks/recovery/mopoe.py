@@ -18,9 +18,10 @@ Likelihoods (all with a fixed, configurable scale; the log-normalisers are inclu
   (``sigma`` default 1.0), summed over voxels; ``output_activation="sigmoid"`` for images in [0, 1];
 - clinical vectors ``[B, F]``: Gaussian (``sigma`` default 1.0, fields expected standardised) for continuous fields and
   categorical (softmax) for the fields listed in ``categorical`` (``{field index: number of classes}``; the tensor holds
-  the class index as a float). NaN marks a field missing inside an observed group: it is left out of the likelihood and
-  fed to the encoder as 0 together with an observed-field indicator. Recovered categorical fields hold the arg-max
-  class.
+  the class index as a float). NaN marks a field missing inside an observed group, and a categorical code ``-1`` a
+  category unseen in training (the convention of ``monai_dymo.transforms.ClinicalFieldsd``): either is left out of the
+  likelihood and fed to the encoder as 0 together with an observed-field indicator. Recovered categorical fields hold
+  the arg-max class.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.data import MetaTensor
 from monai.networks.layers.utils import get_act_layer
 from monai.networks.nets import FullyConnectedNet, Generator, Regressor
+from monai.utils import convert_to_tensor
 from torch import nn
 
-from monai_dymo.networks.recovery.base import RecoveryNetwork, check_recovery_inputs, missing_rows
+from monai_dymo.networks.recovery.base import UNKNOWN_CODE, RecoveryNetwork, check_recovery_inputs, missing_rows
 from monai_dymo.subsets import all_subset_masks, mask_to_code
 
 __all__ = [
@@ -61,11 +62,6 @@ _IMAGE_LIKELIHOODS = ("laplace", "gaussian")
 _EXPERT_PARAMETRIZATIONS = ("mean_logvar", "natural")
 _PARAM_KEY = "expert_parametrization_code"
 _OUTPUT_ACTIVATIONS = (None, "sigmoid", "tanh")
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    """Drop MONAI metadata (a ``MetaTensor`` becomes a plain tensor view) so losses and latents are plain tensors."""
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
 def _tuple_int(v: Any) -> tuple[int, ...]:
@@ -495,13 +491,21 @@ class MoPoERecovery(RecoveryNetwork):
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    @staticmethod
+    def _observed_fields(spec: ModalitySpec, x: torch.Tensor) -> torch.Tensor:
+        """``BoolTensor[B, F]``: field present (not NaN, and for a categorical field not the unknown code ``-1``)."""
+        observed = ~torch.isnan(x)
+        for idx in spec.categorical_fields:
+            observed[:, idx] &= x[:, idx] != UNKNOWN_CODE
+        return observed
+
     def _encoder_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
         spec = self.specs[name]
-        x = _plain(x).to(device=self._device(), dtype=self._dtype())
+        x = convert_to_tensor(x, track_meta=False, wrap_sequence=True).to(device=self._device(), dtype=self._dtype())
         if spec.is_image:
             return x
-        observed = ~torch.isnan(x)
-        values = torch.nan_to_num(x, nan=0.0)
+        observed = self._observed_fields(spec, x)
+        values = torch.where(observed, x, torch.zeros_like(x))
         parts = []
         cont = spec.continuous_fields
         if cont:
@@ -597,14 +601,14 @@ class MoPoERecovery(RecoveryNetwork):
     def negative_log_likelihood(self, name: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``-log p(x_m | z)`` per row ``[n]`` (NaN fields of vectors are left out)."""
         spec = self.specs[name]
-        target = _plain(target).to(device=out.device, dtype=out.dtype)
+        target = convert_to_tensor(target, track_meta=False, wrap_sequence=True).to(device=out.device, dtype=out.dtype)
         scale = spec.scale
         if spec.is_image:
             diff = (target - out).flatten(1)
             if spec.likelihood == "laplace":
                 return (diff.abs() / scale).sum(1) + diff.shape[1] * math.log(2.0 * scale)
             return 0.5 * (diff / scale).pow(2).sum(1) + diff.shape[1] * (math.log(scale) + 0.5 * math.log(2 * math.pi))
-        observed = ~torch.isnan(target)
+        observed = self._observed_fields(spec, target)
         nll = out.new_zeros(out.shape[0])
         cont = spec.continuous_fields
         n_cont = len(cont)
@@ -617,7 +621,7 @@ class MoPoERecovery(RecoveryNetwork):
         for idx in spec.categorical_fields:
             k = spec.categorical[idx]
             obs = observed[:, idx]
-            val = torch.nan_to_num(target[:, idx], nan=0.0)
+            val = torch.where(obs, target[:, idx], torch.zeros_like(target[:, idx]))
             cls_idx = val.round().long()
             bad = obs & ((cls_idx < 0) | (cls_idx >= k) | (val != val.round()))
             if bool(bad.any()):
