@@ -95,9 +95,8 @@ def test_recovery_networks_read_transform_output(encoded):
     as_nan[as_nan[:, 1] == UNKNOWN_CODE, 1] = float("nan")
     assert bool((d[:, 1] == UNKNOWN_CODE).any())
     recon = net.decode("demographics", torch.zeros(d.shape[0], 4))
-    torch.testing.assert_close(
-        net.negative_log_likelihood("demographics", recon, d), net.negative_log_likelihood("demographics", recon, as_nan)
-    )
+    nll = net.negative_log_likelihood
+    torch.testing.assert_close(nll("demographics", recon, d), nll("demographics", recon, as_nan))
     with_nan = {**inputs, "demographics": as_nan}
     torch.testing.assert_close(net.encode_natural(inputs, present), net.encode_natural(with_nan, present))
 
