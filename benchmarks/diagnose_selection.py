@@ -1,0 +1,165 @@
+"""PolyMNIST selection diagnostics: where DyMo gains or loses against discarding the missing modalities.
+
+For one missing-pattern file (by default a fresh seeded pattern on the *validation* split, so that weights can be
+compared without touching the test split the bundle's results table uses) and a set of bundle weights, prints:
+
+- accuracy of discarding the missing modalities (observed only), using every recovery, DyMo, the complete-data upper
+  bound and, with ``--oracle``, the best any selection could do (some superset of the observed modalities, recovered
+  ones added, classified correctly; label used, so an upper bound, not a method);
+- how many patients DyMo *fixed* (observed-only wrong, DyMo right) and *broke* (the reverse), and the mean number of
+  recoveries it accepted;
+- with ``--readability``, the fusion network's accuracy on a single modality recovered from one observed modality
+  (rows: the observed modality; diagonal: the observed modality itself), i.e. how well the fusion network reads
+  recoveries.
+
+Usage (from the project root)::
+
+    python benchmarks/diagnose_selection.py --threads 1
+    python benchmarks/diagnose_selection.py --fusion runs/fusion.pt --calibration runs/calibration.pt \\
+        --recovery runs/recovery.pt --rate 0.6 --oracle --readability
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+from monai.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from monai_dymo import SubsetCalibration  # noqa: E402
+from monai_dymo.data import PolyMNISTDataset, generate_pattern_files, load_polymnist_npz, pattern_filename  # noqa: E402
+from monai_dymo.selection import select_modalities  # noqa: E402
+from monai_dymo.subsets import all_subset_masks  # noqa: E402
+
+BUNDLE = ROOT / "bundles" / "polymnist_dymo"
+
+
+def build_networks(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module, SubsetCalibration]:
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "common.yaml"))
+    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')"})
+    fusion = parser.get_parsed_content("fusion_network")
+    fusion.load_state_dict(torch.load(args.fusion, map_location="cpu", weights_only=True))
+    state = torch.load(args.recovery, map_location="cpu", weights_only=True)
+    if int(state.get("expert_parametrization_code", 0)) == 1:  # weights trained with natural-parameter experts
+        parser["recovery_network_def"]["expert_parametrization"] = "natural"
+    recovery = parser.get_parsed_content("recovery_network")
+    recovery.load_state_dict(state)
+    return fusion.eval(), recovery.eval(), SubsetCalibration.load(args.calibration)
+
+
+def hide_missing(images: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Zero the images of the missing modalities (``present [B, M]``) before recovery."""
+    keep = {m: present[:, i].reshape(-1, 1, 1, 1) for i, m in enumerate(images)}
+    return {m: torch.where(keep[m], x, torch.zeros_like(x)) for m, x in images.items()}
+
+
+@torch.no_grad()
+def compare(fusion, recovery, calibration, loader, oracle: bool) -> dict[str, float]:
+    mods = tuple(fusion.modalities)
+    counts = dict.fromkeys(("observed_only", "all_recovered", "dymo", "complete", "oracle", "fixed", "broke"), 0)
+    accepted, total = 0.0, 0
+    subsets = all_subset_masks(len(mods))  # [2^M - 1, M], every non-empty subset
+    for batch in loader:
+        true = {m: batch[m].as_subclass(torch.Tensor) for m in mods}
+        present = batch["present"].as_subclass(torch.Tensor).bool()
+        labels = batch["label"].as_subclass(torch.Tensor).long().reshape(-1)
+        tokens = fusion.encode(recovery(hide_missing(true, present), present))
+        observed = fusion.fuse(tokens, present)[0].argmax(-1) == labels
+        result = select_modalities(fusion.fuse, tokens, present, calibration, modalities=mods)
+        dymo = result.logits.argmax(-1) == labels
+        counts["observed_only"] += int(observed.sum())
+        counts["dymo"] += int(dymo.sum())
+        counts["all_recovered"] += int((fusion.fuse(tokens, torch.ones_like(present))[0].argmax(-1) == labels).sum())
+        counts["complete"] += int((fusion(true)[0].argmax(-1) == labels).sum())
+        counts["fixed"] += int((~observed & dymo).sum())
+        counts["broke"] += int((observed & ~dymo).sum())
+        accepted += float(result.accepted.sum())
+        total += labels.shape[0]
+        if oracle:
+            right = torch.stack([fusion.fuse(tokens, s.expand_as(present))[0].argmax(-1) == labels for s in subsets], 1)
+            superset = (subsets[None] | present[:, None]).eq(subsets[None]).all(-1)  # subset contains the observed
+            counts["oracle"] += int((right & superset).any(1).sum())
+    out = {k: 100.0 * v / total for k, v in counts.items() if k not in ("fixed", "broke")}
+    out.update(fixed=counts["fixed"], broke=counts["broke"], accepted_per_patient=accepted / total, patients=total)
+    if not oracle:
+        out.pop("oracle")
+    return out
+
+
+@torch.no_grad()
+def readability(fusion, recovery, npz: Path, max_samples: int) -> torch.Tensor:
+    """``[M, M]`` accuracy (%) of the fusion network on one modality recovered from one observed modality."""
+    data = load_polymnist_npz(npz, max_samples=max_samples)
+    images = torch.from_numpy(data["images"]).float() / 255.0
+    labels = torch.from_numpy(data["labels"]).long()
+    mods = tuple(fusion.modalities)
+    n, m_count = images.shape[0], len(mods)
+    true = {m: images[:, i] for i, m in enumerate(mods)}
+    table = torch.zeros(m_count, m_count)
+    for i in range(m_count):
+        present = torch.zeros(n, m_count, dtype=torch.bool)
+        present[:, i] = True
+        tokens = fusion.encode(recovery(hide_missing(true, present), present))
+        for j in range(m_count):
+            single = torch.zeros_like(present)
+            single[:, j] = True
+            table[i, j] = 100.0 * (fusion.fuse(tokens, single)[0].argmax(-1) == labels).float().mean()
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--fusion", default=str(BUNDLE / "models" / "fusion.pt"))
+    ap.add_argument("--recovery", default=str(BUNDLE / "models" / "recovery.pt"))
+    ap.add_argument("--calibration", default=str(BUNDLE / "models" / "calibration.pt"))
+    ap.add_argument("--dataset-dir", default=str(ROOT / "outputs" / "polymnist"), help="built PolyMNIST (demo / bundle)")
+    ap.add_argument("--split", default="val", choices=("train", "val", "test"))
+    ap.add_argument("--rate", type=float, default=0.8, help="missing rate of the generated pattern")
+    ap.add_argument("--seed", type=int, default=100, help="pattern seed (the bundle's test patterns use 0, 1, 2)")
+    ap.add_argument("--pattern", default=None, help="an existing pattern CSV instead of a generated one")
+    ap.add_argument("--max-samples", type=int, default=None)
+    ap.add_argument("--oracle", action="store_true", help="also the best-superset upper bound (31 fusion passes)")
+    ap.add_argument("--readability", action="store_true", help="also the single-recovered-modality accuracy table")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    npz = Path(args.dataset_dir) / f"polymnist_{args.split}.npz"
+    if not npz.is_file():
+        ap.error(f"{npz} not found; build PolyMNIST first (monai-dymo demo, or python -m monai_dymo.data polymnist).")
+    fusion, recovery, calibration = build_networks(args)
+    mods = list(fusion.modalities)
+    with tempfile.TemporaryDirectory() as tmp:
+        pattern = args.pattern
+        if pattern is None:
+            n = int(load_polymnist_npz(npz, max_samples=args.max_samples)["labels"].shape[0])
+            generate_pattern_files(n, mods, [args.rate], [args.seed], tmp)
+            pattern = str(Path(tmp) / pattern_filename(args.rate, args.seed))
+        dataset = PolyMNISTDataset(
+            npz, modalities=mods, pattern_csv=pattern, max_samples=args.max_samples, missing_value=None
+        )
+        result = compare(fusion, recovery, calibration, DataLoader(dataset, batch_size=500), args.oracle)
+    print(f"{args.split} split, pattern {Path(pattern).name if args.pattern else f'rate {args.rate} seed {args.seed}'}")
+    print("| " + " | ".join(result) + " |")
+    print("|" + "---|" * len(result))
+    print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in result.values()) + " |")
+    if args.readability:
+        table = readability(fusion, recovery, npz, args.max_samples or 2000)
+        print("\nfusion accuracy (%) on one modality recovered from one observed modality (row: observed)")
+        print("| observed | " + " | ".join(mods) + " |")
+        print("|" + "---|" * (len(mods) + 1))
+        for i, m in enumerate(mods):
+            print(f"| {m} | " + " | ".join(f"{float(v):.1f}" for v in table[i]) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
