@@ -68,6 +68,29 @@ def test_shipped_weights_load_into_the_configured_networks():
     assert torch.isfinite(cal.sigma[1:]).all() and (cal.sigma[1:] > 0).all()
 
 
+def _total_variation(x: torch.Tensor) -> float:
+    return float((x[..., 1:, :] - x[..., :-1, :]).abs().sum() + (x[..., :, 1:] - x[..., :, :-1]).abs().sum())
+
+
+def test_fusion_training_blurs_each_modality_independently(tiny_polymnist):
+    parser = ConfigParser()
+    parser.read_config(_configs("train_fusion.yaml"))
+    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tiny_polymnist), "max_samples": 20})
+    raw = load_polymnist_npz(tiny_polymnist / "polymnist_train.npz", max_samples=20)["images"] / 255.0
+    parser["blur_prob"] = 1.0
+    item = parser.get_parsed_content("train_dataset")[3]
+    for i, m in enumerate(MODALITIES):  # every modality blurred: smoother than the stored image
+        assert _total_variation(item[m]) < _total_variation(torch.as_tensor(raw[3, i], dtype=torch.float32))
+    parser["blur_prob"] = 0.5
+    dataset = parser.get_parsed_content("train_dataset", instantiate=True, lazy=False)
+    stored = torch.as_tensor(raw, dtype=torch.float32)
+    blurred = torch.tensor(
+        [[not torch.allclose(dataset[k][m], stored[k, i]) for i, m in enumerate(MODALITIES)] for k in range(20)]
+    )
+    assert 0 < int(blurred.sum()) < blurred.numel()
+    assert len({tuple(r.tolist()) for r in blurred}) > 1  # the modalities of a sample are drawn independently
+
+
 def test_every_config_runs_at_ci_size(tiny_polymnist, tmp_path):
     common = {
         "dataset_dir": str(tiny_polymnist),
