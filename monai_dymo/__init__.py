@@ -8,7 +8,7 @@ missingness), ``engines`` / ``handlers`` (training, evaluation, reports) and ``d
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .calibration import CALIBRATION_FORMAT_VERSION, SubsetCalibration, fit_calibration
 from .inferers import NO_MODALITY_ERROR, DyMoInferer

@@ -60,6 +60,10 @@ def test_fit_save_load_and_encodings(table, tmp_path):
     loaded = ClinicalFieldStats.load(path)
     assert json.loads(path.read_text())["unknown_index"] == -1
     assert loaded.to_dict() == stats.to_dict()
+    old = tmp_path / "old_stats.json"  # monai_dymo 0.1.0 coded categories from 1, unknown as 0
+    old.write_text(json.dumps({**stats.to_dict(), "unknown_index": 0}))
+    with pytest.raises(ValueError, match=r"unseen categories as 0.*refit.*old_stats\.json"):
+        ClinicalFieldStats.load(old)
 
     z_age = _manual_z("age")
     value, present = loaded.encode("age", 54, "p0")

@@ -68,6 +68,7 @@ class PrepareDyMoBatch:
         missing = [k for k in required if k not in batchdata]
         if missing:
             raise ValueError(f"batch lacks key(s) {missing}; it has {sorted(map(str, batchdata.keys()))}.")
+
         def plain(x: Any, **to_kwargs: Any) -> torch.Tensor:  # MetaTensor -> plain tensor on the engine's device
             x = convert_to_tensor(x, track_meta=False, wrap_sequence=True)
             return x.to(device=device, non_blocking=non_blocking, **to_kwargs)

@@ -184,6 +184,18 @@ class ClinicalFieldStats:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClinicalFieldStats:
+        """Statistics from :meth:`to_dict`'s mapping.
+
+        Raises:
+            ValueError: statistics of another categorical convention (``unknown_index`` other than
+                :data:`UNKNOWN_CATEGORY`, e.g. 0 from monai_dymo 0.1.0, whose codes start at 1): refit them.
+        """
+        unknown_index = data.get("unknown_index", UNKNOWN_CATEGORY)
+        if unknown_index != UNKNOWN_CATEGORY:
+            raise ValueError(
+                f"ClinicalFieldStats: these statistics code unseen categories as {unknown_index!r}, this version "
+                f"as {UNKNOWN_CATEGORY} with categories from 0; refit them with ClinicalFieldStats.fit."
+            )
         cont = {k: (v["mean"], v["std"]) for k, v in data.get("continuous", {}).items()}
         return cls(cont, data.get("categorical", {}), data.get("sentinels", ()))
 
@@ -197,7 +209,10 @@ class ClinicalFieldStats:
         p = Path(path)
         if not p.is_file():
             raise ValueError(f"ClinicalFieldStats.load: statistics file not found: {p}")
-        return cls.from_dict(json.loads(p.read_text()))
+        try:
+            return cls.from_dict(json.loads(p.read_text()))
+        except ValueError as e:
+            raise ValueError(f"{e} (file {p})") from e
 
     # ---------------------------------------------------------------- encoding
     @property
