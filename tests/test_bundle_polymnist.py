@@ -100,6 +100,12 @@ def test_every_config_runs_at_ci_size(tiny_polymnist, tmp_path):
         "num_threads": 1,
     }
     _run("train_recovery.yaml", max_epochs=1, **common)
+    # continuing from given weights: with a zero learning rate the saved network is exactly the one it started from
+    first = tmp_path / "models" / "recovery.pt"
+    again = {**common, "model_dir": str(tmp_path / "continued")}
+    _run("train_recovery.yaml", max_epochs=1, learning_rate=0.0, initial_weights=str(first), **again)
+    start, end = torch.load(first, weights_only=True), torch.load(tmp_path / "continued" / "recovery.pt", weights_only=True)
+    assert start.keys() == end.keys() and all(torch.equal(start[k], end[k]) for k in start)
     _run("train_fusion.yaml", max_epochs=1, batch_size=64, **common)
     assert (tmp_path / "models" / "recovery.pt").is_file() and (tmp_path / "models" / "fusion.pt").is_file()
     _run("calibrate.yaml", **common)
