@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from monai_dymo import SubsetCalibration  # noqa: E402
 from monai_dymo.data import PolyMNISTDataset, generate_pattern_files, load_polymnist_npz, pattern_filename  # noqa: E402
+from monai_dymo.evaluation import hide_missing  # noqa: E402
 from monai_dymo.selection import select_modalities  # noqa: E402
 from monai_dymo.subsets import all_subset_masks  # noqa: E402
 
@@ -53,12 +54,6 @@ def build_networks(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.
     recovery = parser.get_parsed_content("recovery_network")
     recovery.load_state_dict(state)
     return fusion.eval(), recovery.eval(), SubsetCalibration.load(args.calibration)
-
-
-def hide_missing(images: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Zero the images of the missing modalities (``present [B, M]``) before recovery."""
-    keep = {m: present[:, i].reshape(-1, 1, 1, 1) for i, m in enumerate(images)}
-    return {m: torch.where(keep[m], x, torch.zeros_like(x)) for m, x in images.items()}
 
 
 @torch.no_grad()

@@ -30,7 +30,15 @@ from monai_dymo.calibration import SubsetCalibration
 from monai_dymo.keys import DyMoKeys
 from monai_dymo.selection import select_modalities
 
-__all__ = ["METHODS", "METHOD_LABELS", "compare_methods", "compare_over_patterns", "summarise", "write_comparison"]
+__all__ = [
+    "METHODS",
+    "METHOD_LABELS",
+    "compare_methods",
+    "compare_over_patterns",
+    "hide_missing",
+    "summarise",
+    "write_comparison",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,15 @@ METHOD_LABELS = {
     "complete": "complete data (upper bound)",
 }
 _PATTERN_NAME = re.compile(r"missing_rate(?P<rate>[0-9.]+)_seed(?P<seed>[0-9]+)\.csv$")
+
+
+def hide_missing(images: Mapping[str, torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Zero the missing modalities before recovery: ``{name: [B, ...]}`` in ``present``'s column order, ``present``
+    ``BoolTensor[B, M]``."""
+    return {
+        m: torch.where(present[:, i].reshape(-1, *([1] * (x.ndim - 1))), x, torch.zeros_like(x))
+        for i, (m, x) in enumerate(images.items())
+    }
 
 
 @torch.no_grad()
@@ -97,10 +114,7 @@ def compare_methods(
         logits, _ = network.fuse(network.encode(true), everything)
         correct["complete"] += int((logits.argmax(-1) == labels).sum())
 
-        hidden = {
-            m: torch.where(present[:, i].reshape(-1, *([1] * (x.ndim - 1))), x, torch.zeros_like(x))
-            for i, (m, x) in enumerate(true.items())
-        }
+        hidden = hide_missing(true, present)
         recovered = dict(recovery(hidden, present)) if recovery is not None else hidden
         tokens = network.encode(recovered)
         logits, _ = network.fuse(tokens, present)
