@@ -4,19 +4,29 @@ For every non-empty modality subset ``S`` (identified by its bitmask code, see :
 ``c`` the calibration stores
 
 - ``prototypes[S, c]`` = ``mu_{S,c}``, the mean projection ``z(S)`` of the training samples of class ``c``;
-- ``sigma[S, c]``, the spread of the distances ``d`` of those samples to ``mu_{S,c}``:
+- ``sigma[S, c]``, the spread of the distances ``d`` of those samples to ``mu_{S,c}``: the *population* standard
+  deviation of the symmetrised sample ``{d} U {-d}`` (``2n`` values, mean exactly 0), so that for both metrics
+  ``sigma**2 = sum(d**2) / n`` (numpy's default ``ddof=0``, as the reference computes it), with
 
-  - cosine metric: ``d = 1 - z . mu`` and ``sigma`` is the standard deviation of the *symmetrised* sample
-    ``{d} U {-d}`` (``2n`` values, mean exactly 0), with the unbiased convention of :func:`torch.std`
-    (``correction=1``): ``sigma**2 = 2 * sum(d**2) / (2n - 1)``;
-  - Euclidean metric: ``d = ||z - mu||`` and ``sigma`` is the plain unbiased standard deviation of ``d``
-    (``torch.std(d)``, ``correction=1``; needs at least 2 samples per class and subset);
+  - cosine metric: ``d = 1 - z . mu``;
+  - Euclidean metric: ``d = ||z - mu||`` (not squared);
 
 - ``overall[c]`` = ``P_c``, the mean over all non-empty subsets of ``mu_{S,c}`` (kept as a plain mean, *not*
   re-normalised, exactly as the method states).
 
 Row 0 of ``prototypes`` / ``sigma`` (the empty subset) is unused; :func:`fit_calibration` fills it with NaN so that an
 accidental use cannot go unnoticed.
+
+**Naturally incomplete training data.** A pair ``(S, c)`` has statistics only if some training patient of class ``c``
+has every modality of ``S`` observed. When a pair has fewer than ``min_samples`` such patients (default 1: only empty
+pairs), :func:`fit_calibration` *falls back*: ``mu_{S,c}`` and ``sigma_{S,c}`` are pooled over the largest proper
+subsets ``T`` of ``S`` that do have enough class-``c`` patients (``mu`` = count-weighted mean of ``mu_{T,c}``,
+``sigma**2`` = count-weighted mean of ``sigma_{T,c}**2``, i.e. the class's statistics on the nearest smaller modality
+sets the network was actually run on); if no subset of ``S`` has any, they are pooled the same way over every subset
+with class-``c`` patients. Fallback pairs are recorded in :attr:`SubsetCalibration.fallback` (saved with the file),
+are left out of the overall prototypes ``P_c``, and the selection flags every patient whose scores used one
+(``SelectionResult.calibration_fallback``). Only a class with no training patient at all is an error. With complete
+training data nothing falls back and the result is exactly the method's.
 
 This module never imports networks: :func:`fit_calibration` takes ``encode`` / ``fuse`` callables.
 """
@@ -39,7 +49,9 @@ from .subsets import all_subset_masks, code_to_mask
 
 __all__ = ["SubsetCalibration", "fit_calibration", "CALIBRATION_FORMAT_VERSION", "METRICS"]
 
-CALIBRATION_FORMAT_VERSION = 1
+CALIBRATION_FORMAT_VERSION = 2
+"""Version 2: population sigma (``sum d**2 / n``) for both metrics and the ``fallback`` mask; version-1 files
+(unbiased sigma) are refused: refit them with :func:`fit_calibration`."""
 METRICS = ("cosine", "euclidean")
 
 #: sum-of-outer-products buffers larger than this make ``strategy="auto"`` fall back to two passes.
@@ -62,6 +74,8 @@ class SubsetCalibration:
             over subsets.
         metric: ``"cosine"`` (``d = 1 - z . mu``) or ``"euclidean"`` (``d = ||z - mu||``).
         modalities: optional modality names (length ``M``, bit ``m`` of a code = ``modalities[m]``).
+        fallback: optional ``BoolTensor[2**M, C]``, True where ``(S, c)`` had too few training samples and its statistics
+            were pooled from other subsets (see the module docstring); default: no fallback.
 
     All tensors are stored as float64 (they are small); use :meth:`to` to move them to a device.
     """
@@ -73,6 +87,7 @@ class SubsetCalibration:
         overall: torch.Tensor | None = None,
         metric: str = "cosine",
         modalities: Sequence[str] | None = None,
+        fallback: torch.Tensor | None = None,
     ) -> None:
         prototypes = torch.as_tensor(prototypes)
         sigma = torch.as_tensor(sigma, device=prototypes.device)
@@ -117,9 +132,15 @@ class SubsetCalibration:
             raise ValueError(f"overall must be [C, D] = {tuple(prototypes.shape[1:])}, got {tuple(overall.shape)}.")
         self.prototypes = prototypes
         self.sigma = sigma
+        if fallback is None:
+            fallback = torch.zeros(prototypes.shape[:2], dtype=torch.bool, device=prototypes.device)
+        fallback = torch.as_tensor(fallback, device=prototypes.device).to(torch.bool)
+        if fallback.shape != prototypes.shape[:2]:
+            raise ValueError(f"fallback must be [2**M, C] = {tuple(prototypes.shape[:2])}, got {tuple(fallback.shape)}.")
         self.overall = overall
         self.metric = metric
         self.modalities: tuple[str, ...] | None = modalities
+        self.fallback = fallback
 
     # ------------------------------------------------------------------ properties
     @property
@@ -146,6 +167,7 @@ class SubsetCalibration:
         out.prototypes = self.prototypes.to(device)
         out.sigma = self.sigma.to(device)
         out.overall = self.overall.to(device)
+        out.fallback = self.fallback.to(device)
         out.metric = self.metric
         out.modalities = self.modalities
         return out
@@ -165,35 +187,61 @@ class SubsetCalibration:
             "prototypes": self.prototypes.cpu(),
             "sigma": self.sigma.cpu(),
             "overall": self.overall.cpu(),
+            "fallback": self.fallback.cpu(),
         }
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the calibration to one file (``torch.save`` of a plain dict; store it next to the model weights)."""
         torch.save(self.state_dict(), os.fspath(path))
 
+    def fallback_pairs(self) -> list[tuple[str, int]]:
+        """``[(subset names, class), ...]`` of the pairs whose statistics fell back (empty for complete data)."""
+        return [
+            (_subset_names(int(code), self.modalities, self.num_modalities), int(cls))
+            for code, cls in self.fallback.nonzero().tolist()
+        ]
+
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> SubsetCalibration:
+    def from_state_dict(cls, state: Mapping[str, Any], source: str | None = None) -> SubsetCalibration:
+        """Build from :meth:`state_dict` output; ``source`` (e.g. the file name) is named in errors."""
+        where = f"calibration {source}" if source else "calibration"
         version = state.get("format_version")
         if version != CALIBRATION_FORMAT_VERSION:
-            raise ValueError(
-                f"unsupported calibration format version {version!r} "
-                f"(this monai_dymo reads {CALIBRATION_FORMAT_VERSION})."
+            hint = (
+                " Version 1 files used the unbiased sigma, which the method page no longer specifies; refit the "
+                "calibration (e.g. the bundle's calibrate config) to get a version-2 file."
+                if version == 1
+                else ""
             )
-        return cls(
-            prototypes=state["prototypes"],
-            sigma=state["sigma"],
-            overall=state["overall"],
-            metric=state["metric"],
-            modalities=state["modalities"],
-        )
+            raise ValueError(
+                f"{where}: unsupported calibration format version {version!r} "
+                f"(this monai_dymo reads {CALIBRATION_FORMAT_VERSION}).{hint}"
+            )
+        try:
+            return cls(
+                prototypes=state["prototypes"],
+                sigma=state["sigma"],
+                overall=state["overall"],
+                metric=state["metric"],
+                modalities=state["modalities"],
+                fallback=state.get("fallback"),
+            )
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from e
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: torch.device | str | None = None) -> SubsetCalibration:
         """Read a file written by :meth:`save`."""
-        state = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+        path = os.fspath(path)
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pickle / zip errors: name the file, keep the cause
+            raise ValueError(f"calibration {path}: not a readable calibration file ({type(e).__name__}: {e}).") from e
         if not isinstance(state, Mapping) or "prototypes" not in state:
-            raise ValueError(f"{os.fspath(path)} is not a monai_dymo calibration file.")
-        return cls.from_state_dict(state)
+            raise ValueError(f"calibration {path}: not a monai_dymo calibration file.")
+        return cls.from_state_dict(state, source=path)
 
     @classmethod
     def fit(cls, encode: Callable, fuse: Callable, loader: Iterable, **kwargs: Any) -> SubsetCalibration:
@@ -255,6 +303,7 @@ def fit_calibration(
     progress: bool = True,
     strategy: str = "auto",
     min_sigma: float = 1e-6,
+    min_samples: int = 1,
 ) -> SubsetCalibration:
     """Fit a :class:`SubsetCalibration` on training data (method section 3).
 
@@ -283,9 +332,12 @@ def fit_calibration(
         progress: show a tqdm progress bar.
         strategy: ``"auto"``, ``"moments"`` or ``"two_pass"`` (see above).
         min_sigma: floor applied to ``sigma`` (only matters when all samples of a class sit exactly on ``mu``).
+        min_samples: a ``(subset, class)`` pair with fewer training samples than this falls back to pooled statistics
+            (see the module docstring; default 1: only pairs with no sample). With complete training data and the
+            default, nothing falls back.
 
     Raises:
-        ValueError: a class (or a class within a subset) has no training sample, a batch is malformed, ...
+        ValueError: a class has no training sample at all, a batch is malformed, ...
     """
     metric = str(metric).lower()
     if metric not in METRICS:
@@ -392,16 +444,25 @@ def fit_calibration(
             raise ValueError("the calibration loader yielded no samples.")
 
         _check_counts(count, modalities)
+        if min_samples < 1:
+            raise ValueError(f"min_samples must be >= 1, got {min_samples}.")
         n = count[1:]
+        fitted = n >= min_samples  # [2**M - 1, C]; the other pairs fall back after sigma is known
+        thin = (~fitted).all(0).nonzero().squeeze(1).tolist()
+        if thin:
+            raise ValueError(
+                f"class(es) {thin} have fewer than {min_samples} training samples for every modality subset; "
+                "lower min_samples or add training patients."
+            )
         mu = torch.full_like(sum_z, float("nan"))
-        mu[1:] = sum_z[1:] / n[..., None]
+        mu[1:] = sum_z[1:] / n.clamp_min(1)[..., None]
 
         if use_moments:
             assert sum_zz is not None
             m1 = mu[1:]
             sum_d2 = n - 2 * (m1 * sum_z[1:]).sum(-1) + torch.einsum("sci,scij,scj->sc", m1, sum_zz[1:], m1)
             sum_d2 = sum_d2.clamp_min(0)
-            var = 2 * sum_d2 / (2 * n - 1)
+            var = sum_d2 / n.clamp_min(1)
         else:
             # ---- pass 2: distances to mu
             count2 = torch.zeros_like(count)
@@ -423,25 +484,48 @@ def fit_calibration(
                     "the loader yielded different samples in the second calibration pass; two-pass calibration needs "
                     "a re-iterable, deterministic loader (no shuffling-dependent subsets, no random augmentation)."
                 )
-            if metric == "cosine":
-                var = 2 * sum_d2_t[1:] / (2 * n - 1)
-            else:
-                if (n < 2).any():
-                    code, cls = (int(v) for v in (n < 2).nonzero()[0])
-                    raise ValueError(
-                        f"class {cls} has a single training sample for subset "
-                        f"{_subset_names(code + 1, modalities, num_modalities)}: the Euclidean std needs at least 2."
-                    )
-                var = (sum_d2_t[1:] - sum_d[1:] ** 2 / n) / (n - 1)
-                var = var.clamp_min(0)
+            # symmetrised sample {d} u {-d}: mean 0, population variance sum(d**2) / n (both metrics)
+            var = sum_d2_t[1:] / n.clamp_min(1)
 
+    var = torch.where(fitted, var, torch.full_like(var, float("nan")))
+    mu[1:][~fitted] = float("nan")
+    mu[1:], var = _fall_back(mu[1:], var, n, fitted)
     sigma = torch.full_like(count, float("nan"))
     sigma[1:] = var.sqrt().clamp_min(min_sigma)
-    return SubsetCalibration(mu, sigma, metric=metric, modalities=modalities)
+    fallback = torch.zeros_like(count, dtype=torch.bool)
+    fallback[1:] = ~fitted
+    overall = (mu[1:] * fitted[..., None]).sum(0) / fitted.sum(0).clamp_min(1)[:, None].to(mu.dtype)
+    return SubsetCalibration(mu, sigma, overall=overall, metric=metric, modalities=modalities, fallback=fallback)
+
+
+def _fall_back(
+    mu: torch.Tensor, var: torch.Tensor, n: torch.Tensor, fitted: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill the pairs that are not ``fitted`` (``[2**M - 1, C]``, row ``i`` = subset code ``i + 1``) with statistics
+    pooled (count-weighted) over the largest proper subsets with fitted statistics for the class, else over every
+    fitted subset of the class. ``mu`` ``[2**M - 1, C, D]``, ``var`` / ``n`` ``[2**M - 1, C]``."""
+    if bool(fitted.all()):
+        return mu, var
+    mu, var = mu.clone(), var.clone()
+    codes = torch.arange(1, fitted.shape[0] + 1).tolist()
+    for code, cls in (~fitted).nonzero().tolist():
+        target = code + 1
+        cls_fitted = fitted[:, cls]
+        proper = [c for c in codes if c != target and c & target == c and bool(cls_fitted[c - 1])]
+        if proper:
+            largest = max(bin(c).count("1") for c in proper)
+            sources = [c for c in proper if bin(c).count("1") == largest]
+        else:
+            sources = [c for c in codes if bool(cls_fitted[c - 1])]
+        rows = torch.tensor([c - 1 for c in sources], device=mu.device)
+        w = n[rows, cls]
+        w = w / w.sum()
+        mu[code, cls] = (w[:, None] * mu[rows, cls]).sum(0)
+        var[code, cls] = (w * var[rows, cls]).sum()
+    return mu, var
 
 
 def _check_counts(count: torch.Tensor, modalities: Sequence[str]) -> None:
-    num_modalities = len(modalities)
     n = count[1:]
     if (n > 0).all():
         return
@@ -450,9 +534,3 @@ def _check_counts(count: torch.Tensor, modalities: Sequence[str]) -> None:
         raise ValueError(
             f"class(es) {never} have no training samples in the calibration data; every class must be represented."
         )
-    code, cls = (int(v) for v in (n == 0).nonzero()[0])
-    raise ValueError(
-        f"class {cls} has no training sample with all of "
-        f"{_subset_names(code + 1, modalities, num_modalities)} observed; "
-        "the calibration needs every (subset, class) pair."
-    )

@@ -110,6 +110,8 @@ class SelectionResult:
         present: ``BoolTensor[B, M]`` observed modalities; every other modality is a (recovered) candidate.
         projection: ``Tensor[B, D]`` projection ``z`` of the final subset.
         errors: per-patient error message (``None`` if processed), or ``None`` when no patient failed.
+        calibration_fallback: ``BoolTensor[B]``, True where some score of the patient used calibration statistics
+            that fell back to pooled ones (a (subset, class) pair without enough training patients); ``None`` = none.
     """
 
     selected: torch.Tensor
@@ -126,6 +128,7 @@ class SelectionResult:
     present: torch.Tensor
     projection: torch.Tensor
     errors: list[str | None] | None = None
+    calibration_fallback: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -150,7 +153,12 @@ class SelectionResult:
 
     def to(self, device: torch.device | str) -> SelectionResult:
         return replace(
-            self, **{f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "errors"}
+            self,
+            **{
+                f.name: getattr(self, f.name).to(device)
+                for f in fields(self)
+                if f.name != "errors" and getattr(self, f.name) is not None
+            },
         )
 
     def expand(self, index: torch.Tensor, batch_size: int, present: torch.Tensor, error: str) -> SelectionResult:
@@ -184,6 +192,9 @@ class SelectionResult:
             present=present.to(device=device, dtype=torch.bool),
             projection=grow(self.projection, float("nan")),
             errors=errors,
+            calibration_fallback=None
+            if self.calibration_fallback is None
+            else grow(self.calibration_fallback, False),
         )
 
     @classmethod
@@ -252,6 +263,7 @@ class SelectionResult:
         quality, log_ics, ics = cpu.quality.tolist(), cpu.log_ics.tolist(), cpu.ics.tolist()
         steps = cpu.steps.tolist()
         errors = self.errors or [None] * B
+        fell_back = [False] * B if cpu.calibration_fallback is None else cpu.calibration_fallback.tolist()
 
         def reward(t: int, b: int, m: int) -> float | None:
             return _finite_or_none(float(rewards[t, b, m])) if 0 <= t < rewards.shape[0] else None
@@ -281,6 +293,7 @@ class SelectionResult:
                     "prediction": None if failed else int(pred[b]),
                     "probability": None if failed else _finite_or_none(float(prob_max[b])),
                     "steps": int(steps[b]),
+                    "calibration_fallback": bool(fell_back[b]),
                     "reasons": rsn,
                     "error": errors[b],
                 }
@@ -447,11 +460,13 @@ def _select(
         q = quality_score(z, calib.overall, temperature)
         log_p = log_ics_score(logits, z, codes, calib)
         finite = torch.isfinite(logits).all(-1) & torch.isfinite(z).all(-1)
-        return logits, z, q, log_p, finite
+        fell_back = calib.fallback[codes, logits.argmax(dim=-1)]
+        return logits, z, q, log_p, finite & ~fell_back, finite
 
     arange_b = torch.arange(B, device=device)
-    cur_logits, cur_z, cur_q, cur_logp, finite0 = run(present)
+    cur_logits, cur_z, cur_q, cur_logp, plain0, finite0 = run(present)
     nonfinite = (~finite0).long()  # [B], checked once at the end (no host sync in the loop)
+    fallback_rows = (finite0 & ~plain0).long()  # [B] scores that used fallback calibration statistics
     selected = present.clone()
     bad = torch.zeros_like(present)
     accept_step = torch.full((B, M), -1, dtype=torch.long, device=device)
@@ -472,8 +487,9 @@ def _select(
         arange_k = torch.arange(k, device=device)
         subset = selected.index_select(0, p)
         subset[arange_k, u] = True
-        logits_k, z_k, q_k, logp_k, finite_k = run(subset, p)
+        logits_k, z_k, q_k, logp_k, plain_k, finite_k = run(subset, p)
         nonfinite.index_add_(0, p, (~finite_k).long())
+        fallback_rows.index_add_(0, p, (finite_k & ~plain_k).long())
 
         r = selection_reward(cur_q[p], cur_logp[p], q_k, logp_k, calib.metric)  # [K] float64
         r_bm = torch.full((B, M), float("nan"), dtype=torch.float64, device=device)
@@ -522,4 +538,5 @@ def _select(
         steps=steps,
         present=present,
         projection=cur_z,
+        calibration_fallback=fallback_rows > 0,
     )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -77,12 +81,9 @@ def _direct(net, x, y, metric, present=None):
                 zc = z[sel]
                 m = zc.mean(0)
                 mu[code, c] = m
-                if metric == "cosine":
-                    d = 1 - zc @ m
-                    sigma[code, c] = torch.cat([d, -d]).std()  # symmetrised sample, torch.std default (unbiased)
-                else:
-                    d = (zc - m).norm(dim=-1)
-                    sigma[code, c] = d.std()
+                d = 1 - zc @ m if metric == "cosine" else (zc - m).norm(dim=-1)
+                # symmetrised sample, population std (numpy's default ddof=0), as the method page states
+                sigma[code, c] = float(np.std(np.concatenate([d.numpy(), -d.numpy()])))
     return mu, sigma
 
 
@@ -141,13 +142,75 @@ def test_absent_class_raises():
         fit_calibration(net.encode, net.fuse, batches, modalities=NAMES, num_classes=C, progress=False)
 
 
-def test_class_missing_for_one_subset_raises():
+def test_sigma_is_population_std_not_unbiased():
+    """sigma**2 = sum(d**2) / n for both metrics (the unbiased 2n - 1 / n - 1 conventions are measurably different)."""
+    torch.manual_seed(5)
+    net = ToyFusion().eval()
+    batches, x, y, _ = _dataset(n=24)
+    for metric in ("cosine", "euclidean"):
+        calib = fit_calibration(net.encode, net.fuse, batches, modalities=NAMES, num_classes=C, metric=metric,
+                                progress=False)
+        with torch.no_grad():
+            _, z = net.fuse(net.encode(x), torch.ones(len(y), 3, dtype=torch.bool))
+        zc = z.double()[y == 0]
+        mu = zc.mean(0)
+        d = 1 - zc @ mu if metric == "cosine" else (zc - mu).norm(dim=-1)
+        expected = (d.pow(2).sum() / len(d)).sqrt()
+        assert torch.allclose(calib.sigma[7, 0], expected, rtol=1e-9)
+        assert not torch.allclose(calib.sigma[7, 0], torch.cat([d, -d]).std(), rtol=1e-4)
+
+
+def test_class_missing_for_one_subset_falls_back():
+    """Natural missingness: (subset, class) pairs without a training patient get pooled statistics, recorded."""
+    torch.manual_seed(6)
+    net = ToyFusion()
+    batches, x, y, present = _dataset(n=60, with_present=True)
+    for b in batches:
+        b["present"][b["label"] == 1, 2] = False  # class 1 never has flair (bit 2)
+    calib = fit_calibration(net.encode, net.fuse, batches, modalities=NAMES, num_classes=C, progress=False)
+    fb = calib.fallback
+    assert fb.shape == (8, C) and not fb[:, [0, 2]].any()
+    assert fb[[4, 5, 6, 7], 1].all() and not fb[[1, 2, 3], 1].any()
+    assert {names for names, cls in calib.fallback_pairs()} == {"{flair}", "{t1, flair}", "{t2, flair}",
+                                                               "{t1, t2, flair}"}
+    # {t1, t2, flair} falls back to its largest proper subsets with class-1 data: {t1, t2} only
+    assert torch.allclose(calib.prototypes[7, 1], calib.prototypes[3, 1])
+    assert torch.allclose(calib.sigma[7, 1], calib.sigma[3, 1])
+    # {t1, flair} -> {t1}; {flair} has no proper subset with data -> pooled over every fitted subset of class 1
+    assert torch.allclose(calib.prototypes[5, 1], calib.prototypes[1, 1])
+    assert torch.isfinite(calib.prototypes[4, 1]).all() and calib.sigma[4, 1] > 0
+    # overall prototypes leave fallback rows out
+    fitted = ~calib.fallback[1:, 1]
+    assert torch.allclose(calib.overall[1], calib.prototypes[1:][fitted, 1].mean(0))
+    # fitted pairs are exactly what they would be without the fallback
+    mu, sigma = _direct(net, x, y, "cosine", present=torch.cat([b["present"] for b in batches]))
+    ok = ~calib.fallback
+    ok[0] = False
+    assert torch.allclose(calib.prototypes[ok], mu[ok], atol=1e-6)
+    assert torch.allclose(calib.sigma[ok], sigma[ok], rtol=1e-5)
+    # survives save / load
+    path = Path(tempfile.mkdtemp()) / "calibration.pt"
+    calib.save(path)
+    assert torch.equal(SubsetCalibration.load(path).fallback, calib.fallback)
+
+
+def test_min_samples_falls_back_thin_pairs():
+    torch.manual_seed(7)
     net = ToyFusion()
     batches, *_ = _dataset(n=30, with_present=True)
-    for b in batches:
-        b["present"][b["label"] == 1, 2] = False  # class 1 never has flair
-    with pytest.raises(ValueError, match="class 1 .*flair"):
-        fit_calibration(net.encode, net.fuse, batches, modalities=NAMES, num_classes=C, progress=False)
+    present = torch.cat([b["present"] for b in batches])
+    labels = torch.cat([b["label"] for b in batches])
+    n_t1_flair = int(((labels == 0) & present[:, 0] & present[:, 2]).sum())
+    n_t1 = int(((labels == 0) & present[:, 0]).sum())
+    assert n_t1_flair < n_t1
+    calib = fit_calibration(net.encode, net.fuse, batches, modalities=NAMES, num_classes=C, progress=False,
+                            min_samples=n_t1_flair + 1)
+    assert bool(calib.fallback[5, 0]) and not bool(calib.fallback[1, 0])
+    with pytest.raises(ValueError, match="fewer than 10000"):
+        fit_calibration(net.encode, net.fuse, batches, modalities=NAMES, num_classes=C, progress=False,
+                        min_samples=10_000)
+    with pytest.raises(ValueError, match="min_samples"):
+        fit_calibration(net.encode, net.fuse, batches, modalities=NAMES, num_classes=C, progress=False, min_samples=0)
 
 
 def test_bad_labels_and_batches_raise():
@@ -195,13 +258,16 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(back.overall, calib.overall)
     assert back.metric == "euclidean" and back.modalities == NAMES
     state = torch.load(path, weights_only=True)
-    assert state["format_version"] == 1
-    state["format_version"] = 99
+    assert state["format_version"] == 2
+    state["format_version"] = 1  # written before the population-sigma correction: refused, naming the file
     torch.save(state, path)
-    with pytest.raises(ValueError, match="format version"):
+    with pytest.raises(ValueError, match=f"{path}.*format version 1.*refit"):
         SubsetCalibration.load(path)
     torch.save({"something": 1}, path)
     with pytest.raises(ValueError, match="not a monai_dymo calibration"):
+        SubsetCalibration.load(path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=f"calibration {path}"):
         SubsetCalibration.load(path)
 
 

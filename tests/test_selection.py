@@ -449,6 +449,27 @@ def test_non_finite_fuse_output_raises():
 
 
 # ---------------------------------------------------------------------------------------------------- records
+def test_calibration_fallback_flags_exactly_patients_scored_on_fallback_pairs():
+    names, tokens, present, calib, fuse = _random_problem(3, 4, B=32)
+    plain = select_modalities(fuse, tokens, present, calib)
+    assert not plain.calibration_fallback.any()
+    fallback = torch.zeros_like(calib.fallback)
+    fallback[7] = True  # the all-modality subset fell back for every class
+    flagged_calib = SubsetCalibration(calib.prototypes, calib.sigma, calib.overall, modalities=names,
+                                      fallback=fallback)
+    res = select_modalities(fuse, tokens, present, flagged_calib)
+    assert torch.equal(res.selected, plain.selected)  # the flag never changes a decision
+    # flagged iff the full set was scored: all observed, or a candidate evaluated at a round t with |O| + t = 2
+    scored_full = present.all(1).clone()
+    for t in range(plain.rewards.shape[0]):
+        evaluated = torch.isfinite(plain.rewards[t]).any(1)
+        scored_full |= evaluated & (present.sum(1) + t == 2)
+    assert 0 < int(scored_full.sum()) < len(scored_full)
+    assert torch.equal(res.calibration_fallback, scored_full)
+    records = res.to_records(names)
+    assert [r["calibration_fallback"] for r in records] == scored_full.tolist()
+
+
 def test_records_format_and_reasons():
     names, tokens, present, calib, fuse = _random_problem(4, 2, B=8)
     res = select_modalities(fuse, tokens, present, calib)
@@ -456,7 +477,7 @@ def test_records_format_and_reasons():
     ids = [f"p{b}" for b in range(8)]
     records = res.to_records(names, patient_ids=ids, reasons=reasons)
     keys = {"patient_id", "observed", "recovered", "selected", "accepted", "rejected", "unused", "quality",
-            "log_ics", "ics", "prediction", "probability", "steps", "reasons", "error"}
+            "log_ics", "ics", "prediction", "probability", "steps", "reasons", "error", "calibration_fallback"}
     probs = torch.softmax(res.logits, -1)
     for b, rec in enumerate(records):
         assert set(rec) == keys and rec["patient_id"] == ids[b] and rec["error"] is None
