@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from monai.networks.utils import eval_mode
 
 from .keys import DyMoKeys
+from .presence import align_present
 from .subsets import all_subset_masks, code_to_mask
 
 __all__ = ["SubsetCalibration", "fit_calibration", "CALIBRATION_FORMAT_VERSION", "METRICS"]
@@ -277,10 +278,11 @@ def _labels(batch: Mapping, label_key: str, num_classes: int, batch_size: int, d
     return y.to(device)
 
 
-def _present(batch: Mapping, present_key: str | None, num_modalities: int, batch_size: int, device: torch.device):
+def _present(batch: Mapping, present_key: str | None, keys: Sequence[str], batch_size: int, device: torch.device):
     if present_key is None or present_key not in batch:
         return None
-    present = torch.as_tensor(batch[present_key])
+    num_modalities = len(keys)
+    present = align_present(batch[present_key], keys, "fit_calibration")
     if present.shape != (batch_size, num_modalities):
         raise ValueError(
             f"{present_key!r} must be [B, M] = {(batch_size, num_modalities)}, got {tuple(present.shape)}."
@@ -396,7 +398,7 @@ def fit_calibration(
             if x.shape[0] != batch_size:
                 raise ValueError(f"modality {m!r} has batch size {x.shape[0]}, expected {batch_size}.")
         y = _labels(batch, label_key, C, batch_size, device)
-        present = _present(batch, present_key, num_modalities, batch_size, device)
+        present = _present(batch, present_key, [key_of[m] for m in modalities], batch_size, device)
         tokens = encode(inputs)
         for i in range(masks.shape[0]):
             mask = masks[i]

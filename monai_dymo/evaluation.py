@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from monai_dymo.calibration import SubsetCalibration
 from monai_dymo.keys import DyMoKeys
+from monai_dymo.presence import align_present
 from monai_dymo.selection import select_modalities
 
 __all__ = [
@@ -105,7 +106,7 @@ def compare_methods(
             if key not in batch:
                 raise ValueError(f"batch lacks key '{key}'; it has {sorted(map(str, batch.keys()))}.")
         true = {m: convert_to_tensor(batch[m], track_meta=False, device=device) for m in modalities}
-        present = convert_to_tensor(batch[present_key], dtype=torch.bool, device=device, track_meta=False)
+        present = align_present(batch[present_key], modalities, "compare_methods").to(device=device, dtype=torch.bool)
         labels = convert_to_tensor(batch[label_key], device=device, track_meta=False, wrap_sequence=True).long()
         labels = labels.reshape(-1)
         batch_size = labels.shape[0]

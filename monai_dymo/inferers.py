@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 from .calibration import SubsetCalibration
 from .keys import DyMoKeys
+from .presence import align_present
 from .selection import SelectionResult, select_modalities
 
 __all__ = ["DyMoInferer", "NO_MODALITY_ERROR"]
@@ -111,9 +111,7 @@ class DyMoInferer(Inferer):
             present = inputs.get(DyMoKeys.PRESENT) if isinstance(inputs, Mapping) else None
         if present is None:  # no missingness information: every modality is observed
             return torch.ones(batch_size, len(modalities), dtype=torch.bool, device=device)
-        present = torch.as_tensor(present)
-        if isinstance(present, MetaTensor):
-            present = present.as_tensor()
+        present = align_present(present, modalities, "DyMoInferer")
         if present.shape != (batch_size, len(modalities)):
             raise ValueError(
                 f"present must be [B, M] = {(batch_size, len(modalities))} (modalities {list(modalities)}), "

@@ -26,6 +26,7 @@ import torch
 
 from .calibration import SubsetCalibration
 from .keys import Reason
+from .presence import align_present
 from .subsets import mask_to_code
 
 __all__ = [
@@ -414,6 +415,8 @@ def _select(
 ) -> SelectionResult:
     names = _resolve_modalities(tokens, calibration, modalities)
     M, C, D = len(names), calibration.num_classes, calibration.proj_dim
+    if isinstance(present, torch.Tensor):
+        present = align_present(present, names, "select_modalities")
     if not isinstance(present, torch.Tensor) or present.dtype != torch.bool:
         raise ValueError(f"present must be a bool tensor [B, M], got {getattr(present, 'dtype', type(present))}.")
     if present.ndim != 2 or present.shape[1] != M:

@@ -14,7 +14,7 @@ from monai.utils import ForwardMode, IgniteInfo, min_version, optional_import
 from monai.utils.enums import CommonKeys
 
 from ..inferers import DyMoInferer
-from ..keys import DyMoKeys
+from ..keys import DyMoKeys, Reason
 from .trainer import PrepareDyMoBatch
 
 if TYPE_CHECKING:
@@ -167,6 +167,25 @@ class DyMoEvaluator(SupervisedEvaluator):
             elif isinstance(output, list):
                 engine.state.output = transform(output)
 
+    def _check_reasons_match_present(
+        self, reasons: Mapping[str, Sequence[str]], present: torch.Tensor | None, patient_ids: Sequence[str]
+    ) -> None:
+        """Raise when a modality's reason and its presence flag disagree (a mask read in another order)."""
+        if present is None:
+            return
+        flags = present.bool().cpu().tolist()
+        for i, name in enumerate(self.network_modalities):
+            values = reasons.get(name)
+            if values is None or isinstance(values, str):
+                continue
+            for b, reason in enumerate(values):
+                if b < len(flags) and (str(reason) == Reason.OBSERVED.value) != bool(flags[b][i]):
+                    raise ValueError(
+                        f"patient {patient_ids[b]!r}, modality {name!r}: the reason says {reason!r} but the presence "
+                        f"mask says {'observed' if flags[b][i] else 'missing'}; the mask and the network "
+                        f"{list(self.network_modalities)} disagree on the modality order."
+                    )
+
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
         """One DyMo evaluation step; returns (and stores in ``engine.state.output``) the output dictionary."""
         if batchdata is None:
@@ -202,6 +221,8 @@ class DyMoEvaluator(SupervisedEvaluator):
             reasons = {
                 name: reasons[key] for name, key in zip(self.network_modalities, self.modality_keys) if key in reasons
             }
+        if isinstance(reasons, Mapping):
+            self._check_reasons_match_present(reasons, kwargs.get("present"), patient_ids)
         records = inferer.last_records(patient_ids=patient_ids, reasons=reasons)
         assert inferer.last_result is not None
         engine.state.output = {

@@ -28,6 +28,7 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
 from monai_dymo.keys import DyMoKeys
+from monai_dymo.presence import align_present
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -97,7 +98,7 @@ class PrepareRecoveryBatch:
                 x = torch.as_tensor(batchdata[name])
                 inputs[name] = x.to(device=device, non_blocking=non_blocking, **kwargs) if device is not None else x
         if self.present_key in batchdata:
-            present = torch.as_tensor(batchdata[self.present_key])
+            present = align_present(batchdata[self.present_key], self.modalities, type(self).__name__)
         else:
             absent = [m for m in self.modalities if m not in inputs]
             if absent:

@@ -17,6 +17,7 @@ from monai.utils.enums import CommonKeys as Keys
 
 from monai_dymo.handlers.prototypes import PrototypeRefreshHandler
 from monai_dymo.keys import DyMoKeys
+from monai_dymo.presence import align_present
 from monai_dymo.losses import PrototypeAccumulator, SubsetAugmentedLoss
 from monai_dymo.subsets import sample_subsets
 
@@ -79,7 +80,7 @@ class PrepareDyMoBatch:
             labels = plain(labels)
         present = None
         if self.present_key is not None and batchdata.get(self.present_key) is not None:
-            present = plain(batchdata[self.present_key])
+            present = plain(align_present(batchdata[self.present_key], self.modalities, type(self).__name__))
         return inputs, labels, (), {"present": present}
 
 

@@ -21,6 +21,7 @@ import torch
 
 from monai.data.meta_tensor import MetaTensor
 from monai_dymo.keys import DyMoKeys, Reason
+from monai_dymo.presence import attach_modality_names
 
 __all__ = [
     "PLACEHOLDER_META_KEY",
@@ -160,14 +161,16 @@ def update_presence(
         data: the sample dictionary.
         reasons: modality name -> reason string (a new dict; never mutate the caller's).
         modalities: order of ``data[present_key]``; ``None`` uses the order of ``reasons`` (the order in which the
-            pipeline's transforms first registered the modalities).
+            pipeline's transforms first registered the modalities). The mask is a bool ``MetaTensor`` that carries
+            this order (:mod:`monai_dymo.presence`), so consumers align it by name.
         present_key, reasons_key: output keys.
         error_key: key of the error flag, ``None`` to skip it. ``""`` unless every modality has a reason and none is
             observed, then ``"no modality observed: name=<reason prefix>, ..."``.
     """
     order = list(reasons) if modalities is None else list(modalities)
     data[reasons_key] = dict(reasons)
-    data[present_key] = torch.tensor([is_observed(reasons.get(m)) for m in order], dtype=torch.bool)
+    present = torch.tensor([is_observed(reasons.get(m)) for m in order], dtype=torch.bool)
+    data[present_key] = attach_modality_names(present, order)  # the names travel with the mask
     if error_key is not None:
         pending = any(m not in reasons for m in order)
         if order and not pending and not bool(data[present_key].any()):

@@ -1,0 +1,85 @@
+"""The presence mask carries its modality names, so that no consumer can read it in the wrong order.
+
+The transforms write ``sample["present"]`` as a bool ``MetaTensor[M]`` whose meta dict holds the modality names in
+column order under :data:`PRESENT_NAMES_META_KEY` (a comma-joined string, so that MONAI's collation keeps it as one
+string per patient and ``decollate_batch`` gives it back). Every consumer (the inferer, the evaluator, the trainers,
+the calibration, :func:`~monai_dymo.selection.select_modalities`) calls :func:`align_present` with the modality order
+it works in: the columns are reordered by name, and a mask for other modalities is a ``ValueError`` naming both
+orders. A plain tensor without names is taken as already in the consumer's order (tensors built by hand).
+
+This module imports only torch and MONAI's ``MetaTensor``; every layer may use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from monai.data import MetaTensor
+
+__all__ = ["PRESENT_NAMES_META_KEY", "attach_modality_names", "present_modality_names", "align_present"]
+
+PRESENT_NAMES_META_KEY = "dymo_modalities"
+"""Meta key of the presence ``MetaTensor``: the modality names of its columns, joined by commas."""
+
+
+def attach_modality_names(present: torch.Tensor, modalities: Sequence[str]) -> MetaTensor:
+    """``present`` (``[M]`` or ``[B, M]``) as a ``MetaTensor`` whose meta names its columns ``modalities``."""
+    names = [str(m) for m in modalities]
+    if any("," in n for n in names):
+        raise ValueError(f"modality names must not contain commas, got {names}.")
+    if present.shape[-1] != len(names):
+        raise ValueError(f"presence mask has {present.shape[-1]} columns for {len(names)} modality names {names}.")
+    plain = present.as_tensor() if isinstance(present, MetaTensor) else torch.as_tensor(present)
+    return MetaTensor(plain, meta={PRESENT_NAMES_META_KEY: ",".join(names)})
+
+
+def present_modality_names(present: Any) -> tuple[str, ...] | None:
+    """Column names carried by a presence mask (one sample or a collated batch); ``None`` when it carries none.
+
+    Raises:
+        ValueError: a collated batch whose patients' masks name different modality orders.
+    """
+    meta = getattr(present, "meta", None) if isinstance(present, MetaTensor) else None
+    if not meta or PRESENT_NAMES_META_KEY not in meta:
+        return None
+    value = meta[PRESENT_NAMES_META_KEY]
+    if isinstance(value, (list, tuple)):  # collated: one string per patient
+        distinct = sorted({str(v) for v in value})
+        if len(distinct) > 1:
+            raise ValueError(
+                f"the presence masks of this batch name different modality orders {distinct}; every patient must be "
+                "prepared by the same transforms."
+            )
+        if not distinct:
+            return None
+        value = distinct[0]
+    return tuple(str(value).split(",")) if str(value) else ()
+
+
+def align_present(present: torch.Tensor, modalities: Sequence[str], owner: str) -> torch.Tensor:
+    """Plain ``BoolTensor[..., M]`` of ``present`` with its columns in the order of ``modalities``.
+
+    Args:
+        present: presence mask ``[M]`` or ``[B, M]``; a ``MetaTensor`` carrying names is reordered by name, anything
+            else is taken as already in ``modalities`` order.
+        modalities: the consumer's modality order (e.g. ``network.modalities``).
+        owner: who asks, named in errors (e.g. ``"DyMoInferer"``).
+
+    Raises:
+        ValueError: the mask names other modalities than ``modalities`` (both orders are named).
+    """
+    order = tuple(str(m) for m in modalities)
+    names = present_modality_names(present)
+    plain = present.as_tensor() if isinstance(present, MetaTensor) else torch.as_tensor(present)
+    if names is None or names == order:
+        return plain
+    if sorted(names) != sorted(order) or len(set(names)) != len(names):
+        raise ValueError(
+            f"{owner}: the presence mask is for modalities {list(names)} (in that order), but {owner} works on "
+            f"{list(order)}; the transforms' `modalities` and the network's must name the same modalities."
+        )
+    index = torch.tensor([names.index(m) for m in order], device=plain.device)
+    return plain.index_select(plain.ndim - 1, index)
