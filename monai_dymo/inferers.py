@@ -14,7 +14,7 @@ from .keys import DyMoKeys
 from .presence import align_present
 from .selection import SelectionResult, select_modalities
 
-__all__ = ["DyMoInferer", "NO_MODALITY_ERROR"]
+__all__ = ["DyMoInferer", "NO_MODALITY_ERROR", "ObservedSubsetInferer"]
 
 NO_MODALITY_ERROR = "no modality observed"
 
@@ -218,3 +218,28 @@ class DyMoInferer(Inferer):
         if self.last_result is None or self.last_modalities is None:
             raise RuntimeError("DyMoInferer.last_records() called before the inferer was run.")
         return self.last_result.to_records(self.last_modalities, patient_ids=patient_ids, reasons=reasons)
+
+
+class ObservedSubsetInferer(Inferer):
+    """Fusion on each patient's observed modalities only ("discard the missing ones"): ``logits [B, C]``.
+
+    The validation inferer of subset-augmented training on naturally incomplete data (no calibration needed), and the
+    "observed only" baseline. ``network`` needs ``encode``/``fuse``/``modalities`` (a DDP / DataParallel wrapper is
+    unwrapped through ``.module``). Patients with nothing observed get NaN logits.
+    """
+
+    def __call__(  # type: ignore[override]
+        self, inputs: Mapping[str, torch.Tensor], network: Any, *args: Any, present: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if not all(hasattr(network, a) for a in _NETWORK_ATTRS) and hasattr(network, "module"):
+            network = network.module
+        modalities = tuple(str(m) for m in network.modalities)
+        x = {m: inputs[m] for m in modalities}
+        batch_size = x[modalities[0]].shape[0]
+        device = x[modalities[0]].device
+        present_t = DyMoInferer._present(present, inputs, batch_size, modalities, device)
+        valid = present_t.any(1)
+        safe = torch.where(valid[:, None], present_t, torch.ones_like(present_t))
+        logits, _ = network.fuse(network.encode(x, *args, **kwargs), safe)
+        return torch.where(valid[:, None], logits, torch.full_like(logits, float("nan")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .missingness import MissingnessSummaryHandler
 from .prototypes import PrototypeRefreshHandler
 from .reports import (
     MODALITY_STATUSES,
@@ -15,6 +16,7 @@ from .reports import (
 )
 
 __all__ = [
+    "MissingnessSummaryHandler",
     "MODALITY_STATUSES",
     "PrototypeRefreshHandler",
     "SelectionReportWriter",

@@ -4,6 +4,7 @@ Modules (array and dictionary forms, MONAI style):
 
 - :mod:`~monai_dymo.transforms.io`: tolerant loading (:class:`LoadModality`, :class:`LoadModalitiesd`);
 - :mod:`~monai_dymo.transforms.readers`: :class:`SimpleITKReader` (NRRD / MetaImage), :func:`inspect_dicom_series`;
+- :mod:`~monai_dymo.transforms.color`: 2D pictures to one channel (:class:`AsGrayscale2Dd`);
 - :mod:`~monai_dymo.transforms.spatial`: per-patient harmonisation (:class:`HarmonizeModalitiesd`);
 - :mod:`~monai_dymo.transforms.clinical`: clinical field groups (:class:`ClinicalFieldStats`, :class:`ClinicalFieldsd`);
 - :mod:`~monai_dymo.transforms.missingness`: simulated missingness (:class:`SimulateMissingModalitiesd`, mask CSVs);
@@ -22,6 +23,7 @@ from .clinical import (
     ClinicalFieldsDict,
     ClinicalFieldStats,
 )
+from .color import AsGrayscale2D, AsGrayscale2Dd, AsGrayscale2DD, AsGrayscale2DDict
 from .io import LoadModalitiesd, LoadModalitiesD, LoadModalitiesDict, LoadModality
 from .missingness import (
     SimulateMissingModalities,
@@ -50,6 +52,10 @@ from .utils import (
 )
 
 __all__ = [
+    "AsGrayscale2D",
+    "AsGrayscale2Dd",
+    "AsGrayscale2DD",
+    "AsGrayscale2DDict",
     "UNKNOWN_CATEGORY",
     "ClinicalFieldStats",
     "ClinicalFields",

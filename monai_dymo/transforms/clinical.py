@@ -340,6 +340,10 @@ class ClinicalFieldsd(MapTransform):
         drop_fields: remove the raw field values from the sample (raw CSV values of mixed types, e.g. strings and NaN,
             would not collate into a batch).
         present_key, reasons_key, field_mask_key, error_key, patient_id_key: output / id keys.
+        warn_each: log a warning per missing group and patient (False: DEBUG level).
+
+    A group with no field present keeps a reason already in the sample (e.g. ``"absent: ..."`` written when the
+    patient has no row in the clinical table), else gets ``"all fields missing: ..."``.
 
     Raises:
         ValueError: a group field without statistics, a group not in ``modalities``, or (when called) a field not in
@@ -357,6 +361,7 @@ class ClinicalFieldsd(MapTransform):
         field_mask_key: str = DyMoKeys.FIELD_MASK,
         error_key: str | None = DyMoKeys.ERROR,
         patient_id_key: str = DyMoKeys.PATIENT_ID,
+        warn_each: bool = True,
     ) -> None:
         if not groups:
             raise ValueError("ClinicalFieldsd: no clinical group configured.")
@@ -372,6 +377,7 @@ class ClinicalFieldsd(MapTransform):
         self.field_mask_key = field_mask_key
         self.error_key = error_key
         self.patient_id_key = patient_id_key
+        self.log_level = logging.WARNING if warn_each else logging.DEBUG
 
     def layout(self, group: str) -> list[str]:
         """Field order of ``d[group]`` and ``d[field_mask][group]``."""
@@ -390,8 +396,11 @@ class ClinicalFieldsd(MapTransform):
             if bool(mask.any()):
                 reasons[group] = Reason.OBSERVED.value
             else:
-                reasons[group] = format_reason(Reason.FIELDS_MISSING, ", ".join(self.groups[group]))
-                logger.warning("patient %s, clinical group %s: marked missing (%s)", pid, group, reasons[group])
+                # keep a reason set upstream (e.g. "absent: patient has no row in clinical.csv")
+                preset = reasons.get(group)
+                if preset is None or preset == Reason.OBSERVED.value:
+                    reasons[group] = format_reason(Reason.FIELDS_MISSING, ", ".join(self.groups[group]))
+                logger.log(self.log_level, "patient %s, clinical group %s: marked missing (%s)", pid, group, reasons[group])
         if self.drop_fields:
             for fs in self.groups.values():
                 for f in fs:
@@ -400,7 +409,7 @@ class ClinicalFieldsd(MapTransform):
         d[self.field_mask_key] = field_mask
         update_presence(d, reasons, self.modalities, self.present_key, self.reasons_key, self.error_key)
         if self.error_key is not None and d[self.error_key]:
-            logger.warning("patient %s: %s", pid, d[self.error_key])
+            logger.log(self.log_level, "patient %s: %s", pid, d[self.error_key])
         return d
 
 

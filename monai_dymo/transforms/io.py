@@ -230,6 +230,8 @@ class LoadModalitiesd(MapTransform):
         modalities: full modality order of the presence vector (may include modalities filled in by later
             transforms, e.g. clinical groups); every key must be in it.
         present_key, reasons_key, error_key, patient_id_key: output / id keys (``error_key=None`` disables the flag).
+        warn_each: log a warning per missing modality and patient; False logs them at DEBUG level (use
+            :class:`~monai_dymo.handlers.MissingnessSummaryHandler` for one summary line per modality and run).
 
     Raises:
         ValueError: a key that is not one of ``modalities`` (unknown modality key).
@@ -252,10 +254,12 @@ class LoadModalitiesd(MapTransform):
         reasons_key: str = DyMoKeys.REASONS,
         error_key: str | None = DyMoKeys.ERROR,
         patient_id_key: str = DyMoKeys.PATIENT_ID,
+        warn_each: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
         self.modalities = resolve_modality_order(self.keys, modalities, type(self).__name__)
+        self.log_level = logging.WARNING if warn_each else logging.DEBUG
         self.loader = LoadModality(
             reader=reader,
             dicom_reader=dicom_reader,
@@ -286,7 +290,7 @@ class LoadModalitiesd(MapTransform):
             loaded[key] = img
             reasons[str(key)] = reason
             if img is None:
-                logger.warning("patient %s, modality %s: marked missing (%s)", pid, key, reason)
+                logger.log(self.log_level, "patient %s, modality %s: marked missing (%s)", pid, key, reason)
         first = next((img for img in loaded.values() if img is not None), None)
         for key, img in loaded.items():
             if img is None:
@@ -296,7 +300,7 @@ class LoadModalitiesd(MapTransform):
             d[key] = img
         update_presence(d, reasons, self.modalities, self.present_key, self.reasons_key, self.error_key)
         if self.error_key is not None and d[self.error_key]:
-            logger.warning("patient %s: %s", pid, d[self.error_key])
+            logger.log(self.log_level, "patient %s: %s", pid, d[self.error_key])
         return d
 
 

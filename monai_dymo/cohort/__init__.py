@@ -1,0 +1,40 @@
+"""DyMo on a user's cohort: the cohort description, its datalist and clinical table, preprocessing and networks.
+
+The cohort bundle (``bundles/cohort_dymo``) only configures these:
+
+- :mod:`~monai_dymo.cohort.spec`: :class:`CohortSpec`, the validated cohort YAML (modalities, datalist, classes);
+- :mod:`~monai_dymo.cohort.datalist`: split loading, the clinical join by patient id, path checks, the ``prepare`` stage;
+- :mod:`~monai_dymo.cohort.preprocessing`: the transform chain of every modality kind;
+- :mod:`~monai_dymo.cohort.dataset`: cached datasets of a split;
+- :mod:`~monai_dymo.cohort.networks`: the fusion and recovery networks built from the spec and the clinical statistics.
+
+It sits above transforms, networks and engines and imports them; none of them imports it.
+"""
+
+from __future__ import annotations
+
+from .datalist import INDEX_KEY, check_image_path, load_split, prepare_cohort, read_clinical_table, read_datalist
+from .dataset import cohort_dataset, preprocessing_key
+from .networks import build_cohort_fusion, build_cohort_recovery, clinical_layouts, recovery_kind
+from .preprocessing import build_preprocessing, modality_transforms
+from .spec import MODALITY_KINDS, CohortSpec, ModalityEntry
+
+__all__ = [
+    "INDEX_KEY",
+    "MODALITY_KINDS",
+    "CohortSpec",
+    "ModalityEntry",
+    "build_cohort_fusion",
+    "build_cohort_recovery",
+    "build_preprocessing",
+    "check_image_path",
+    "clinical_layouts",
+    "cohort_dataset",
+    "load_split",
+    "modality_transforms",
+    "prepare_cohort",
+    "preprocessing_key",
+    "read_clinical_table",
+    "read_datalist",
+    "recovery_kind",
+]

@@ -1,0 +1,133 @@
+"""The preprocessing of a cohort, derived from its :class:`~monai_dymo.cohort.spec.CohortSpec`.
+
+Per modality kind (the same chains as the recipes in the project's ``transforms/`` folder):
+
+- ``image3d`` (NIfTI, NRRD, DICOM series folders): tolerant load (missing / unreadable -> placeholder and reason),
+  orientation RAS, then either spacing ``pixdim`` + centred pad/crop to ``spatial_size`` or a resize to it, intensity
+  z-score over non-zero voxels (``intensity: zscore``) or min-max to [0, 1];
+- ``image2d`` (PNG, JPEG, single DICOM frames): tolerant load, RGB / RGBA to grayscale (:class:`AsGrayscale2Dd`), no
+  reorientation, resize to ``spatial_size``, min-max to [0, 1] (default);
+- ``clinical``: the fields of each group encoded with the fitted statistics (:class:`ClinicalFieldsd`).
+
+A missing modality's placeholder has the shape of an observed one of that modality (``[1, *spatial_size]``, or
+``[F]`` NaN for a clinical group). Per-patient warnings are logged at DEBUG level; attach a
+:class:`~monai_dymo.handlers.MissingnessSummaryHandler` for one line per modality and run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.transforms import Compose, NormalizeIntensityd, ScaleIntensityd
+from monai.transforms.transform import Transform
+
+from monai_dymo.cohort.spec import CohortSpec, ModalityEntry
+from monai_dymo.keys import DyMoKeys, Reason
+from monai_dymo.transforms import AsGrayscale2Dd, ClinicalFieldsd, HarmonizeModalitiesd, LoadModalitiesd
+from monai_dymo.transforms.utils import format_reason, get_patient_id, make_placeholder, update_presence
+
+__all__ = ["build_preprocessing", "modality_transforms", "TolerantPreprocessing"]
+
+logger = logging.getLogger("monai_dymo.cohort")
+
+
+def modality_transforms(entry: ModalityEntry, order: tuple[str, ...]) -> list[Any]:
+    """The load -> (grayscale) -> harmonise -> intensity chain of one image modality."""
+    keys = [entry.name]
+    loader = LoadModalitiesd(
+        keys=keys,
+        reader=entry.reader,
+        ensure_channel_first=True,
+        spatial_size=entry.spatial_size,
+        channels=1,
+        spatial_dims=entry.spatial_dims,
+        modalities=order,
+        warn_each=False,
+    )
+    chain: list[Any] = [loader]
+    if entry.kind == "image2d":
+        chain.append(AsGrayscale2Dd(keys))
+        chain.append(HarmonizeModalitiesd(keys, axcodes=None, pixdim=None, spatial_size=entry.spatial_size,
+                                          size_mode="resize"))
+    else:
+        chain.append(
+            HarmonizeModalitiesd(
+                keys,
+                axcodes="RAS",
+                pixdim=entry.pixdim,
+                spatial_size=entry.spatial_size,
+                size_mode="pad_crop" if entry.pixdim is not None else "resize",
+            )
+        )
+    if entry.intensity == "zscore":
+        chain.append(NormalizeIntensityd(keys, nonzero=True, channel_wise=True))
+    elif entry.intensity == "minmax":
+        chain.append(ScaleIntensityd(keys, minv=0.0, maxv=1.0))
+    return chain
+
+
+class TolerantPreprocessing(Transform):
+    """Run ``transform`` on a datalist entry; if it raises, return the patient with every modality missing and the
+    reason, instead of failing the whole run: a batch run never loses a patient (its report row carries the error).
+
+    Args:
+        transform: the preprocessing chain.
+        spec: the cohort (shapes of the placeholders).
+    """
+
+    def __init__(self, transform: Compose, spec: CohortSpec) -> None:
+        self.transform = transform
+        self.spec = spec
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Any:  # type: ignore[override]
+        try:
+            return self.transform(data)
+        except Exception as e:  # noqa: BLE001 - any failure of one patient becomes that patient's reason
+            pid = get_patient_id(data)
+            cause = e.__cause__ or e
+            message = f"preprocessing failed: {type(cause).__name__}: {str(cause).splitlines()[0][:300]}"
+            logger.warning("patient %s: %s", pid, message)
+            return self.failed_sample(data, message)
+
+    def failed_sample(self, data: Mapping[Hashable, Any], message: str) -> dict[Hashable, Any]:
+        """The entry with a placeholder for every modality, all marked unreadable, and ``error`` set."""
+        d: dict[Hashable, Any] = {k: v for k, v in data.items() if k not in self.spec.clinical_fields}
+        reason = format_reason(Reason.UNREADABLE, message)
+        field_mask = {}
+        for m in self.spec.modalities:
+            if m.is_image:
+                d[m.name] = make_placeholder((1, *m.spatial_size), reason)
+            else:
+                d[m.name] = torch.full((len(m.fields),), math.nan)
+                field_mask[m.name] = torch.zeros(len(m.fields), dtype=torch.bool)
+        if field_mask:
+            d[DyMoKeys.FIELD_MASK] = field_mask
+        update_presence(d, {m: reason for m in self.spec.modality_names}, self.spec.modality_names)
+        d[DyMoKeys.ERROR] = message
+        return d
+
+
+def build_preprocessing(spec: CohortSpec, stats_file: str | Path | None = None) -> TolerantPreprocessing:
+    """Deterministic (cacheable) preprocessing of the cohort's datalist entries (see :func:`~monai_dymo.cohort.load_split`).
+
+    Args:
+        spec: the cohort.
+        stats_file: the clinical encoding statistics written by the ``prepare`` stage (required with clinical
+            modalities).
+    """
+    order = spec.modality_names
+    chain: list[Any] = []
+    for entry in spec.image_modalities:
+        chain.extend(modality_transforms(entry, order))
+    if spec.clinical_modalities:
+        if stats_file is None or not Path(stats_file).is_file():
+            raise FileNotFoundError(
+                f"clinical statistics not found: {stats_file}; run the bundle's prepare stage first."
+            )
+        chain.append(ClinicalFieldsd(spec.groups(), stats=stats_file, modalities=order, warn_each=False))
+    return TolerantPreprocessing(Compose(chain), spec)

@@ -1,0 +1,271 @@
+"""A user's cohort, described as data: modalities, datalist, clinical table, classes.
+
+The cohort bundle (``bundles/cohort_dymo``) reads one short YAML mapping under the key ``cohort``::
+
+    cohort:
+      name: my_cohort
+      datalist: /data/cohort/datalist.json     # MONAI datalist: training / validation / testing lists
+      data_root: /data/cohort                  # relative image paths resolve here (default: the datalist's folder)
+      clinical_csv: /data/cohort/clinical.csv  # optional; joined to the datalist by patient id
+      patient_id: patient_id                   # id key of the datalist entries and id column of the CSV
+      label: label                             # label key of the datalist entries (class index or class name)
+      classes: [glioma, metastasis, meningioma]
+      modalities:
+        - {name: t1, kind: image3d, spatial_size: [64, 64, 64]}
+        - {name: flair, kind: image3d, spatial_size: [64, 64, 64], pixdim: [3, 3, 3]}
+        - {name: xray, kind: image2d, spatial_size: [128, 128]}
+        - {name: clinical, kind: clinical, continuous: [age, kps], categorical: [sex], sentinels: [-999]}
+
+:class:`CohortSpec` validates it with errors that name the offending key, and every bundle stage derives what it needs
+from it (transforms, network sizes, clinical encodings), so the user never writes Python or arithmetic.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MODALITY_KINDS", "ModalityEntry", "CohortSpec"]
+
+MODALITY_KINDS = ("image2d", "image3d", "clinical")
+"""Kinds of modality a cohort may declare."""
+
+_INTENSITY = ("zscore", "minmax", "none")
+_SPLITS = ("training", "validation", "testing")
+
+
+def _ints(value: Any, what: str, n: int | None = None) -> tuple[int, ...]:
+    if isinstance(value, int):
+        value = [value] * (n or 1)
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} must be a list of integers, got {value!r}.") from e
+    if n is not None and len(out) != n:
+        raise ValueError(f"{what} must have {n} values, got {list(out)}.")
+    if any(v < 1 for v in out):
+        raise ValueError(f"{what} must be positive, got {list(out)}.")
+    return out
+
+
+@dataclass(frozen=True)
+class ModalityEntry:
+    """One declared modality.
+
+    Attributes:
+        name: modality name (datalist key for images; group name for clinical fields).
+        kind: ``"image2d"``, ``"image3d"`` or ``"clinical"``.
+        spatial_size: images: target spatial shape after preprocessing.
+        pixdim: 3D images: optional target spacing in mm (then: orientation RAS, spacing, centred pad/crop to
+            ``spatial_size``); without it the volume is resized to ``spatial_size``.
+        reader: optional MONAI reader name for files (e.g. ``"NibabelReader"``, ``"PILReader"``); default: by suffix.
+        intensity: ``"zscore"`` (3D default: over non-zero voxels), ``"minmax"`` (2D default: to [0, 1]) or ``"none"``.
+        continuous, categorical: clinical: the CSV columns of the group.
+        sentinels: clinical: values that mean "missing" besides blanks (e.g. ``-999``).
+    """
+
+    name: str
+    kind: str
+    spatial_size: tuple[int, ...] = ()
+    pixdim: tuple[float, ...] | None = None
+    reader: str | None = None
+    intensity: str = "zscore"
+    continuous: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    sentinels: tuple[Any, ...] = ()
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind != "clinical"
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2 if self.kind == "image2d" else 3
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Clinical fields of the group (continuous first, as encoded)."""
+        return (*self.continuous, *self.categorical)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], index: int) -> ModalityEntry:
+        where = f"cohort.modalities[{index}]"
+        if not isinstance(cfg, Mapping):
+            raise ValueError(f"{where} must be a mapping with at least 'name' and 'kind', got {cfg!r}.")
+        known = {"name", "kind", "spatial_size", "pixdim", "reader", "intensity", "continuous", "categorical",
+                 "sentinels"}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}.")
+        name = str(cfg.get("name") or "").strip()
+        if not name or "," in name:
+            raise ValueError(f"{where}: 'name' must be a non-empty name without commas, got {cfg.get('name')!r}.")
+        kind = str(cfg.get("kind", "")).lower()
+        if kind not in MODALITY_KINDS:
+            raise ValueError(
+                f"{where} ({name!r}): unknown modality kind {cfg.get('kind')!r}; use one of {list(MODALITY_KINDS)}."
+            )
+        where = f"{where} ({name!r})"
+        if kind == "clinical":
+            cont = tuple(str(f) for f in cfg.get("continuous") or ())
+            cat = tuple(str(f) for f in cfg.get("categorical") or ())
+            if not cont and not cat:
+                raise ValueError(f"{where}: a clinical modality needs 'continuous' and/or 'categorical' fields.")
+            dup = sorted({f for f in (*cont, *cat) if (*cont, *cat).count(f) > 1})
+            if dup:
+                raise ValueError(f"{where}: field(s) {dup} listed twice.")
+            return cls(name, kind, continuous=cont, categorical=cat, sentinels=tuple(cfg.get("sentinels") or ()))
+        dims = 2 if kind == "image2d" else 3
+        if "spatial_size" not in cfg:
+            raise ValueError(f"{where}: images need a 'spatial_size' ({dims} integers).")
+        size = _ints(cfg["spatial_size"], f"{where} spatial_size", dims)
+        pixdim = cfg.get("pixdim")
+        if pixdim is not None:
+            if kind == "image2d":
+                raise ValueError(f"{where}: 'pixdim' is for 3D images; 2D images are resized to spatial_size.")
+            pixdim = tuple(float(v) for v in (pixdim if isinstance(pixdim, Sequence) else [pixdim] * 3))
+            if len(pixdim) != 3 or any(v <= 0 for v in pixdim):
+                raise ValueError(f"{where}: 'pixdim' must be 3 positive spacings in mm, got {cfg.get('pixdim')!r}.")
+        intensity = str(cfg.get("intensity") or ("minmax" if kind == "image2d" else "zscore")).lower()
+        if intensity not in _INTENSITY:
+            raise ValueError(f"{where}: 'intensity' must be one of {list(_INTENSITY)}, got {cfg.get('intensity')!r}.")
+        reader = cfg.get("reader")
+        return cls(name, kind, spatial_size=size, pixdim=pixdim, reader=None if reader is None else str(reader),
+                   intensity=intensity)
+
+
+@dataclass(frozen=True)
+class CohortSpec:
+    """A validated cohort description (see the module docstring for the YAML form).
+
+    Attributes:
+        name: cohort name (used in output folder names).
+        datalist: path of the MONAI datalist JSON.
+        data_root: folder that relative image paths in the datalist are resolved against.
+        clinical_csv: optional path of the clinical table.
+        patient_id: id key / column.
+        label: label key of the datalist entries.
+        classes: class names; labels are class indices into it or the names themselves.
+        modalities: the declared modalities, in the order of the networks' modality columns.
+    """
+
+    name: str
+    datalist: Path
+    data_root: Path
+    clinical_csv: Path | None
+    patient_id: str
+    label: str
+    classes: tuple[str, ...]
+    modalities: tuple[ModalityEntry, ...] = field(default_factory=tuple)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], base_dir: str | os.PathLike | None = None) -> CohortSpec:
+        """Validate the ``cohort`` mapping; relative paths resolve against ``base_dir`` (default: the current folder).
+
+        Raises:
+            ValueError: naming the key that is missing or wrong.
+        """
+        if not isinstance(cfg, Mapping):
+            raise ValueError(f"the cohort description must be a mapping under the key 'cohort', got {type(cfg).__name__}.")
+        known = {"name", "datalist", "data_root", "clinical_csv", "patient_id", "label", "classes", "modalities"}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"cohort: unknown key(s) {unknown}; known keys are {sorted(known)}.")
+        for key in ("datalist", "classes", "modalities"):
+            if not cfg.get(key):
+                raise ValueError(f"cohort: '{key}' is required.")
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+
+        def path(value: Any) -> Path:
+            p = Path(str(value)).expanduser()
+            return p if p.is_absolute() else (base / p)
+
+        datalist = path(cfg["datalist"])
+        data_root = path(cfg["data_root"]) if cfg.get("data_root") else datalist.parent
+        clinical_csv = path(cfg["clinical_csv"]) if cfg.get("clinical_csv") else None
+        classes = tuple(str(c) for c in cfg["classes"])
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise ValueError(f"cohort: 'classes' must list at least two distinct class names, got {list(classes)}.")
+        mods_cfg = cfg["modalities"]
+        if not isinstance(mods_cfg, Sequence) or isinstance(mods_cfg, (str, bytes)):
+            raise ValueError("cohort: 'modalities' must be a list of {name, kind, ...} mappings.")
+        modalities = tuple(ModalityEntry.from_config(m, i) for i, m in enumerate(mods_cfg))
+        names = [m.name for m in modalities]
+        if len(set(names)) != len(names):
+            raise ValueError(f"cohort: modality names must be distinct, got {names}.")
+        clinical = [m for m in modalities if not m.is_image]
+        if clinical and clinical_csv is None:
+            raise ValueError(f"cohort: clinical modality {clinical[0].name!r} needs 'clinical_csv'.")
+        fields = [f for m in clinical for f in m.fields]
+        dup = sorted({f for f in fields if fields.count(f) > 1})
+        if dup:
+            raise ValueError(f"cohort: clinical field(s) {dup} belong to more than one clinical modality.")
+        clash = sorted(set(fields) & set(names))
+        if clash:
+            raise ValueError(f"cohort: clinical field(s) {clash} have the name of a modality; rename one of them.")
+        return cls(
+            name=str(cfg.get("name") or "cohort"),
+            datalist=datalist,
+            data_root=data_root,
+            clinical_csv=clinical_csv,
+            patient_id=str(cfg.get("patient_id") or "patient_id"),
+            label=str(cfg.get("label") or "label"),
+            classes=classes,
+            modalities=modalities,
+        )
+
+    # ------------------------------------------------------------------ views
+    @property
+    def modality_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.modalities)
+
+    @property
+    def image_modalities(self) -> tuple[ModalityEntry, ...]:
+        return tuple(m for m in self.modalities if m.is_image)
+
+    @property
+    def clinical_modalities(self) -> tuple[ModalityEntry, ...]:
+        return tuple(m for m in self.modalities if not m.is_image)
+
+    @property
+    def clinical_fields(self) -> tuple[str, ...]:
+        return tuple(f for m in self.clinical_modalities for f in m.fields)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def modality(self, name: str) -> ModalityEntry:
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise KeyError(f"no modality {name!r} in the cohort (modalities: {list(self.modality_names)}).")
+
+    def groups(self) -> dict[str, list[str]]:
+        """Clinical group name -> its fields (``ClinicalFieldsd`` groups)."""
+        return {m.name: list(m.fields) for m in self.clinical_modalities}
+
+    def label_index(self, value: Any, patient: str, source: str) -> int:
+        """Class index of a datalist label (an index or a class name); ``ValueError`` naming patient and file."""
+        if isinstance(value, str) and value in self.classes:
+            return self.classes.index(value)
+        try:
+            index = int(value)
+            if float(value) != index:
+                raise ValueError
+        except (TypeError, ValueError):
+            index = -1
+        if not 0 <= index < len(self.classes):
+            raise ValueError(
+                f"{source}: patient {patient!r} has label {value!r}, not one of the declared classes "
+                f"{list(self.classes)} (or their indices 0..{len(self.classes) - 1})."
+            )
+        return index
+
+    @staticmethod
+    def splits() -> tuple[str, ...]:
+        return _SPLITS
