@@ -58,7 +58,7 @@ def test_shipped_weights_load_into_the_configured_networks():
     parser.read_config(_configs())
     parser["bundle_root"] = str(BUNDLE)
     parser["device"] = "$torch.device('cpu')"
-    fusion = parser.get_parsed_content("fusion_network")
+    fusion = parser.get_parsed_content("network")
     recovery = parser.get_parsed_content("recovery_network")
     fusion.load_state_dict(torch.load(BUNDLE / "models" / "fusion.pt", weights_only=True))
     recovery.load_state_dict(torch.load(BUNDLE / "models" / "recovery.pt", weights_only=True))
@@ -78,11 +78,11 @@ def test_fusion_training_blurs_each_modality_independently(tiny_polymnist):
     parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tiny_polymnist), "max_samples": 20})
     raw = load_polymnist_npz(tiny_polymnist / "polymnist_train.npz", max_samples=20)["images"] / 255.0
     parser["blur_prob"] = 1.0
-    item = parser.get_parsed_content("train_dataset")[3]
+    item = parser.get_parsed_content("train#dataset")[3]
     for i, m in enumerate(MODALITIES):  # every modality blurred: smoother than the stored image
         assert _total_variation(item[m]) < _total_variation(torch.as_tensor(raw[3, i], dtype=torch.float32))
     parser["blur_prob"] = 0.5
-    dataset = parser.get_parsed_content("train_dataset", instantiate=True, lazy=False)
+    dataset = parser.get_parsed_content("train#dataset", instantiate=True, lazy=False)
     stored = torch.as_tensor(raw, dtype=torch.float32)
     blurred = torch.tensor(
         [[not torch.allclose(dataset[k][m], stored[k, i]) for i, m in enumerate(MODALITIES)] for k in range(20)]
