@@ -158,3 +158,63 @@ def test_demo_command_names_a_missing_mnist_archive(tmp_path, capsys):
     code = cli_main(["demo", "--dataset-dir", str(tmp_path / "none"), "--mnist", str(tmp_path / "nope.npz")])
     assert code == 2
     assert "nope.npz" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- experiment tracking (--tracking mlflow)
+def _mlflow_runs(output_dir: Path):
+    """The runs of MONAI's default experiment in the default tracking store of ``--tracking mlflow``
+    (a SQLite database ``<output_dir>/mlruns.db``; MLflow 3 refuses the old ``file:`` store)."""
+    mlflow = pytest.importorskip("mlflow")
+    from monai.utils import path_to_sqlite_uri
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=path_to_sqlite_uri(str(output_dir / "mlruns.db")))
+    experiment = client.get_experiment_by_name("monai_experiment")
+    assert experiment is not None, "no MLflow experiment was created"
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_inference_with_mlflow_tracking_keeps_the_report_writer(tiny_polymnist, tmp_path):
+    pytest.importorskip("mlflow")
+    out = tmp_path / "runs"
+    _run(
+        "inference.yaml",
+        tracking="mlflow",
+        dataset_dir=str(tiny_polymnist),
+        output_dir=str(out),
+        max_samples=40,
+        missing_rate=0.4,
+        num_threads=1,
+    )
+    report = pd.read_csv(out / "inference_rate0.4_seed0" / "dymo_report.csv", dtype=str, keep_default_na=False)
+    assert len(report) == 40  # the bundle's SelectionReportWriter still ran
+    _, runs = _mlflow_runs(out)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # closed by the evaluator's MLFlowHandler
+    assert "epoch_length" in runs[0].data.params
+
+
+def test_training_with_mlflow_tracking_keeps_every_bundle_handler(tiny_polymnist, tmp_path):
+    pytest.importorskip("mlflow")
+    out = tmp_path / "runs"
+    common = {
+        "tracking": "mlflow",
+        "dataset_dir": str(tiny_polymnist),
+        "model_dir": str(tmp_path / "models"),
+        "output_dir": str(out),
+        "max_samples": 40,
+        "max_epochs": 1,
+        "num_threads": 1,
+    }
+    _run("train_recovery.yaml", batch_size=20, val_samples=20, **common)
+    assert (tmp_path / "models" / "recovery.pt").is_file()  # CheckpointSaver of train#handlers
+    assert any((out / "recovery").glob("events.out.tfevents.*"))  # TensorBoard of train#/validate#handlers
+    client, runs = _mlflow_runs(out)
+    assert len(runs) == 1
+    metrics = runs[0].data.metrics
+    assert "train_loss" in metrics  # the trainer's MLFlowHandler (train#handlers)
+    assert "recovery_mse" in metrics  # the validator's MLFlowHandler (validate#handlers)
+
+    _run("train_fusion.yaml", batch_size=20, **common)
+    assert (tmp_path / "models" / "fusion.pt").is_file()
+    assert (out / "fusion" / "fusion_final.pt").is_file()
+    _, runs = _mlflow_runs(out)
+    assert len(runs) == 2 and all("train_loss" in r.data.metrics for r in runs)
