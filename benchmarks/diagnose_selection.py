@@ -46,7 +46,7 @@ def build_networks(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "common.yaml"))
     parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')"})
-    fusion = parser.get_parsed_content("fusion_network")
+    fusion = parser.get_parsed_content("network")
     fusion.load_state_dict(torch.load(args.fusion, map_location="cpu", weights_only=True))
     state = torch.load(args.recovery, map_location="cpu", weights_only=True)
     if int(state.get("expert_parametrization_code", 0)) == 1:  # weights trained with natural-parameter experts

@@ -4,32 +4,78 @@ Layers, bottom up: ``subsets`` (bitmask codes) -> ``selection`` / ``calibration`
 ``fuse`` callable) -> ``inferers.DyMoInferer`` (a ``monai.inferers.Inferer``). ``networks`` (encoders, fusion
 transformer, recovery networks), ``transforms`` (tolerant loading, presence masks, clinical fields, simulated
 missingness), ``engines`` / ``handlers`` (training, evaluation, reports) and ``data`` (PolyMNIST builder) sit beside them.
+``checkpoints`` loads weights and calibrations with one-line errors naming the file.
+
+Importing the package is cheap: the public names below and the subpackages are imported on first use (PEP 562), so
+``monai-dymo --help`` does not import torch or MONAI. ``from monai_dymo import DyMoInferer`` works as usual.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.2.0"
 
-from .calibration import CALIBRATION_FORMAT_VERSION, SubsetCalibration, fit_calibration
-from .inferers import NO_MODALITY_ERROR, DyMoInferer
-from .keys import DyMoKeys, Reason
-from .selection import SelectionResult, select_modalities
-from .subsets import all_subset_codes, all_subset_masks, code_to_mask, mask_to_code, sample_subsets, subset_size
+# public name -> submodule defining it
+_LAZY_NAMES: dict[str, str] = {
+    "CALIBRATION_FORMAT_VERSION": "calibration",
+    "SubsetCalibration": "calibration",
+    "fit_calibration": "calibration",
+    "NO_MODALITY_ERROR": "inferers",
+    "DyMoInferer": "inferers",
+    "DyMoKeys": "keys",
+    "Reason": "keys",
+    "SelectionResult": "selection",
+    "select_modalities": "selection",
+    "all_subset_codes": "subsets",
+    "all_subset_masks": "subsets",
+    "code_to_mask": "subsets",
+    "mask_to_code": "subsets",
+    "sample_subsets": "subsets",
+    "subset_size": "subsets",
+    "load_calibration": "checkpoints",
+    "load_weights": "checkpoints",
+}
+_SUBMODULES = frozenset(
+    {
+        "calibration",
+        "checkpoints",
+        "cli",
+        "data",
+        "engines",
+        "evaluation",
+        "handlers",
+        "inferers",
+        "keys",
+        "losses",
+        "networks",
+        "selection",
+        "subsets",
+        "transforms",
+    }
+)
 
-__all__ = [
-    "CALIBRATION_FORMAT_VERSION",
-    "DyMoInferer",
-    "DyMoKeys",
-    "NO_MODALITY_ERROR",
-    "Reason",
-    "SelectionResult",
-    "SubsetCalibration",
-    "all_subset_codes",
-    "all_subset_masks",
-    "code_to_mask",
-    "fit_calibration",
-    "mask_to_code",
-    "sample_subsets",
-    "select_modalities",
-    "subset_size",
-]
+__all__ = sorted(_LAZY_NAMES)
+
+if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from .calibration import CALIBRATION_FORMAT_VERSION, SubsetCalibration, fit_calibration
+    from .checkpoints import load_calibration, load_weights
+    from .inferers import NO_MODALITY_ERROR, DyMoInferer
+    from .keys import DyMoKeys, Reason
+    from .selection import SelectionResult, select_modalities
+    from .subsets import all_subset_codes, all_subset_masks, code_to_mask, mask_to_code, sample_subsets, subset_size
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_NAMES) | _SUBMODULES)

@@ -1,27 +1,68 @@
-"""``monai-dymo`` command line.
+"""The ``monai-dymo`` command line.
 
 ``monai-dymo demo`` is the project's main job: it prepares PolyMNIST from MNIST and the five background photographs
-(once), writes the seeded missing patterns of the test split, and runs the PolyMNIST bundle's ``inference`` config with
-the shipped weights, which writes the per-sample reliability report (CSV, JSON, summary PNG).
+(once), writes the seeded missing pattern of the test split for the chosen rate and seed, and runs the PolyMNIST
+bundle's ``inference`` config with the shipped weights, which writes the per-sample reliability report (CSV, JSON,
+summary PNG).
+
+This module imports neither torch nor MONAI until a command runs, so ``--help`` is immediate.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "default_bundle_dir", "default_shared_data"]
+__all__ = [
+    "main",
+    "build_parser",
+    "find_bundle",
+    "default_bundle_dir",
+    "default_shared_data",
+    "missing_rate_arg",
+    "seed_arg",
+]
+
+BUNDLE_NAME = "polymnist_dymo"
+
+DESCRIPTION = """\
+DyMo for MONAI: inference-time dynamic modality selection for incomplete multimodal classification.
+
+commands:
+  demo    prepare PolyMNIST (once), write the missing pattern of the test split and run DyMo inference with the
+          shipped PolyMNIST bundle weights; writes dymo_report.csv, dymo_report.json and dymo_summary.png
+"""
+
+DEMO_DESCRIPTION = """\
+Run DyMo inference on PolyMNIST with the shipped bundle weights.
+
+Steps: build PolyMNIST from the MNIST archive and the five background photographs into --dataset-dir (skipped when
+it is already there), write the missing pattern for --missing-rate and --seed, and run the bundle's inference config.
+The report (dymo_report.csv, dymo_report.json, dymo_summary.png) is written to
+<output-dir>/inference_rate<rate>_seed<seed>/.
+"""
 
 
 def _project_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+def _is_source_checkout() -> bool:
+    root = _project_root()
+    return (root / "pyproject.toml").is_file() and (root / "bundles" / BUNDLE_NAME / "configs").is_dir()
+
+
+def _installed_bundles_dir() -> Path:
+    """Where a wheel install puts the bundles (``[tool.setuptools.data-files]`` of pyproject.toml)."""
+    return Path(sys.prefix) / "share" / "monai_dymo" / "bundles"
+
+
 def default_bundle_dir() -> Path:
     """The PolyMNIST bundle of a source checkout (``bundles/polymnist_dymo``)."""
-    return _project_root() / "bundles" / "polymnist_dymo"
+    return _project_root() / "bundles" / BUNDLE_NAME
 
 
 def default_shared_data() -> Path:
@@ -29,20 +70,61 @@ def default_shared_data() -> Path:
     return _project_root().parent / "shared" / "data"
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from monai.bundle import run
+def find_bundle(name: str = BUNDLE_NAME) -> Path | None:
+    """The bundle folder: the source checkout's ``bundles/<name>``, else the one installed with the wheel
+    (``<sys.prefix>/share/monai_dymo/bundles/<name>``); ``None`` when neither holds ``configs/inference.yaml``."""
+    for candidate in (_project_root() / "bundles" / name, _installed_bundles_dir() / name):
+        if (candidate / "configs" / "inference.yaml").is_file():
+            return candidate
+    return None
 
+
+def missing_rate_arg(text: str) -> float:
+    """argparse type: a missing rate in [0, 1]."""
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"missing rate must be a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= rate <= 1.0:
+        raise argparse.ArgumentTypeError(f"missing rate must be in [0, 1], got {text}")
+    return rate
+
+
+def seed_arg(text: str) -> int:
+    """argparse type: a non-negative integer seed."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text!r}") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text}")
+    return seed
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.bundle is None:
+        raise FileNotFoundError(
+            f"the PolyMNIST bundle is not installed with this monai_dymo (looked in {default_bundle_dir()} and "
+            f"{_installed_bundles_dir() / BUNDLE_NAME}); pass --bundle PATH to a copy of bundles/{BUNDLE_NAME}."
+        )
     bundle = Path(args.bundle).resolve()
     configs = bundle / "configs"
     if not (configs / "inference.yaml").is_file():
-        raise FileNotFoundError(f"bundle config not found: {configs / 'inference.yaml'} (pass --bundle).")
+        raise FileNotFoundError(
+            f"no bundle at {bundle} (configs/inference.yaml not found); pass --bundle PATH to a copy of "
+            f"bundles/{BUNDLE_NAME}."
+        )
     for weights in ("fusion.pt", "recovery.pt", "calibration.pt"):
         if not (bundle / "models" / weights).is_file():
             raise FileNotFoundError(f"bundle weights not found: {bundle / 'models' / weights}")
-    dataset_dir = Path(args.dataset_dir).resolve()
+    if args.mnist is None or args.backgrounds is None:
+        raise FileNotFoundError("pass --mnist (MNIST .npz) and --backgrounds (folder of the five photographs).")
+
+    from monai.bundle import run  # heavy: only once a command runs
+
     overrides = {
         "bundle_root": str(bundle),
-        "dataset_dir": str(dataset_dir),
+        "dataset_dir": str(Path(args.dataset_dir).resolve()),
         "mnist_path": str(Path(args.mnist).resolve()),
         "backgrounds_dir": str(Path(args.backgrounds).resolve()),
         "missing_rate": args.missing_rate,
@@ -50,44 +132,75 @@ def _demo(args: argparse.Namespace) -> int:
     }
     if args.max_samples is not None:
         overrides["max_samples"] = args.max_samples
-    if args.output_dir is not None:
-        overrides["output_dir"] = str(Path(args.output_dir).resolve())
+    output_dir = args.output_dir
+    if output_dir is None and not _is_source_checkout():
+        output_dir = "runs"  # never write into an installed package
+    if output_dir is not None:
+        overrides["output_dir"] = str(Path(output_dir).resolve())
     common = str(configs / "common.yaml")
-    run(
-        config_file=[common, str(configs / "prepare_data.yaml")],
-        logging_file=str(configs / "logging.conf"),
-        **overrides,
-    )
-    run(
-        config_file=[common, str(configs / "inference.yaml")],
-        logging_file=str(configs / "logging.conf"),
-        **overrides,
-    )
+    logging_file = str(configs / "logging.conf")
+    # the pattern of this rate and seed only (patterns are nested across rates: the file is the same either way)
+    prepare = {**overrides, "missing_rates": [args.missing_rate], "pattern_seeds": [args.seed]}
+    run(config_file=[common, str(configs / "prepare_data.yaml")], logging_file=logging_file, **prepare)
+    run(config_file=[common, str(configs / "inference.yaml")], logging_file=logging_file, **overrides)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="monai-dymo", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run DyMo inference on PolyMNIST with the shipped bundle weights")
+def build_parser() -> argparse.ArgumentParser:
+    """The ``monai-dymo`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="monai-dymo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo}")
+    demo = sub.add_parser(
+        "demo",
+        help="run DyMo inference on PolyMNIST with the shipped bundle weights",
+        description=DEMO_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = _is_source_checkout()
     shared = default_shared_data()
-    demo.add_argument("--bundle", default=str(default_bundle_dir()), help="bundle folder (default: %(default)s)")
-    demo.add_argument("--mnist", default=str(shared / "mnist" / "mnist.npz"), help="MNIST npz (default: %(default)s)")
+    bundle = find_bundle()
+    demo.add_argument(
+        "--bundle",
+        default=None if bundle is None else str(bundle),
+        help="bundle folder (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--mnist",
+        default=str(shared / "mnist" / "mnist.npz") if source else None,
+        help="MNIST .npz with x_train, y_train, x_test, y_test (default: %(default)s)",
+    )
     demo.add_argument(
         "--backgrounds",
-        default=str(shared / "polymnist_backgrounds"),
+        default=str(shared / "polymnist_backgrounds") if source else None,
         help="folder of the five background photographs (default: %(default)s)",
     )
     demo.add_argument(
         "--dataset-dir",
-        default=str(_project_root() / "outputs" / "polymnist"),
-        help="where PolyMNIST is (or is built) (default: %(default)s)",
+        default=str(_project_root() / "outputs" / "polymnist") if source else os.path.join("outputs", "polymnist"),
+        help="where PolyMNIST is, or is built (default: %(default)s)",
     )
-    demo.add_argument("--output-dir", default=None, help="report folder root (default: the bundle's runs/)")
-    demo.add_argument("--missing-rate", type=float, default=0.8, choices=[0.2, 0.4, 0.6, 0.8])
-    demo.add_argument("--seed", type=int, default=0, choices=[0, 1, 2], help="missing-pattern seed")
+    demo.add_argument(
+        "--output-dir",
+        default=None,
+        help="report folder root (default: the bundle's runs/ in a source checkout, ./runs otherwise)",
+    )
+    demo.add_argument(
+        "--missing-rate",
+        type=missing_rate_arg,
+        default=0.8,
+        help="probability that each modality is missing, in [0, 1] (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--seed", type=seed_arg, default=0, help="missing-pattern seed, any integer >= 0 (default: %(default)s)"
+    )
     demo.add_argument("--max-samples", type=int, default=None, help="use only the first N test samples")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return _demo(args)
     except Exception as e:  # bundle configs wrap errors in RuntimeError: report the root cause of input problems

@@ -58,7 +58,7 @@ def test_shipped_weights_load_into_the_configured_networks():
     parser.read_config(_configs())
     parser["bundle_root"] = str(BUNDLE)
     parser["device"] = "$torch.device('cpu')"
-    fusion = parser.get_parsed_content("fusion_network")
+    fusion = parser.get_parsed_content("network")
     recovery = parser.get_parsed_content("recovery_network")
     fusion.load_state_dict(torch.load(BUNDLE / "models" / "fusion.pt", weights_only=True))
     recovery.load_state_dict(torch.load(BUNDLE / "models" / "recovery.pt", weights_only=True))
@@ -78,11 +78,11 @@ def test_fusion_training_blurs_each_modality_independently(tiny_polymnist):
     parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tiny_polymnist), "max_samples": 20})
     raw = load_polymnist_npz(tiny_polymnist / "polymnist_train.npz", max_samples=20)["images"] / 255.0
     parser["blur_prob"] = 1.0
-    item = parser.get_parsed_content("train_dataset")[3]
+    item = parser.get_parsed_content("train#dataset")[3]
     for i, m in enumerate(MODALITIES):  # every modality blurred: smoother than the stored image
         assert _total_variation(item[m]) < _total_variation(torch.as_tensor(raw[3, i], dtype=torch.float32))
     parser["blur_prob"] = 0.5
-    dataset = parser.get_parsed_content("train_dataset", instantiate=True, lazy=False)
+    dataset = parser.get_parsed_content("train#dataset", instantiate=True, lazy=False)
     stored = torch.as_tensor(raw, dtype=torch.float32)
     blurred = torch.tensor(
         [[not torch.allclose(dataset[k][m], stored[k, i]) for i, m in enumerate(MODALITIES)] for k in range(20)]
@@ -158,3 +158,63 @@ def test_demo_command_names_a_missing_mnist_archive(tmp_path, capsys):
     code = cli_main(["demo", "--dataset-dir", str(tmp_path / "none"), "--mnist", str(tmp_path / "nope.npz")])
     assert code == 2
     assert "nope.npz" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- experiment tracking (--tracking mlflow)
+def _mlflow_runs(output_dir: Path):
+    """The runs of MONAI's default experiment in the default tracking store of ``--tracking mlflow``
+    (a SQLite database ``<output_dir>/mlruns.db``; MLflow 3 refuses the old ``file:`` store)."""
+    mlflow = pytest.importorskip("mlflow")
+    from monai.utils import path_to_sqlite_uri
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=path_to_sqlite_uri(str(output_dir / "mlruns.db")))
+    experiment = client.get_experiment_by_name("monai_experiment")
+    assert experiment is not None, "no MLflow experiment was created"
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_inference_with_mlflow_tracking_keeps_the_report_writer(tiny_polymnist, tmp_path):
+    pytest.importorskip("mlflow")
+    out = tmp_path / "runs"
+    _run(
+        "inference.yaml",
+        tracking="mlflow",
+        dataset_dir=str(tiny_polymnist),
+        output_dir=str(out),
+        max_samples=40,
+        missing_rate=0.4,
+        num_threads=1,
+    )
+    report = pd.read_csv(out / "inference_rate0.4_seed0" / "dymo_report.csv", dtype=str, keep_default_na=False)
+    assert len(report) == 40  # the bundle's SelectionReportWriter still ran
+    _, runs = _mlflow_runs(out)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # closed by the evaluator's MLFlowHandler
+    assert "epoch_length" in runs[0].data.params
+
+
+def test_training_with_mlflow_tracking_keeps_every_bundle_handler(tiny_polymnist, tmp_path):
+    pytest.importorskip("mlflow")
+    out = tmp_path / "runs"
+    common = {
+        "tracking": "mlflow",
+        "dataset_dir": str(tiny_polymnist),
+        "model_dir": str(tmp_path / "models"),
+        "output_dir": str(out),
+        "max_samples": 40,
+        "max_epochs": 1,
+        "num_threads": 1,
+    }
+    _run("train_recovery.yaml", batch_size=20, val_samples=20, **common)
+    assert (tmp_path / "models" / "recovery.pt").is_file()  # CheckpointSaver of train#handlers
+    assert any((out / "recovery").glob("events.out.tfevents.*"))  # TensorBoard of train#/validate#handlers
+    client, runs = _mlflow_runs(out)
+    assert len(runs) == 1
+    metrics = runs[0].data.metrics
+    assert "train_loss" in metrics  # the trainer's MLFlowHandler (train#handlers)
+    assert "recovery_mse" in metrics  # the validator's MLFlowHandler (validate#handlers)
+
+    _run("train_fusion.yaml", batch_size=20, **common)
+    assert (tmp_path / "models" / "fusion.pt").is_file()
+    assert (out / "fusion" / "fusion_final.pt").is_file()
+    _, runs = _mlflow_runs(out)
+    assert len(runs) == 2 and all("train_loss" in r.data.metrics for r in runs)

@@ -1,41 +1,24 @@
 """Data generators and loaders: PolyMNIST builder / dataset and seeded missing-modality pattern files.
 
-Nothing here imports networks or the inferer, and nothing here runs a model.
+Nothing here imports networks or the inferer, and nothing here runs a model. The names below are imported on first use
+(PEP 562), so ``python -m monai_dymo.data --help`` does not import torch.
 """
 
 from __future__ import annotations
 
-from .missing_patterns import (
-    expected_missing_rate,
-    generate_missing_pattern,
-    generate_pattern_files,
-    pattern_filename,
-    pattern_stats,
-    read_pattern_csv,
-    write_pattern_csv,
-)
-from .polymnist import (
-    IMAGE_SIZE,
-    POLYMNIST_BACKGROUNDS,
-    POLYMNIST_MODALITIES,
-    POLYMNIST_SPLITS,
-    PolyMNISTDataset,
-    build_polymnist,
-    build_polymnist_split,
-    build_polymnist_to_disk,
-    compose_modality,
-    digit_permutations,
-    load_backgrounds,
-    load_mnist_npz,
-    load_polymnist_datalist,
-    load_polymnist_npz,
-    polymnist_arrays,
-    save_polymnist_npz,
-    save_polymnist_png,
-    save_preview,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
+_MISSING_PATTERNS = (
+    "expected_missing_rate",
+    "generate_missing_pattern",
+    "generate_pattern_files",
+    "pattern_filename",
+    "pattern_stats",
+    "read_pattern_csv",
+    "write_pattern_csv",
+)
+_POLYMNIST = (
     "IMAGE_SIZE",
     "POLYMNIST_BACKGROUNDS",
     "POLYMNIST_MODALITIES",
@@ -46,19 +29,61 @@ __all__ = [
     "build_polymnist_to_disk",
     "compose_modality",
     "digit_permutations",
-    "expected_missing_rate",
-    "generate_missing_pattern",
-    "generate_pattern_files",
     "load_backgrounds",
     "load_mnist_npz",
     "load_polymnist_datalist",
     "load_polymnist_npz",
-    "pattern_filename",
-    "pattern_stats",
     "polymnist_arrays",
-    "read_pattern_csv",
     "save_polymnist_npz",
     "save_polymnist_png",
     "save_preview",
-    "write_pattern_csv",
-]
+)
+_LAZY_NAMES: dict[str, str] = {
+    **{n: "missing_patterns" for n in _MISSING_PATTERNS},
+    **{n: "polymnist" for n in _POLYMNIST},
+}
+
+__all__ = sorted(_LAZY_NAMES)
+
+if TYPE_CHECKING:
+    from .missing_patterns import (
+        expected_missing_rate,
+        generate_missing_pattern,
+        generate_pattern_files,
+        pattern_filename,
+        pattern_stats,
+        read_pattern_csv,
+        write_pattern_csv,
+    )
+    from .polymnist import (
+        IMAGE_SIZE,
+        POLYMNIST_BACKGROUNDS,
+        POLYMNIST_MODALITIES,
+        POLYMNIST_SPLITS,
+        PolyMNISTDataset,
+        build_polymnist,
+        build_polymnist_split,
+        build_polymnist_to_disk,
+        compose_modality,
+        digit_permutations,
+        load_backgrounds,
+        load_mnist_npz,
+        load_polymnist_datalist,
+        load_polymnist_npz,
+        polymnist_arrays,
+        save_polymnist_npz,
+        save_polymnist_png,
+        save_preview,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_NAMES))

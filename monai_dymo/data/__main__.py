@@ -8,6 +8,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from monai_dymo.cli import missing_rate_arg, seed_arg
+
 __all__ = ["main", "build_parser"]
 
 
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backgrounds", required=True,
                    help="folder holding astronaut.jpg, chelsea.jpg, coffee.jpg, rocket.jpg, hubble_deep_field.jpg")
     p.add_argument("--out", required=True, help="output folder (created if needed)")
-    p.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="master seed (default 0)")
     p.add_argument("--format", choices=("npz", "png", "both"), default="npz",
                    help="npz files per split, PNG folders in the original layout, or both (default npz)")
     p.add_argument("--splits", nargs="+", choices=("train", "val", "test"), default=["train", "val", "test"],
@@ -56,9 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per file (e.g. 7000 for the PolyMNIST test split)")
     q.add_argument("--modalities", nargs="+", required=True,
                    help="modality names, in column order (e.g. m0 m1 m2 m3 m4)")
-    q.add_argument("--rates", nargs="+", type=float, default=[0.2, 0.4, 0.6, 0.8],
-                   help="missing rates (default 0.2 0.4 0.6 0.8)")
-    q.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="pattern seeds (default 0 1 2)")
+    q.add_argument("--rates", nargs="+", type=missing_rate_arg, default=[0.2, 0.4, 0.6, 0.8],
+                   help="missing rates, each in [0, 1] (default 0.2 0.4 0.6 0.8)")
+    q.add_argument("--seeds", nargs="+", type=seed_arg, default=[0, 1, 2],
+                   help="pattern seeds, integers >= 0 (default 0 1 2)")
     q.add_argument("--out", required=True, help="output folder (created if needed)")
     return parser
 

@@ -56,7 +56,12 @@ def expected_missing_rate(rate: float, num_modalities: int) -> float:
 
 
 def pattern_filename(rate: float, seed: int) -> str:
-    """``missing_rate{rate:g}_seed{seed}.csv``, e.g. ``missing_rate0.2_seed0.csv``."""
+    """``missing_rate{rate:g}_seed{seed}.csv``, e.g. ``missing_rate0.2_seed0.csv``; ``ValueError`` for a rate outside
+    ``[0, 1]`` or a negative seed (no such file is ever generated)."""
+    if not 0.0 <= float(rate) <= 1.0:
+        raise ValueError(f"missing rate must be in [0, 1], got {rate}")
+    if int(seed) != seed or int(seed) < 0:
+        raise ValueError(f"pattern seed must be a non-negative integer, got {seed}")
     return f"missing_rate{float(rate):g}_seed{int(seed)}.csv"
 
 
