@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from .datalist import INDEX_KEY, check_image_path, load_split, prepare_cohort, read_clinical_table, read_datalist
 from .dataset import cohort_dataset, preprocessing_key
-from .networks import build_cohort_fusion, build_cohort_recovery, clinical_layouts, recovery_kind
+from .networks import (
+    build_cohort_fusion,
+    build_cohort_recovery,
+    clinical_layouts,
+    fit_imputer_recovery,
+    load_recovery_weights,
+    recovery_kind,
+)
 from .preprocessing import build_preprocessing, modality_transforms
 from .spec import MODALITY_KINDS, CohortSpec, ModalityEntry
 
@@ -29,6 +36,8 @@ __all__ = [
     "build_preprocessing",
     "check_image_path",
     "clinical_layouts",
+    "fit_imputer_recovery",
+    "load_recovery_weights",
     "cohort_dataset",
     "load_split",
     "modality_transforms",
