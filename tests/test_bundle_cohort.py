@@ -1,0 +1,137 @@
+"""The cohort bundle end to end: every stage by ``python -m monai.bundle run`` on tiny cohorts (2D + 3D + clinical, and
+clinical only), with the user's cohort given as one YAML file of data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.cohort_fixtures import make_tiny_cohort
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "cohort_dymo"
+SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "meta_schema_20240725.json"
+SMALL = ["--network_def#dim", "16", "--recovery_def#latent_dim", "8", "--num_threads", "1", "--cache", "memory"]
+
+
+def run_stage(stage: str, cohort_file: Path, bundle_root: Path, *args: str) -> subprocess.CompletedProcess:
+    """One bundle stage; the configs come from the repository's bundle, outputs go under ``bundle_root``."""
+    configs = [str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / f"{stage}.yaml"), str(cohort_file)]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
+           "--bundle_root", str(bundle_root), "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
+           "--logging_file", str(BUNDLE / "configs" / "logging.conf"), *SMALL, *args]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"{stage} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort_bundle")
+    cfg = make_tiny_cohort(root / "data", n_train=18, n_val=6, n_test=9)
+    cohort_file = root / "my_cohort.yaml"
+    cohort_file.write_text(yaml.safe_dump({"cohort": cfg}))
+    out = root / "bundle"
+    logs = {}
+    for stage, extra in (("prepare", ()), ("train_recovery", ("--max_epochs", "2")), ("train", ("--max_epochs", "2")),
+                         ("calibrate", ())):
+        logs[stage] = run_stage(stage, cohort_file, out, *extra)
+    return cfg, cohort_file, out, logs
+
+
+@pytest.mark.slow
+def test_training_stages_write_every_artefact(trained):
+    cfg, cohort_file, out, logs = trained
+    models = out / "models" / "tiny"
+    for name in ("clinical_stats.json", "recovery.pt", "fusion.pt", "calibration.pt"):
+        assert (models / name).is_file(), name
+    assert (out / "runs" / "tiny" / "prepared" / "missingness.csv").is_file()
+    text = logs["prepare"].stdout + logs["prepare"].stderr
+    assert "testing / ct (image3d): 5 of 9 observed; missing: absent 2, file not found 1, unreadable 1" in text
+    train_log = logs["train"].stdout + logs["train"].stderr
+    assert "val_accuracy" in train_log  # validation accuracy every epoch, best checkpoint kept
+    assert "training / ct:" in train_log  # one summary line per modality instead of a warning per patient
+    assert "marked missing" not in train_log
+
+
+@pytest.mark.slow
+def test_inference_report_has_one_row_per_datalist_entry(trained):
+    cfg, cohort_file, out, _ = trained
+    run_stage("inference", cohort_file, out)
+    report = pd.read_csv(out / "runs" / "tiny" / "inference_testing" / "dymo_report.csv")
+    datalist = json.loads(Path(cfg["datalist"]).read_text())["testing"]
+    assert list(report["patient_id"]) == [e["patient_id"] for e in datalist]
+    row = report.set_index("patient_id").loc[datalist[0]["patient_id"]]
+    assert str(row["ct_reason"]).startswith("file not found")
+    assert "ct" in str(row["recovered"])
+
+
+@pytest.mark.slow
+def test_inference_on_another_datalist(trained, tmp_path):
+    cfg, cohort_file, out, _ = trained
+    datalist = json.loads(Path(cfg["datalist"]).read_text())
+    new = {"testing": [dict(e, patient_id=f"new_{e['patient_id']}") for e in datalist["validation"][:3]]}
+    for e in new["testing"]:
+        e.pop("label")
+        for key in ("ct", "xray"):
+            if e.get(key):
+                e[key] = str(Path(cfg["datalist"]).parent / e[key])
+    path = tmp_path / "new_patients.json"
+    path.write_text(json.dumps(new))
+    run_stage("inference", cohort_file, out, "--datalist", str(path), "--report_dir", str(tmp_path / "report"))
+    report = pd.read_csv(tmp_path / "report" / "dymo_report.csv")
+    assert list(report["patient_id"]) == [e["patient_id"] for e in new["testing"]]
+    # patients not in the clinical table: clinical marked missing with the reason, not a crash
+    assert report["clinical_reason"].str.startswith("absent: patient new_").all()
+
+
+@pytest.mark.slow
+def test_evaluate_on_natural_missingness(trained):
+    cfg, cohort_file, out, _ = trained
+    proc = run_stage("evaluate", cohort_file, out)
+    folder = out / "runs" / "tiny" / "evaluate_testing"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["patients"] == 9 and set(summary["accuracy"]) == {"dymo", "observed_only", "all_recovered"}
+    per_patient = pd.read_csv(folder / "per_patient.csv")
+    base = per_patient["pred_observed_only"] == per_patient["label"]
+    dymo = per_patient["pred_dymo"] == per_patient["label"]
+    assert summary["fixed"]["dymo"] == int((dymo & ~base).sum()) and summary["broken"]["dymo"] == int((~dymo & base).sum())
+    assert summary["complete"]["patients"] == int(per_patient["complete"].sum()) > 0
+    assert "DyMo fixed / broken" in proc.stdout and (folder / "accuracy.png").is_file()
+
+
+@pytest.mark.slow
+def test_clinical_only_cohort_uses_the_imputer(tmp_path):
+    cfg = make_tiny_cohort(tmp_path / "data", n_train=18, n_val=6, n_test=6)
+    cfg["name"] = "tiny_clinical"
+    cfg["modalities"] = [
+        {"name": "demographics", "kind": "clinical", "continuous": ["age"]},
+        {"name": "sex_group", "kind": "clinical", "categorical": ["sex"]},
+    ]
+    cohort_file = tmp_path / "clinical.yaml"
+    cohort_file.write_text(yaml.safe_dump({"cohort": cfg}))
+    out = tmp_path / "bundle"
+    for stage, extra in (("prepare", ()), ("train_recovery", ()), ("train", ("--max_epochs", "2")), ("calibrate", ()),
+                         ("inference", ())):
+        run_stage(stage, cohort_file, out, *extra)
+    assert (out / "models" / "tiny_clinical" / "recovery_imputer.joblib").is_file()
+    report = pd.read_csv(out / "runs" / "tiny_clinical" / "inference_testing" / "dymo_report.csv")
+    assert len(report) == 6
+
+
+def test_metadata_verifies_offline():
+    if not SCHEMA.is_file():
+        pytest.skip(f"MONAI bundle schema not found at {SCHEMA} (../shared/schemas)")
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
+         str(BUNDLE / "configs" / "metadata.json"), "--filepath", str(SCHEMA)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0 and "metadata is verified with no error" in proc.stdout + proc.stderr
