@@ -1,10 +1,14 @@
-"""Data generators and loaders: PolyMNIST builder / dataset and seeded missing-modality pattern files.
+"""Data generators and loaders: PolyMNIST builder / dataset, seeded missing-modality pattern files and the synthetic
+brain MRI + clinical cohort.
 
 Nothing here imports networks or the inferer, and nothing here runs a model.
 """
 
 from __future__ import annotations
 
+from .brain_cohort import CLASSES as BRAIN_COHORT_CLASSES
+from .brain_cohort import SEQUENCES as BRAIN_COHORT_SEQUENCES
+from .brain_cohort import generate_brain_cohort, iter_cohort_patients, write_dicom_series
 from .missing_patterns import (
     expected_missing_rate,
     generate_missing_pattern,
@@ -36,6 +40,11 @@ from .polymnist import (
 )
 
 __all__ = [
+    "BRAIN_COHORT_CLASSES",
+    "BRAIN_COHORT_SEQUENCES",
+    "generate_brain_cohort",
+    "iter_cohort_patients",
+    "write_dicom_series",
     "IMAGE_SIZE",
     "POLYMNIST_BACKGROUNDS",
     "POLYMNIST_MODALITIES",
