@@ -1,4 +1,5 @@
-"""Data generators and loaders: PolyMNIST builder / dataset and seeded missing-modality pattern files.
+"""Data generators and loaders: PolyMNIST builder / dataset, seeded missing-modality pattern files and the synthetic
+brain MRI + clinical cohort.
 
 Nothing here imports networks or the inferer, and nothing here runs a model. The names below are imported on first use
 (PEP 562), so ``python -m monai_dymo.data --help`` does not import torch.
@@ -38,7 +39,9 @@ _POLYMNIST = (
     "save_polymnist_png",
     "save_preview",
 )
+_BRAIN_COHORT = ("generate_brain_cohort", "iter_cohort_patients", "write_dicom_series")
 _LAZY_NAMES: dict[str, str] = {
+    **{n: "brain_cohort" for n in _BRAIN_COHORT},
     **{n: "missing_patterns" for n in _MISSING_PATTERNS},
     **{n: "polymnist" for n in _POLYMNIST},
 }
@@ -46,6 +49,7 @@ _LAZY_NAMES: dict[str, str] = {
 __all__ = sorted(_LAZY_NAMES)
 
 if TYPE_CHECKING:
+    from .brain_cohort import generate_brain_cohort, iter_cohort_patients, write_dicom_series
     from .missing_patterns import (
         expected_missing_rate,
         generate_missing_pattern,

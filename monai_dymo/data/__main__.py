@@ -1,4 +1,4 @@
-"""Command line: ``python -m monai_dymo.data {polymnist,patterns} ...`` (see ``--help``)."""
+"""Command line: ``python -m monai_dymo.data {polymnist,patterns,brain-cohort} ...`` (see ``--help``)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ __all__ = ["main", "build_parser"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m monai_dymo.data",
-        description="Build the PolyMNIST dataset and seeded missing-modality pattern files.",
+        description="Build the PolyMNIST dataset, seeded missing-modality pattern files and the synthetic brain MRI cohort.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{polymnist,patterns}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{polymnist,patterns,brain-cohort}")
 
     p = sub.add_parser(
         "polymnist",
@@ -63,6 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seeds", nargs="+", type=seed_arg, default=[0, 1, 2],
                    help="pattern seeds, integers >= 0 (default 0 1 2)")
     q.add_argument("--out", required=True, help="output folder (created if needed)")
+
+    b = sub.add_parser(
+        "brain-cohort",
+        help="generate the synthetic brain MRI + clinical cohort (natural missingness) from the real brain samples",
+        description="Generate a synthetic brain MRI (T1, T1c, T2, FLAIR) + clinical (age, sex, KPS, LDH) cohort from "
+        "the four real brains in brain_mri_samples: deformed, re-contrasted brains with a synthetic lesion whose class "
+        "(glioma-like, metastasis-like, meningioma-like) shows differently in each sequence and in the clinical fields; "
+        "absent sequences, corrupt files, DICOM series, blank clinical cells and missing CSV rows. Writes "
+        "images/<pid>/<seq>.nii.gz (or DICOM folders), datalist.json, clinical.csv, classes.json, manifest.json, "
+        "README.md. Deterministic for a seed.",
+    )
+    b.add_argument("--out", default="outputs/brain_cohort", help="output folder (default outputs/brain_cohort)")
+    b.add_argument("--source", default=None,
+                   help="brain_mri_samples folder with <case>/{t1,t1c,t2,flair}.nii.gz "
+                   "(default $MONAI_DYMO_BRAIN_SAMPLES or ../shared/data/brain_mri_samples)")
+    b.add_argument("--num-patients", type=int, default=360, help="patients (default 360: 240/60/60)")
+    b.add_argument("--size", type=int, default=96, help="stored grid size^3 over a 216 mm cube (default 96)")
+    b.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
+    b.add_argument("--num-dicom", type=int, default=None, help="sequences stored as DICOM series (default 3%%)")
+    b.add_argument("--num-corrupt", type=int, default=None, help="corrupt files per kind (default 1%%)")
+    b.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    b.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -80,6 +102,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             report = {"sizes": info["sizes"], "files": info["files"], "seconds": info["build_seconds"]}
             print(json.dumps(report, indent=2))
+        elif args.command == "brain-cohort":
+            from monai_dymo.data.brain_cohort import generate_brain_cohort
+
+            paths = generate_brain_cohort(
+                args.out, source_dir=args.source, num_patients=args.num_patients, size=args.size, seed=args.seed,
+                num_dicom=args.num_dicom, num_corrupt=args.num_corrupt, overwrite=args.overwrite,
+                progress=not args.quiet,
+            )
+            manifest = json.loads(paths["manifest"].read_text())
+            print(json.dumps({"files": {k: str(v) for k, v in paths.items()}, "summary": manifest["summary"],
+                              "seconds": round(time.perf_counter() - start, 1)}, indent=2))
         else:
             from monai_dymo.data.missing_patterns import generate_pattern_files
 
@@ -89,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"(target {e['rate']:.2f}, expected with keep-one {e['expected_rate_keep_one']:.4f})")
             print(f"wrote {len(summary['files'])} files + summary.json/summary.md to {args.out} "
                   f"in {time.perf_counter() - start:.1f} s")
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
