@@ -199,3 +199,29 @@ def test_polymnist_fragment_png_and_pattern(tmp_path):
     item = {n: torch.from_numpy(arrays[n].transpose(2, 0, 1) / 255.0).float() for n in names}
     got = mem(dict(item, index=1))
     assert got["present"].all() and torch.equal(got["m2"].as_tensor(), item["m2"])
+
+
+def test_image_2d_fragment_rgb_rgba_gray_and_dicom_frame(tmp_path):
+    """RGB, RGBA and gray pictures and a single DICOM frame all become [1, H, W] and batch together."""
+    from monai.data import list_data_collate
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pic = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    Image.fromarray(pic, "RGB").save(tmp_path / "rgb.png")
+    Image.fromarray(pic, "RGB").convert("RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(pic, "RGB").convert("L").save(tmp_path / "gray.jpg")
+    pipeline = _parser("image_2d.yaml", image_2d__spatial_size=[32, 32]).get_parsed_content("image_2d#preprocessing")
+    files = ["rgb.png", "rgba.png", "gray.jpg"]
+    outs = [pipeline({"patient_id": f, "xray": str(tmp_path / f)}) for f in files]
+    pydicom = pytest.importorskip("pydicom")
+    frame = pydicom.data.get_testdata_file("CT_small.dcm")
+    outs.append(pipeline({"patient_id": "dicom", "xray": frame}))
+    outs.append(pipeline({"patient_id": "none", "xray": None}))
+    for o in outs:
+        assert tuple(o["xray"].shape) == (1, 32, 32), o["patient_id"]
+    assert [bool(o["present"][0]) for o in outs] == [True, True, True, True, False]
+    assert all(0.0 <= float(o["xray"].min()) and float(o["xray"].max()) <= 1.0 for o in outs)
+    # RGB and RGBA of the same picture give the same grayscale image
+    torch.testing.assert_close(outs[0]["xray"].as_tensor(), outs[1]["xray"].as_tensor())
+    assert tuple(list_data_collate(outs)["xray"].shape) == (5, 1, 32, 32)
