@@ -31,7 +31,7 @@ from .missingness import (
     read_missing_patterns,
     write_missing_patterns,
 )
-from .readers import SimpleITKReader, inspect_dicom_series
+from .readers import SimpleITKReader, describe_read_error, inspect_dicom_series
 from .spatial import HarmonizeModalitiesd, HarmonizeModalitiesD, HarmonizeModalitiesDict, HarmonizeModality
 from .utils import (
     PLACEHOLDER_META_KEY,
@@ -67,6 +67,7 @@ __all__ = [
     "read_missing_patterns",
     "write_missing_patterns",
     "SimpleITKReader",
+    "describe_read_error",
     "inspect_dicom_series",
     "HarmonizeModality",
     "HarmonizeModalitiesd",
