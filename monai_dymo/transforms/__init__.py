@@ -15,6 +15,7 @@ Transforms never import networks, the inferer or data-generation code.
 from __future__ import annotations
 
 from .clinical import (
+    DEFAULT_MISSING_VALUES,
     UNKNOWN_CATEGORY,
     ClinicalFields,
     ClinicalFieldsd,
@@ -50,6 +51,7 @@ from .utils import (
 )
 
 __all__ = [
+    "DEFAULT_MISSING_VALUES",
     "UNKNOWN_CATEGORY",
     "ClinicalFieldStats",
     "ClinicalFields",
