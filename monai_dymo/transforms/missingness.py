@@ -3,10 +3,11 @@
 Used for training augmentation (rate) and for reproducible benchmarks (pattern files, so that every method sees the
 same missing modalities).
 
-Mask CSV format: one row per sample, one column per modality (header = modality names), ``1`` = observed,
-``0`` = missing; an optional ``index`` column gives the sample index of each row (without it, row ``i`` is sample
-``i``). :func:`write_missing_patterns` writes this format (with the ``index`` column); :func:`read_missing_patterns`
-reads both variants.
+Mask CSV format (:mod:`monai_dymo.missing_patterns_io`, the same files as ``monai_dymo.data``'s pattern files): one
+row per sample, one column per modality (header = modality names), ``1`` = observed, ``0`` = missing, at least one
+observed per row; an optional first ``index`` column gives the sample index of each row (without it, row ``i`` is
+sample ``i``). :func:`write_missing_patterns` writes this format (with the ``index`` column);
+:func:`read_missing_patterns` reads both variants.
 
 Rate mode: every observed modality is dropped independently with probability ``rate``; when that would drop all of
 them and ``keep_at_least_one`` is set, one of the patient's observed modalities, chosen uniformly, is kept (so the
@@ -26,6 +27,7 @@ import torch
 from monai.config import KeysCollection, PathLike
 from monai.transforms.transform import MapTransform, RandomizableTransform
 from monai_dymo.keys import DyMoKeys, Reason
+from monai_dymo.missing_patterns_io import INDEX_COLUMN, check_missing_rate, read_pattern_table, write_pattern_table
 from monai_dymo.transforms.utils import (
     REASON_META_KEY,
     format_reason,
@@ -47,44 +49,22 @@ __all__ = [
 
 
 def read_missing_patterns(
-    path: PathLike, modalities: Sequence[str], index_column: str = "index"
+    path: PathLike, modalities: Sequence[str], index_column: str = INDEX_COLUMN
 ) -> dict[int, np.ndarray]:
     """Read a mask CSV; ``{sample index: bool array [M] over modalities}`` (True = observed).
 
-    Raises:
-        ValueError: missing file, a modality without column, a value other than 0/1, or duplicated indices
-            (naming the file, row and column).
-    """
-    import pandas as pd
+    The file is read and validated by :func:`monai_dymo.missing_patterns_io.read_pattern_table`.
 
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"missing-pattern CSV not found: {p}")
-    table = pd.read_csv(p)
-    missing_cols = [m for m in modalities if m not in table.columns]
-    if missing_cols:
-        raise ValueError(
-            f"missing-pattern CSV {p}: no column for modality {missing_cols} "
-            f"(columns: {list(map(str, table.columns))})."
-        )
-    if index_column in table.columns:
-        idx = table[index_column].to_numpy()
-        if not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"missing-pattern CSV {p}: column {index_column!r} must hold integer sample indices.")
-        if len(set(idx.tolist())) != len(idx):
-            raise ValueError(f"missing-pattern CSV {p}: duplicated sample indices in column {index_column!r}.")
-    else:
-        idx = np.arange(len(table))
-    values = table[list(modalities)]
-    bad = ~values.isin([0, 1, True, False])
-    if bool(bad.to_numpy().any()):
-        r, c = (int(v) for v in np.argwhere(bad.to_numpy())[0])
-        raise ValueError(
-            f"missing-pattern CSV {p}: row {r} (line {r + 2}) column {modalities[c]!r} is {str(values.iat[r, c])!r}, "
-            "expected 1 (observed) or 0 (missing)."
-        )
-    masks = values.to_numpy().astype(bool)
-    return {int(i): masks[k] for k, i in enumerate(idx)}
+    Raises:
+        ValueError: missing file, a modality without column, a value other than 0/1, a non-integer or duplicated
+            index, a row with every modality missing (naming the file, row and column), a file name asking for a
+            missing rate outside [0, 1].
+    """
+    try:
+        indices, masks = read_pattern_table(path, modalities, index_column)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from e
+    return {int(i): masks[k] for k, i in enumerate(indices)}
 
 
 def write_missing_patterns(
@@ -92,17 +72,11 @@ def write_missing_patterns(
     masks: np.ndarray | torch.Tensor,
     modalities: Sequence[str],
     indices: Sequence[int] | None = None,
-    index_column: str = "index",
+    index_column: str = INDEX_COLUMN,
 ) -> None:
-    """Write ``masks`` (bool ``[N, M]``, True = observed) as a mask CSV with an ``index`` column."""
-    import pandas as pd
-
-    arr = np.asarray(masks.cpu() if isinstance(masks, torch.Tensor) else masks).astype(bool)
-    if arr.ndim != 2 or arr.shape[1] != len(modalities):
-        raise ValueError(f"write_missing_patterns: masks must be [N, {len(modalities)}], got {tuple(arr.shape)}.")
-    table = pd.DataFrame(arr.astype(np.int64), columns=list(modalities))
-    table.insert(0, index_column, np.arange(len(arr)) if indices is None else np.asarray(indices, dtype=np.int64))
-    table.to_csv(path, index=False)
+    """Write ``masks`` (bool ``[N, M]``, True = observed) as a mask CSV with an ``index`` column
+    (:func:`monai_dymo.missing_patterns_io.write_pattern_table`)."""
+    write_pattern_table(path, masks, modalities, indices, index_column)
 
 
 class SimulateMissingModalities(RandomizableTransform):
@@ -116,9 +90,7 @@ class SimulateMissingModalities(RandomizableTransform):
 
     def __init__(self, rate: float = 0.0, keep_at_least_one: bool = True, prob: float = 1.0) -> None:
         RandomizableTransform.__init__(self, prob)
-        if not 0.0 <= float(rate) <= 1.0:
-            raise ValueError(f"SimulateMissingModalities: rate must be in [0, 1], got {rate}.")
-        self.rate = float(rate)
+        self.rate = check_missing_rate(rate, f"{type(self).__name__}: rate")
         self.keep_at_least_one = keep_at_least_one
         self._drop = np.zeros(0, dtype=bool)
 
