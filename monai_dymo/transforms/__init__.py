@@ -6,7 +6,8 @@ Modules (array and dictionary forms, MONAI style):
 - :mod:`~monai_dymo.transforms.readers`: :class:`SimpleITKReader` (NRRD / MetaImage), :func:`inspect_dicom_series`;
 - :mod:`~monai_dymo.transforms.spatial`: per-patient harmonisation (:class:`HarmonizeModalitiesd`);
 - :mod:`~monai_dymo.transforms.clinical`: clinical field groups (:class:`ClinicalFieldStats`, :class:`ClinicalFieldsd`);
-- :mod:`~monai_dymo.transforms.missingness`: simulated missingness (:class:`SimulateMissingModalitiesd`, mask CSVs);
+- :mod:`~monai_dymo.transforms.missingness`: simulated missingness (:class:`RandSimulateMissingModalitiesd`, mask CSVs; the
+  names without ``Rand`` are aliases kept from monai_dymo 0.2.0);
 - :mod:`~monai_dymo.transforms.utils`: reasons, placeholders, presence vector, :func:`check_datalist`.
 
 Transforms never import networks, the inferer or data-generation code.
@@ -25,6 +26,10 @@ from .clinical import (
 )
 from .io import LoadModalitiesd, LoadModalitiesD, LoadModalitiesDict, LoadModality
 from .missingness import (
+    RandSimulateMissingModalities,
+    RandSimulateMissingModalitiesd,
+    RandSimulateMissingModalitiesD,
+    RandSimulateMissingModalitiesDict,
     SimulateMissingModalities,
     SimulateMissingModalitiesd,
     SimulateMissingModalitiesD,
@@ -62,6 +67,10 @@ __all__ = [
     "LoadModalitiesd",
     "LoadModalitiesD",
     "LoadModalitiesDict",
+    "RandSimulateMissingModalities",
+    "RandSimulateMissingModalitiesd",
+    "RandSimulateMissingModalitiesD",
+    "RandSimulateMissingModalitiesDict",
     "SimulateMissingModalities",
     "SimulateMissingModalitiesd",
     "SimulateMissingModalitiesD",

@@ -41,6 +41,10 @@ from monai_dymo.transforms.utils import (
 __all__ = [
     "read_missing_patterns",
     "write_missing_patterns",
+    "RandSimulateMissingModalities",
+    "RandSimulateMissingModalitiesd",
+    "RandSimulateMissingModalitiesD",
+    "RandSimulateMissingModalitiesDict",
     "SimulateMissingModalities",
     "SimulateMissingModalitiesd",
     "SimulateMissingModalitiesD",
@@ -79,7 +83,7 @@ def write_missing_patterns(
     write_pattern_table(path, masks, modalities, indices, index_column)
 
 
-class SimulateMissingModalities(RandomizableTransform):
+class RandSimulateMissingModalities(RandomizableTransform):
     """Array form: ``present BoolTensor[M] -> BoolTensor[M]`` with observed entries dropped at ``rate``.
 
     Args:
@@ -115,7 +119,7 @@ class SimulateMissingModalities(RandomizableTransform):
         return observed & ~torch.as_tensor(self._drop, dtype=torch.bool, device=observed.device)
 
 
-class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
+class RandSimulateMissingModalitiesd(RandomizableTransform, MapTransform):
     """Drop observed modalities of a sample at a rate or by a mask-CSV pattern; mark them ``"simulated missing"``.
 
     A dropped modality gets reason ``"simulated missing: ..."``, ``present`` False, and its tensor is replaced by zeros
@@ -158,10 +162,10 @@ class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
         MapTransform.__init__(self, keys, allow_missing_keys=True)
         RandomizableTransform.__init__(self, prob)
         if pattern_csv is not None and rate:
-            raise ValueError("SimulateMissingModalitiesd: give either rate or pattern_csv, not both.")
+            raise ValueError("RandSimulateMissingModalitiesd: give either rate or pattern_csv, not both.")
         self.names = [str(k) for k in self.keys]
         self.modalities = resolve_modality_order(self.keys, modalities, type(self).__name__)
-        self.simulator = SimulateMissingModalities(rate, keep_at_least_one, prob=1.0)
+        self.simulator = RandSimulateMissingModalities(rate, keep_at_least_one, prob=1.0)
         self.pattern_csv = None if pattern_csv is None else Path(pattern_csv)
         self.patterns = None if pattern_csv is None else read_missing_patterns(pattern_csv, self.names)
         self.index_key = index_key
@@ -174,7 +178,7 @@ class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
 
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
-    ) -> SimulateMissingModalitiesd:
+    ) -> RandSimulateMissingModalitiesd:
         super().set_random_state(seed, state)
         self.simulator.set_random_state(state=self.R)
         return self
@@ -183,7 +187,7 @@ class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
         pid = get_patient_id(d, self.patient_id_key)
         if self.index_key not in d:
             raise ValueError(
-                f"SimulateMissingModalitiesd: patient {pid!r} has no {self.index_key!r} key to look up its row in "
+                f"RandSimulateMissingModalitiesd: patient {pid!r} has no {self.index_key!r} key to look up its row in "
                 f"{self.pattern_csv}."
             )
         raw = d[self.index_key]
@@ -191,7 +195,7 @@ class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
         assert self.patterns is not None
         if index not in self.patterns:
             raise ValueError(
-                f"SimulateMissingModalitiesd: sample index {index} (patient {pid!r}) is not in {self.pattern_csv}."
+                f"RandSimulateMissingModalitiesd: sample index {index} (patient {pid!r}) is not in {self.pattern_csv}."
             )
         return self.patterns[index], f"pattern {self.pattern_csv.name} index {index}"  # type: ignore[union-attr]
 
@@ -231,4 +235,8 @@ class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
         return d
 
 
-SimulateMissingModalitiesD = SimulateMissingModalitiesDict = SimulateMissingModalitiesd
+RandSimulateMissingModalitiesD = RandSimulateMissingModalitiesDict = RandSimulateMissingModalitiesd
+
+# names from before MONAI's ``Rand`` prefix for random transforms (monai_dymo <= 0.2.0), kept as aliases
+SimulateMissingModalities = RandSimulateMissingModalities
+SimulateMissingModalitiesd = SimulateMissingModalitiesD = SimulateMissingModalitiesDict = RandSimulateMissingModalitiesd
