@@ -1,7 +1,8 @@
-"""Ignite handlers of monai_dymo: prototype refresh during training and selection reports."""
+"""Ignite handlers of monai_dymo: prototype refresh during training, selection reports, progress bars."""
 
 from __future__ import annotations
 
+from .progress import attach_progress_bar, loss_progress, progress_enabled
 from .prototypes import PrototypeRefreshHandler
 from .reports import (
     MODALITY_STATUSES,
@@ -17,6 +18,9 @@ from .reports import (
 __all__ = [
     "MODALITY_STATUSES",
     "PrototypeRefreshHandler",
+    "attach_progress_bar",
+    "loss_progress",
+    "progress_enabled",
     "SelectionReportWriter",
     "modality_status",
     "plot_selection_summary",
