@@ -16,13 +16,10 @@ import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
 if TYPE_CHECKING:
-    import ignite.distributed as idist
     from ignite.engine import Engine
-    from ignite.handlers import ProgressBar
-else:
-    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
-    ProgressBar, _ = optional_import("ignite.handlers", IgniteInfo.OPT_IMPORT_VERSION, min_version, "ProgressBar")
-    idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
+
+ProgressBar, _ = optional_import("ignite.handlers", IgniteInfo.OPT_IMPORT_VERSION, min_version, "ProgressBar")
+idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
 
 __all__ = ["attach_progress_bar", "loss_progress", "progress_enabled"]
 
