@@ -14,7 +14,7 @@ from monai.data import CSVDataset, DataLoader
 from monai_dymo.networks import ClinicalTokenEncoder
 from monai_dymo.networks.recovery import IterativeImputerRecovery, MoPoERecovery
 from monai_dymo.networks.recovery.base import UNKNOWN_CODE
-from monai_dymo.transforms import UNKNOWN_CATEGORY, ClinicalFieldsd, ClinicalFieldStats, SimulateMissingModalitiesd
+from monai_dymo.transforms import UNKNOWN_CATEGORY, ClinicalFieldsd, ClinicalFieldStats, RandSimulateMissingModalitiesd
 
 CSV_TEXT = """patient_id,age,sex,crp,grade
 a,54,M,3.2,2
@@ -121,7 +121,7 @@ def test_simulated_missing_clinical_group_is_nan(encoded):
         "field_mask": {g: batch["field_mask"][g][0].clone() for g in GROUPS},
         "modality_reasons": {g: "observed" for g in GROUPS},
     }
-    out = SimulateMissingModalitiesd(list(GROUPS), rate=1.0)(row)
+    out = RandSimulateMissingModalitiesd(list(GROUPS), rate=1.0)(row)
     dropped = [g for g, p in zip(GROUPS, out["present"].tolist()) if not p]
     assert len(dropped) == 1  # at least one modality is kept
     assert bool(torch.isnan(out[dropped[0]]).all()) and not out["field_mask"][dropped[0]].any()

@@ -15,6 +15,7 @@ from monai_dymo.data.missing_patterns import (
     read_pattern_csv,
     write_pattern_csv,
 )
+from monai_dymo.transforms import read_missing_patterns, write_missing_patterns
 
 NAMES = ("m0", "m1", "m2", "m3", "m4")
 
@@ -78,6 +79,16 @@ def test_csv_round_trip_and_format(tmp_path):
     np.testing.assert_array_equal(read_pattern_csv(path, ["m3", "m0"]), present[:, [3, 0]])
 
 
+def test_data_and_transforms_share_one_pattern_file_format(tmp_path):
+    present = generate_missing_pattern(30, 5, 0.6, seed=2)
+    a = write_pattern_csv(tmp_path / "a.csv", present, NAMES)
+    b = tmp_path / "b.csv"
+    write_missing_patterns(b, present, NAMES)
+    assert a.read_text() == b.read_text()
+    table = read_missing_patterns(a, NAMES)
+    np.testing.assert_array_equal(np.stack([table[i] for i in range(30)]), read_pattern_csv(b))
+
+
 def _write(tmp_path, name, text):
     p = tmp_path / name
     p.write_text(text)
@@ -88,11 +99,13 @@ def _write(tmp_path, name, text):
     "name, text, message",
     [
         ("empty.csv", "", "empty"),
-        ("header.csv", "idx,m0,m1\n0,1,0\n", "header"),
+        ("header.csv", "index\n0\n", "names no modality"),
         ("dup.csv", "index,m0,m0\n0,1,0\n", "duplicate"),
         ("norows.csv", "index,m0,m1\n", "no sample rows"),
         ("fields.csv", "index,m0,m1\n0,1,0\n1,1\n", r"row 1 \(line 3\): 2 fields, expected 3"),
         ("order.csv", "index,m0,m1\n0,1,0\n2,1,1\n", r"row 1 \(line 3\): index '2', expected 1"),
+        ("intindex.csv", "index,m0,m1\n0,1,0\nx,1,1\n", r"row 1 \(line 3\): index 'x' is not an integer"),
+        ("repeat.csv", "index,m0,m1\n0,1,0\n0,1,1\n", r"row 1 \(line 3\): index 0 repeats row 0"),
         ("value.csv", "index,m0,m1\n0,1,0\n1,1,yes\n", r"row 1 \(line 3\), modality m1: value 'yes'"),
         ("allmissing.csv", "index,m0,m1\n0,1,0\n1,0,0\n", r"row 1 \(line 3\): every modality is missing"),
     ],
@@ -100,12 +113,23 @@ def _write(tmp_path, name, text):
 def test_read_rejects_malformed_files(tmp_path, name, text, message):
     path = _write(tmp_path, name, text)
     with pytest.raises(ValueError, match=f"{name}.*{message}"):
-        read_pattern_csv(path, ["m0", "m1"] if name != "dup.csv" else None)
+        read_pattern_csv(path, ["m0", "m1"] if name not in ("dup.csv", "header.csv") else None)
+    if name != "order.csv":  # rows 0..N-1 in order is read_pattern_csv's own requirement (row i = sample i)
+        with pytest.raises(ValueError, match=f"{name}.*{message}"):  # one reader: the transforms validate alike
+            read_missing_patterns(path, ["m0", "m1"] if name not in ("dup.csv", "header.csv") else [])
 
 
 def test_read_missing_file_or_column(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.csv"):
         read_pattern_csv(tmp_path / "nothere.csv", NAMES)
+    # a seeded pattern asked for at a rate outside [0, 1]: say so, not "file not found"
+    for rate in ("1.5", "-0.2"):
+        with pytest.raises(ValueError, match=rf"missing rate {rate} is out of \[0, 1\].*missing_rate{rate}_seed0\.csv"):
+            read_pattern_csv(tmp_path / f"missing_rate{rate}_seed0.csv", NAMES)
+    with pytest.raises(ValueError, match=r"missing rate 1\.5 is out of \[0, 1\]"):
+        pattern_filename(1.5, 0)
+    with pytest.raises(FileNotFoundError, match="missing_rate0.3_seed0.csv"):  # an in-range rate: truly not found
+        read_pattern_csv(tmp_path / "missing_rate0.3_seed0.csv", NAMES)
     path = _write(tmp_path, "two.csv", "index,m0,m1\n0,1,0\n")
     with pytest.raises(ValueError, match=r"two.csv: no column for modality \['m4'\]"):
         read_pattern_csv(path, ["m0", "m4"])

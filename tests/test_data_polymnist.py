@@ -196,6 +196,9 @@ def test_disk_outputs_and_dataset(fake_inputs, tmp_path):
     with pytest.raises(ValueError, match="p.csv.*rows"):
         PolyMNISTDataset(out_dir / "polymnist_val.npz", pattern_csv=write_pattern_csv(
             tmp_path / "p.csv", generate_missing_pattern(150, 5, 0.2, 0), POLYMNIST_MODALITIES))
+    # the bundle's pattern path at a rate outside [0, 1]: the error says so instead of "file not found"
+    with pytest.raises(ValueError, match=r"missing rate 1\.5 is out of \[0, 1\]"):
+        PolyMNISTDataset(out_dir / "polymnist_test.npz", pattern_csv=tmp_path / "missing_rate1.5_seed0.csv")
     np.savez(tmp_path / "bad.npz", images=data["images"], labels=data["labels"])
     with pytest.raises(ValueError, match="bad.npz lacks key.*modalities"):
         PolyMNISTDataset(tmp_path / "bad.npz")

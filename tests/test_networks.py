@@ -429,3 +429,109 @@ def test_selection_passes_row_index_and_matches_copied_tokens():
     assert torch.equal(a.selected, b.selected) and torch.equal(a.rejected, b.rejected)
     torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(a.rewards, b.rewards, atol=1e-5, rtol=1e-5, equal_nan=True)
+
+
+# ------------------------------------------------------------------------- blocks = nn.TransformerEncoderLayer
+def _layer_reference(net: DynamicFusionTransformer, tokens: dict, subset: torch.Tensor) -> tuple:
+    """The full masked sequence through freshly built ``torch.nn.TransformerEncoderLayer``\\ s (pre-norm, exact GELU,
+    batch first) holding the network's block weights: what ``fuse`` must compute."""
+    layers = []
+    for block in net.blocks:
+        layer = torch.nn.TransformerEncoderLayer(
+            d_model=net.dim,
+            nhead=block.self_attn.num_heads,
+            dim_feedforward=block.linear1.out_features,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+            bias=block.linear1.bias is not None,
+        )
+        layer.load_state_dict(block.state_dict())
+        layers.append(layer.eval())
+    rows = subset.shape[0]
+    cls = (net.cls_token + net.pos_embedding[:, :1]).expand(rows, -1, -1)
+    x = torch.cat([cls] + [tokens[m] for m in net.modalities], dim=1)
+    visible = torch.cat([torch.ones_like(subset[:, :1]), subset[:, net.token_modality]], dim=1)
+    for layer in layers:
+        x = layer(x, src_key_padding_mask=~visible)
+    cls_out = net.norm(x[:, 0])
+    return net.classifier(cls_out), torch.nn.functional.normalize(net.projection(cls_out), dim=-1)
+
+
+def _random_tokens(net: DynamicFusionTransformer, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(batch, net.num_tokens[m], net.dim, generator=g) for m in net.modalities}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: build_polymnist_fusion(),  # the PolyMNIST bundle's network
+        lambda: build_image_fusion(("t1", "t1c", "t2", "flair"), spatial_dims=3, num_classes=3),  # the MRI default
+        lambda: build_image_fusion(("a", "b"), spatial_dims=2, num_classes=2, dim=32, depth=3, num_heads=8),
+        lambda: _small_fusion(depth=1),
+    ],
+)
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_blocks_equal_torch_transformer_encoder_layer(build, bias):
+    torch.manual_seed(0)
+    net = build().eval()
+    if not bias:  # the fused path also follows nn.TransformerEncoderLayer(bias=False)
+        block = net.blocks[0]
+        net.blocks = torch.nn.ModuleList(
+            torch.nn.TransformerEncoderLayer(
+                net.dim, block.self_attn.num_heads, block.linear1.out_features, 0.0, "gelu",
+                batch_first=True, norm_first=True, bias=False,
+            )
+            for _ in net.blocks
+        )
+    _perturb_parameters(net)
+    tokens = _random_tokens(net, batch=12)
+    subset = _random_subsets(12, len(net.modalities), seed=4)
+    index = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 5, 5, 6, 7])  # several rows per sample: the shared-q/k/v path
+    with torch.no_grad():
+        for idx in (None, index):
+            logits, z = net.fuse(tokens, subset, index=idx)
+            picked = tokens if idx is None else {m: t.index_select(0, idx) for m, t in tokens.items()}
+            logits_ref, z_ref = _layer_reference(net, picked, subset)
+            torch.testing.assert_close(logits, logits_ref, atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(z, z_ref, atol=2e-5, rtol=1e-5)
+
+
+def test_shipped_polymnist_weights_fuse_as_torch_transformer_encoder_layers():
+    from pathlib import Path
+
+    weights = Path(__file__).resolve().parents[1] / "bundles" / "polymnist_dymo" / "models" / "fusion.pt"
+    net = build_polymnist_fusion(dim=64, depth=2, num_heads=4, proj_dim=64).eval()  # as configs/common.yaml
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    g = torch.Generator().manual_seed(0)
+    x = {m: torch.rand(16, 3, 28, 28, generator=g) for m in net.modalities}
+    subset = _random_subsets(16, 5, seed=1)
+    with torch.no_grad():
+        tokens = net.encode(x)
+        logits, z = net.fuse(tokens, subset)
+        logits_ref, z_ref = _layer_reference(net, tokens, subset)
+    torch.testing.assert_close(logits, logits_ref, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(z, z_ref, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda b: setattr(b, "norm_first", False), "norm_first=False"),
+        (lambda b: setattr(b, "activation", torch.nn.functional.relu), "activation"),
+        (lambda b: setattr(b, "activation", torch.nn.GELU(approximate="tanh")), "exact GELU"),
+        (lambda b: setattr(b.self_attn, "batch_first", False), "batch_first=False"),
+        (lambda b: setattr(b, "norm2", torch.nn.RMSNorm(16)), "LayerNorm"),
+    ],
+)
+def test_fuse_refuses_blocks_it_would_not_compute_exactly(change, message):
+    net = _small_fusion(depth=2).eval()
+    change(net.blocks[1])
+    tokens = _random_tokens(net, batch=3)
+    with pytest.raises(ValueError, match=f"fusion block 1: .*{message}"):
+        net.fuse(tokens, torch.ones(3, 3, dtype=torch.bool))
+    net.blocks[1] = torch.nn.Identity()
+    with pytest.raises(ValueError, match="fusion block 1: is a Identity"):
+        net.fuse(tokens, torch.ones(3, 3, dtype=torch.bool))

@@ -145,3 +145,44 @@ def test_evaluator_scores_the_imputer_through_the_same_interface(tmp_path):
     mse = evaluator.state.metrics["recovery_mse"]
     assert mse < 0.05 * float(torch.cat([x, y], 1)[200:].var(0).mean())
     assert evaluator.state.metrics["recovery_mse_x"] < evaluator.state.metrics["recovery_mse_y"]  # y = 2x + 1
+
+
+class _TwoInputs(torch.nn.Module):
+    modalities = ("a", "b")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Linear(2, 1)
+
+
+def test_progress_bars(capsys):
+    from monai_dymo.handlers import loss_progress, progress_enabled
+
+    data = [{"a": torch.randn(1), "b": torch.randn(1), "present": torch.ones(2, dtype=torch.bool)} for _ in range(12)]
+    net = _TwoInputs()
+    trainer = RecoveryTrainer(
+        "cpu", 2, DataLoader(Dataset(data), batch_size=4), net, torch.optim.SGD(net.parameters(), 0.1),
+        loss_function=lambda n, x, p: {"loss": n.w(torch.cat([x["a"], x["b"]], 1)).pow(2).mean()},
+        train_handlers=[], progress=True,
+    )
+    trainer.run()
+    err = capsys.readouterr().err
+    assert "Recovery training [2/2]" in err and "loss=" in err and "[2/3]" in err  # epoch 2 of 2, iterations
+
+    from monai_dymo.networks.recovery.imputer import IterativeImputerRecovery
+
+    x = torch.randn(40, 1, dtype=torch.float64)
+    imp = IterativeImputerRecovery({"x": 1, "y": 1}).fit({"x": x, "y": 2 * x})
+    records = [{"x": x[i], "y": 2 * x[i]} for i in range(40)]
+    loader = DataLoader(Dataset(records), batch_size=10)
+    RecoveryEvaluator("cpu", loader, imp, log_dir=None, progress=True).run()
+    assert "Recovery validation" in capsys.readouterr().err
+    assert RecoveryEvaluator("cpu", loader, imp, log_dir=None).progress_bar is None  # stderr is not a terminal
+
+    class _Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    assert progress_enabled(None, _Terminal()) and not progress_enabled(False, _Terminal())
+    assert progress_enabled(True) and not progress_enabled(None)  # pytest captures stderr
+    assert loss_progress({"loss": torch.tensor(0.5)}) == {"loss": 0.5} and loss_progress([{"loss": 1.0}]) == {}

@@ -141,7 +141,7 @@ def test_write_report_json_and_plot(setup, tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def _evaluator(setup, tmp_path, decollate=True, postprocessing=None, batch_size=5):
+def _evaluator(setup, tmp_path, decollate=True, postprocessing=None, batch_size=5, **kwargs):
     net, calib = setup
     loader = DataLoader(_samples(), batch_size=batch_size, shuffle=False, num_workers=0)
     writer = SelectionReportWriter(output_dir=tmp_path)
@@ -154,6 +154,7 @@ def _evaluator(setup, tmp_path, decollate=True, postprocessing=None, batch_size=
         val_handlers=[writer],
         decollate=decollate,
         postprocessing=postprocessing,
+        **kwargs,
     )
     return evaluator, writer
 
@@ -202,6 +203,18 @@ def test_evaluator_end_to_end(setup, tmp_path, decollate):
         assert out[0]["patient_id"] == "case020"
     else:
         assert isinstance(out, dict) and out["pred"].shape == (2, C) and len(out["dymo_selection"]) == 2
+
+
+def test_evaluator_progress_bar(setup, tmp_path, capsys):
+    evaluator, _ = _evaluator(setup, tmp_path, progress=True)
+    assert evaluator.progress_bar is not None
+    evaluator.run()
+    err = capsys.readouterr().err
+    assert "DyMo evaluation" in err and f"/{len(evaluator.data_loader)}]" in err  # iterations of the epoch
+    quiet, _ = _evaluator(setup, tmp_path / "quiet")  # default: only when stderr is a terminal (not under pytest)
+    assert quiet.progress_bar is None
+    quiet.run()
+    assert "DyMo evaluation" not in capsys.readouterr().err
 
 
 def test_evaluator_with_postprocessing(setup, tmp_path):

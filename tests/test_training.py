@@ -249,3 +249,15 @@ def test_trainer_validation():
         SubsetAugmentedTrainer("cpu", 1, loader, net, opt, loss_function=SubsetAugmentedLoss(3, 8))
     with pytest.raises(ValueError, match=r"batch lacks key\(s\) \['c'\]"):
         PrepareDyMoBatch(MODALITIES)({k: v for k, v in samples[0].items() if k != "c"})
+
+
+def test_trainer_progress_bar_shows_the_loss(capsys):
+    samples, _, _, _ = _toy(16, seed=3)
+    net = _net()
+    loader = DataLoader(samples, batch_size=8, shuffle=False)
+    opt = torch.optim.SGD(net.parameters(), 0.01)
+    trainer = SubsetAugmentedTrainer("cpu", 1, loader, net, opt, num_subsets=2, progress=True)
+    trainer.run()
+    err = capsys.readouterr().err
+    assert "DyMo fusion training" in err and "loss=" in err and "[1/2]" in err  # iteration 1 of 2
+    assert SubsetAugmentedTrainer("cpu", 1, loader, net, opt, num_subsets=2).progress_bar is None  # not a terminal

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from monai.data import CSVDataset, DataLoader
-from monai_dymo.transforms import UNKNOWN_CATEGORY, ClinicalFields, ClinicalFieldsd, ClinicalFieldStats
+from monai_dymo.transforms import (
+    DEFAULT_MISSING_VALUES,
+    UNKNOWN_CATEGORY,
+    ClinicalFields,
+    ClinicalFieldsd,
+    ClinicalFieldStats,
+)
 
 CSV_TEXT = """patient_id,age,sex,crp,wbc,grade
 p0,54,M,3.2,6.1,2
@@ -171,3 +177,70 @@ def test_csvdataset_dataloader_collation(table, tmp_path):
     assert last["modality_reasons"]["labs"] == ["all fields missing: crp, grade, wbc", "observed"]
     assert last["present"].tolist() == [[False, False], [True, True]]
     assert last["error"][0].startswith("no modality observed") and last["error"][1] == ""
+
+
+SENTINEL_STRINGS = ["", "NaN", "nan", "NA", "N/A", "n/a", "unknown"]
+
+
+def test_string_sentinels_are_missing_by_default_and_configurable(tmp_path):
+    """Rows given as strings: the usual spellings of "no value" are missing fields, numeric and categorical alike."""
+    rows = [
+        {"patient_id": "a", "age": "54", "sex": "M"},
+        {"patient_id": "b", "age": "61", "sex": "F"},
+        {"patient_id": "c", "age": "unknown", "sex": "unknown"},
+        {"patient_id": "d", "age": "N/A", "sex": "nan"},
+    ]
+    stats = ClinicalFieldStats.fit(rows, continuous=["age"], categorical=["sex"])
+    assert stats.categorical == {"sex": ["F", "M"]}  # "unknown" and "nan" are not categories
+    assert stats.continuous["age"] == pytest.approx((57.5, 3.5))
+    for text in SENTINEL_STRINGS:
+        for field in ("age", "sex"):
+            value, present = stats.encode(field, text, "p")
+            assert np.isnan(value) and not present, (field, text)
+    out = ClinicalFieldsd({"demographics": ["age", "sex"]}, stats)({"patient_id": "c", "age": "NA", "sex": "n/a"})
+    assert out["modality_reasons"]["demographics"] == "all fields missing: age, sex"
+
+    # configurable: "unknown" as a real category, "?" as the missing marker; kept through save / load
+    custom = ClinicalFieldStats.fit(rows[:3], categorical=["sex"], missing_values=["?"])
+    assert custom.categorical == {"sex": ["F", "M", "unknown"]}
+    assert custom.encode("sex", "unknown") == (2.0, True)
+    assert np.isnan(custom.encode("sex", "?")[0]) and custom.encode("sex", "N/A") == (UNKNOWN_CATEGORY, True)
+    path = tmp_path / "custom.json"
+    custom.save(path)
+    assert ClinicalFieldStats.load(path).encode("sex", "unknown") == (2.0, True)
+    assert ClinicalFieldStats.load(path).missing_values == ["?"]
+
+
+def test_statistics_are_sklearn_scaler_and_encoder(table):
+    """ClinicalFieldStats holds scikit-learn's StandardScaler / OrdinalEncoder (NaN = missing, -1 = unseen) and
+    encodes exactly as they do on the cleaned columns."""
+    from sklearn.preprocessing import OrdinalEncoder, StandardScaler
+
+    _, train = table
+    df = pd.read_csv(train)
+    stats = ClinicalFieldStats.fit(df, continuous=CONT, categorical=CAT, sentinels=SENTINELS)
+    assert isinstance(stats.scaler, StandardScaler) and isinstance(stats.encoder, OrdinalEncoder)
+    params = stats.encoder.get_params()
+    assert params["handle_unknown"] == "use_encoded_value" and params["unknown_value"] == UNKNOWN_CATEGORY
+    assert np.isnan(params["encoded_missing_value"])
+
+    clean = df[CONT].replace(-999, np.nan).astype(float)
+    reference = StandardScaler().fit(clean.to_numpy())
+    np.testing.assert_allclose(stats.scaler.mean_, reference.mean_)
+    np.testing.assert_allclose(stats.scaler.scale_, reference.scale_)
+    cats = np.array([[s if isinstance(s, str) else np.nan, str(int(g))] for s, g in zip(df.sex, df.grade)], dtype=object)
+    ref_enc = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=np.nan)
+    ref_enc.fit(cats)
+    assert stats.categorical == {f: [c for c in cs if c == c] for f, cs in zip(CAT, ref_enc.categories_)}
+
+    # old statistics files (written before sklearn, without "missing_values") still read, same encodings
+    old = {
+        "continuous": {"age": {"mean": 60.0, "std": 10.0}},
+        "categorical": {"sex": ["F", "M"]},
+        "sentinels": [-999],
+        "unknown_index": -1,
+    }
+    loaded = ClinicalFieldStats.from_dict(old)
+    assert loaded.encode("age", 75) == (1.5, True) and np.isnan(loaded.encode("age", -999)[0])
+    assert loaded.encode("sex", "M") == (1.0, True) and loaded.encode("sex", "X") == (-1.0, True)
+    assert loaded.to_dict() == {**old, "missing_values": list(DEFAULT_MISSING_VALUES)}

@@ -199,6 +199,27 @@ def test_in_memory_arrays_observed_constant_and_nan():
     assert reason.startswith("empty image: ") and "no voxels" in reason
 
 
+@pytest.mark.parametrize("reader", ["NibabelReader", None])
+def test_empty_and_garbage_files_give_the_real_cause(tmp_path, reader):
+    """With the NIfTI recipe's designated NibabelReader, MONAI's LoadImage reports "cannot find a suitable reader ...
+    install the reader libraries"; the reason must say what is wrong with the file instead."""
+    empty = tmp_path / "flair.nii.gz"
+    empty.write_bytes(b"")
+    garbage_gz = tmp_path / "t1.nii.gz"
+    garbage_gz.write_bytes(b"this is not an image\n" * 20)
+    garbage = tmp_path / "t2.nii"
+    garbage.write_bytes(b"this is not an image\n" * 20)
+    sample = {"patient_id": "P1", "flair": str(empty), "t1": str(garbage_gz), "t2": str(garbage)}
+    out = LoadModalitiesd(["t1", "t2", "flair"], reader=reader, spatial_size=(4, 4, 4))(sample)
+    r = out["modality_reasons"]
+    assert r["flair"] == f"unreadable: {empty}: file is empty (0 bytes)"
+    for key, path in (("t1", garbage_gz), ("t2", garbage)):
+        assert r[key].startswith(f"unreadable: {path}: not a NIfTI file (nibabel: "), r[key]
+    for reason in r.values():
+        assert "suitable reader" not in reason and "install" not in reason and "PILReader" not in reason
+    assert out["present"].tolist() == [False, False, False]
+
+
 # ------------------------------------------------------------------------------------------------ NRRD
 
 

@@ -16,7 +16,7 @@ from monai_dymo.transforms import (
     ClinicalFieldStats,
     HarmonizeModalitiesd,
     LoadModalitiesd,
-    SimulateMissingModalitiesd,
+    RandSimulateMissingModalitiesd,
     is_placeholder,
     write_missing_patterns,
 )
@@ -64,7 +64,7 @@ def _pipeline(rate: float) -> tuple[Compose, Compose]:
         HarmonizeModalitiesd(SEQS, axcodes="RAS", pixdim=(8.0, 8.0, 8.0), spatial_size=(16, 16, 16)),
         NormalizeIntensityd(SEQS, nonzero=True, channel_wise=True),
     ])
-    return deterministic, Compose([*deterministic.transforms, SimulateMissingModalitiesd(SEQS, rate=rate)])
+    return deterministic, Compose([*deterministic.transforms, RandSimulateMissingModalitiesd(SEQS, rate=rate)])
 
 
 def test_dataset_cachedataset_dataloader_collation(cohort):

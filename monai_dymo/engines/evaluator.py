@@ -13,6 +13,7 @@ from monai.transforms import Decollated, Transform
 from monai.utils import ForwardMode, IgniteInfo, min_version, optional_import
 from monai.utils.enums import CommonKeys
 
+from ..handlers.progress import attach_progress_bar
 from ..inferers import DyMoInferer
 from ..keys import DyMoKeys, Reason
 from .trainer import PrepareDyMoBatch
@@ -68,6 +69,8 @@ class DyMoEvaluator(SupervisedEvaluator):
         modality_keys: batch keys of the modalities (default: ``network.modalities``).
         prepare_batch: default :class:`PrepareDyMoEvalBatch` on ``modality_keys``.
         present_key, reasons_key, patient_id_key, label_key: batch keys.
+        progress: show a progress bar (ignite's ``ProgressBar``); None: when standard error is a terminal (see
+            :mod:`monai_dymo.handlers.progress`).
         other args: as :class:`monai.engines.SupervisedEvaluator`.
     """
 
@@ -100,6 +103,7 @@ class DyMoEvaluator(SupervisedEvaluator):
         amp_kwargs: dict | None = None,
         compile: bool = False,
         compile_kwargs: dict | None = None,
+        progress: bool | None = None,
     ) -> None:
         if not isinstance(inferer, DyMoInferer):
             raise ValueError(f"DyMoEvaluator needs a DyMoInferer, got {type(inferer).__name__}.")
@@ -144,6 +148,7 @@ class DyMoEvaluator(SupervisedEvaluator):
             compile_kwargs=compile_kwargs,
             **extra,
         )
+        self.progress_bar = attach_progress_bar(self, progress, "DyMo evaluation")
 
     def _register_decollate(self) -> None:
         """Decollate like MONAI's workflows, but keep each selection record whole (one per patient)."""

@@ -27,6 +27,7 @@ from monai.utils.enums import CommonKeys
 from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
+from monai_dymo.handlers.progress import attach_progress_bar, loss_progress
 from monai_dymo.keys import DyMoKeys
 from monai_dymo.presence import align_present
 
@@ -235,6 +236,8 @@ class RecoveryTrainer(SupervisedTrainer):
         log_dir: TensorBoard directory of the default handlers (None: no TensorBoard).
         validator: e.g. a :class:`RecoveryEvaluator`, run every ``val_interval`` epochs.
         seed: seeds the RNG of the subset draws and the reparameterisation noise (None: global RNG).
+        progress: show a progress bar with the loss (ignite's ``ProgressBar``); None: when standard error is a
+            terminal (see :mod:`monai_dymo.handlers.progress`).
 
     ``engine.state.output`` after each iteration: ``loss`` (detached), ``recon``, ``kl``, ``recon_<m>`` scalars,
     plus ``image`` (the inputs dict) and ``present``.
@@ -267,6 +270,7 @@ class RecoveryTrainer(SupervisedTrainer):
         amp_kwargs: dict | None = None,
         accumulation_steps: int = 1,
         seed: int | None = None,
+        progress: bool | None = None,
     ) -> None:
         if not hasattr(network, "modalities"):
             raise ValueError("the recovery network must expose `modalities`.")
@@ -305,6 +309,7 @@ class RecoveryTrainer(SupervisedTrainer):
         )
         self.seed = seed
         self._generator: torch.Generator | None = None
+        self.progress_bar = attach_progress_bar(self, progress, "Recovery training", loss_progress)
 
     def _rng(self) -> torch.Generator | None:
         if self.seed is None:
@@ -387,6 +392,7 @@ class RecoveryEvaluator(SupervisedEvaluator):
         val_handlers: None -> :func:`default_recovery_val_handlers` (``log_dir``).
         seed: seed of the simulated missingness, reset at every run.
         kept_key: optional batch key with a precomputed ``kept`` mask.
+        progress: show a progress bar; None: when standard error is a terminal.
     """
 
     def __init__(
@@ -410,6 +416,7 @@ class RecoveryEvaluator(SupervisedEvaluator):
         amp_kwargs: dict | None = None,
         seed: int = 0,
         kept_key: str = KEPT,
+        progress: bool | None = None,
     ) -> None:
         if not hasattr(network, "modalities"):
             raise ValueError("the recovery network must expose `modalities`.")
@@ -441,6 +448,7 @@ class RecoveryEvaluator(SupervisedEvaluator):
         self.kept_key = kept_key
         self._generator = torch.Generator()
         self.add_event_handler(Events.STARTED, self._reset_rng)
+        self.progress_bar = attach_progress_bar(self, progress, "Recovery validation")
 
     def _reset_rng(self, engine: Engine) -> None:
         self._generator.manual_seed(self.seed)

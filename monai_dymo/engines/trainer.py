@@ -15,6 +15,7 @@ from monai.transforms import Transform
 from monai.utils import IgniteInfo, convert_to_tensor, min_version, optional_import
 from monai.utils.enums import CommonKeys as Keys
 
+from monai_dymo.handlers.progress import attach_progress_bar, loss_progress
 from monai_dymo.handlers.prototypes import PrototypeRefreshHandler
 from monai_dymo.keys import DyMoKeys
 from monai_dymo.presence import align_present
@@ -159,6 +160,8 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         prototype_warmup_epochs: warm-up of the automatically attached refresh handler (None: attach none).
         accumulator: the :class:`PrototypeAccumulator` (default: a new one).
         label_key, present_key: batch keys used by the default ``prepare_batch``.
+        progress: show a progress bar with the loss (ignite's ``ProgressBar``); None: when standard error is a
+            terminal (see :mod:`monai_dymo.handlers.progress`).
     """
 
     def __init__(
@@ -194,6 +197,7 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         to_kwargs: dict | None = None,
         amp_kwargs: dict | None = None,
         accumulation_steps: int = 1,
+        progress: bool | None = None,
     ) -> None:
         for attr in ("encode", "fuse", "modalities", "num_classes", "proj_dim"):
             if not hasattr(network, attr):
@@ -254,6 +258,7 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
             amp_kwargs=amp_kwargs,
             accumulation_steps=accumulation_steps,
         )
+        self.progress_bar = attach_progress_bar(self, progress, "DyMo fusion training", loss_progress)
 
     def _iteration(self, engine: SubsetAugmentedTrainer, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
         """One iteration: sample K subsets, encode once, fuse all (subset, sample) rows, loss, backward, step."""

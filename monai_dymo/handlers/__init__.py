@@ -1,8 +1,10 @@
-"""Ignite handlers of monai_dymo: prototype refresh during training, selection reports, experiment tracking."""
+"""Ignite handlers of monai_dymo: prototype refresh during training, selection reports, missingness summaries,
+progress bars, experiment tracking."""
 
 from __future__ import annotations
 
 from .missingness import MissingnessSummaryHandler
+from .progress import attach_progress_bar, loss_progress, progress_enabled
 from .prototypes import PrototypeRefreshHandler
 from .reports import (
     MODALITY_STATUSES,
@@ -20,6 +22,9 @@ __all__ = [
     "MissingnessSummaryHandler",
     "MODALITY_STATUSES",
     "PrototypeRefreshHandler",
+    "attach_progress_bar",
+    "loss_progress",
+    "progress_enabled",
     "SelectionReportWriter",
     "adapt_tracking_handlers",
     "modality_status",

@@ -40,6 +40,10 @@ class DynamicFusionTransformer(nn.Module):
 
     The transformer blocks are ``torch.nn.TransformerEncoderLayer`` (pre-norm, GELU) driven by ``src_key_padding_mask``:
     MONAI's ``TransformerBlock``/``SABlock`` take an equivalent key mask but need the optional ``einops`` package.
+    ``fuse`` computes the blocks' own computation from their parameters (tested equal to
+    ``nn.TransformerEncoderLayer(..., activation="gelu", batch_first=True, norm_first=True)`` with and without bias);
+    a block of any other configuration (post-norm, another activation, separate key/value widths, extra key/value
+    biases, ...) is refused with a ``ValueError`` naming the block, rather than computed differently.
 
     Args:
         modalities: modality names, in the order of the subset masks' columns.
@@ -198,6 +202,7 @@ class DynamicFusionTransformer(nn.Module):
         batch = self._check_tokens(tokens)
         rows, index = self._check_index(index, batch)
         subset = self._check_subset(subset, rows)
+        self._check_blocks()
         dim, num_tok = self.dim, self.total_tokens
         device = subset.device
         if rows == 0:
@@ -332,6 +337,37 @@ class DynamicFusionTransformer(nn.Module):
         if bool(empty.any()):
             raise ValueError(f"row {int(empty.nonzero()[0])}: empty subset (no modality selected).")
         return subset
+
+    def _check_blocks(self) -> None:
+        """Refuse blocks that :meth:`fuse` would not compute exactly as their ``forward`` does.
+
+        Raises:
+            ValueError: naming the block and what differs from ``nn.TransformerEncoderLayer(d_model=dim, ...,
+                activation="gelu", batch_first=True, norm_first=True)``.
+        """
+        for i, block in enumerate(self.blocks):
+            problems = []
+            if not isinstance(block, nn.TransformerEncoderLayer):
+                problems.append(f"is a {type(block).__name__}, not a torch.nn.TransformerEncoderLayer")
+            else:
+                attn, act = block.self_attn, block.activation
+                if not block.norm_first:
+                    problems.append("norm_first=False (post-norm)")
+                if not (act is F.gelu or (type(act) is nn.GELU and act.approximate == "none")):
+                    problems.append(f"activation {act!r} (exact GELU expected)")
+                if not attn.batch_first:
+                    problems.append("batch_first=False")
+                if attn.in_proj_weight is None or attn.embed_dim != self.dim:
+                    problems.append(f"attention other than one packed q/k/v projection of width {self.dim}")
+                if attn.bias_k is not None or attn.add_zero_attn:
+                    problems.append("add_bias_kv or add_zero_attn")
+                if not (type(block.norm1) is type(block.norm2) is nn.LayerNorm):
+                    problems.append("norms other than torch.nn.LayerNorm")
+            if problems:
+                raise ValueError(
+                    f"fusion block {i}: {'; '.join(problems)}. DynamicFusionTransformer.fuse computes "
+                    'nn.TransformerEncoderLayer(activation="gelu", batch_first=True, norm_first=True) blocks only.'
+                )
 
     @staticmethod
     def _attend(

@@ -7,7 +7,8 @@ Modules (array and dictionary forms, MONAI style):
 - :mod:`~monai_dymo.transforms.color`: 2D pictures to one channel (:class:`AsGrayscale2Dd`);
 - :mod:`~monai_dymo.transforms.spatial`: per-patient harmonisation (:class:`HarmonizeModalitiesd`);
 - :mod:`~monai_dymo.transforms.clinical`: clinical field groups (:class:`ClinicalFieldStats`, :class:`ClinicalFieldsd`);
-- :mod:`~monai_dymo.transforms.missingness`: simulated missingness (:class:`SimulateMissingModalitiesd`, mask CSVs);
+- :mod:`~monai_dymo.transforms.missingness`: simulated missingness (:class:`RandSimulateMissingModalitiesd`, mask CSVs; the
+  names without ``Rand`` are aliases kept from monai_dymo 0.2.0);
 - :mod:`~monai_dymo.transforms.utils`: reasons, placeholders, presence vector, :func:`check_datalist`.
 
 Transforms never import networks, the inferer or data-generation code.
@@ -16,6 +17,7 @@ Transforms never import networks, the inferer or data-generation code.
 from __future__ import annotations
 
 from .clinical import (
+    DEFAULT_MISSING_VALUES,
     UNKNOWN_CATEGORY,
     ClinicalFields,
     ClinicalFieldsd,
@@ -26,6 +28,10 @@ from .clinical import (
 from .color import AsGrayscale2D, AsGrayscale2Dd, AsGrayscale2DD, AsGrayscale2DDict
 from .io import LoadModalitiesd, LoadModalitiesD, LoadModalitiesDict, LoadModality
 from .missingness import (
+    RandSimulateMissingModalities,
+    RandSimulateMissingModalitiesd,
+    RandSimulateMissingModalitiesD,
+    RandSimulateMissingModalitiesDict,
     SimulateMissingModalities,
     SimulateMissingModalitiesd,
     SimulateMissingModalitiesD,
@@ -33,7 +39,7 @@ from .missingness import (
     read_missing_patterns,
     write_missing_patterns,
 )
-from .readers import SimpleITKReader, inspect_dicom_series
+from .readers import SimpleITKReader, describe_read_error, inspect_dicom_series
 from .spatial import HarmonizeModalitiesd, HarmonizeModalitiesD, HarmonizeModalitiesDict, HarmonizeModality
 from .utils import (
     PLACEHOLDER_META_KEY,
@@ -56,6 +62,7 @@ __all__ = [
     "AsGrayscale2Dd",
     "AsGrayscale2DD",
     "AsGrayscale2DDict",
+    "DEFAULT_MISSING_VALUES",
     "UNKNOWN_CATEGORY",
     "ClinicalFieldStats",
     "ClinicalFields",
@@ -66,6 +73,10 @@ __all__ = [
     "LoadModalitiesd",
     "LoadModalitiesD",
     "LoadModalitiesDict",
+    "RandSimulateMissingModalities",
+    "RandSimulateMissingModalitiesd",
+    "RandSimulateMissingModalitiesD",
+    "RandSimulateMissingModalitiesDict",
     "SimulateMissingModalities",
     "SimulateMissingModalitiesd",
     "SimulateMissingModalitiesD",
@@ -73,6 +84,7 @@ __all__ = [
     "read_missing_patterns",
     "write_missing_patterns",
     "SimpleITKReader",
+    "describe_read_error",
     "inspect_dicom_series",
     "HarmonizeModality",
     "HarmonizeModalitiesd",

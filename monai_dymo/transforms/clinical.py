@@ -9,19 +9,21 @@ group of ``F`` fields the transform outputs
 - the group's reason: ``"observed"`` when at least one field is present, else ``"all fields missing: a, b, c"``
   (then the group is missing in ``d["present"]``).
 
-Encodings (fitted on the training set with :meth:`ClinicalFieldStats.fit`, saved/loaded as JSON):
+Encodings (fitted on the training set with :meth:`ClinicalFieldStats.fit`, saved/loaded as JSON), done by
+scikit-learn:
 
-- continuous: ``(x - mean) / std`` (population std; a constant field uses std 1);
-- categorical: code ``0..K-1`` for the ``K`` categories seen in training, sorted; a value never seen in training is
-  present but *unknown*: code ``-1`` (:data:`UNKNOWN_CATEGORY`). A categorical field has ``K`` classes
-  (:meth:`ClinicalFieldStats.num_categories`).
+- continuous: ``StandardScaler``, ``(x - mean) / std`` (population std; a constant field uses std 1);
+- categorical: ``OrdinalEncoder``, code ``0..K-1`` for the ``K`` categories seen in training, sorted; a value never
+  seen in training is present but *unknown*: code ``-1`` (:data:`UNKNOWN_CATEGORY`). A categorical field has ``K``
+  classes (:meth:`ClinicalFieldStats.num_categories`).
 
 This is the convention of the package's clinical networks (``ClinicalTokenEncoder``, the MoPoE clinical experts and
 ``IterativeImputerRecovery``): NaN = missing field, ``-1`` = unknown category, so ``d[group]`` can be fed to them as
 is, with the cardinalities from :meth:`ClinicalFieldStats.describe`.
 
-Missing values: None, NaN / ``pd.NA``, empty or blank strings, and the configured sentinels (e.g. ``-999``, ``"NA"``;
-numeric sentinels also match their string form). A clinical tokenizer / recovery network gets the group's field
+Missing values: None, NaN / ``pd.NA``, empty or blank strings, the strings of ``missing_values`` (default
+:data:`DEFAULT_MISSING_VALUES`: ``"NaN"``, ``"nan"``, ``"NA"``, ``"N/A"``, ``"n/a"``, ``"unknown"``) and the
+configured sentinels (e.g. ``-999``; numeric sentinels also match their string form). A clinical tokenizer / recovery network gets the group's field
 types and cardinalities from :meth:`ClinicalFieldStats.describe`.
 """
 
@@ -37,6 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
+import sklearn
+from sklearn.preprocessing import OrdinalEncoder, StandardScaler
+
 from monai.config import PathLike
 from monai.transforms.transform import MapTransform, Transform
 from monai_dymo.keys import DyMoKeys, Reason
@@ -48,6 +53,7 @@ __all__ = [
     "ClinicalFieldsd",
     "ClinicalFieldsD",
     "ClinicalFieldsDict",
+    "DEFAULT_MISSING_VALUES",
     "UNKNOWN_CATEGORY",
 ]
 
@@ -55,6 +61,9 @@ logger = logging.getLogger("monai_dymo.transforms")
 
 UNKNOWN_CATEGORY = -1
 """Code of a categorical value never seen in training (present, but of unknown category)."""
+
+DEFAULT_MISSING_VALUES: tuple[str, ...] = ("", "NaN", "nan", "NA", "N/A", "n/a", "unknown")
+"""Strings that mean "missing field" unless configured otherwise (``missing_values=``)."""
 
 
 def _as_records(rows: Any) -> list[Mapping[str, Any]]:
@@ -101,12 +110,26 @@ def _row_id(row: Mapping[str, Any], i: int, patient_id_key: str) -> str:
 
 
 class ClinicalFieldStats:
-    """Encoding statistics of clinical fields, fitted on training rows.
+    """Encoding statistics of clinical fields, fitted on training rows: scikit-learn's ``StandardScaler`` for the
+    continuous fields and ``OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1,
+    encoded_missing_value=nan)`` for the categorical ones.
+
+    What sklearn does not know is done here: which raw values are missing (None, NaN, ``pd.NA``, blank strings,
+    ``missing_values`` and ``sentinels``; they become NaN before sklearn sees them), canonical category strings
+    (``2``, ``2.0`` and ``"2"`` are one category), and errors naming patient and field.
 
     Args:
         continuous: field -> ``(mean, std)``.
         categorical: field -> sorted vocabulary (canonical strings); category ``vocab[i]`` has code ``i``.
-        sentinels: values that mean "missing" in the table (e.g. ``-999``, ``"NA"``).
+        sentinels: further values that mean "missing" in the table (e.g. ``-999``; numeric sentinels also match their
+            string form).
+        missing_values: strings that mean "missing" (compared after stripping blanks, case-sensitive); default
+            :data:`DEFAULT_MISSING_VALUES` (``"NaN"``, ``"NA"``, ``"N/A"``, ``"unknown"``, ...); ``()`` keeps them as
+            values.
+
+    Attributes:
+        scaler: the fitted ``StandardScaler`` over the continuous fields (None without continuous field).
+        encoder: the fitted ``OrdinalEncoder`` over the categorical fields (None without categorical field).
     """
 
     def __init__(
@@ -114,16 +137,66 @@ class ClinicalFieldStats:
         continuous: Mapping[str, Sequence[float]] | None = None,
         categorical: Mapping[str, Sequence[str]] | None = None,
         sentinels: Sequence[Any] = (),
+        missing_values: Sequence[str] | None = None,
     ) -> None:
-        self.continuous = {str(k): (float(v[0]), float(v[1])) for k, v in (continuous or {}).items()}
-        self.categorical = {str(k): [str(c) for c in v] for k, v in (categorical or {}).items()}
-        both = sorted(set(self.continuous) & set(self.categorical))
+        cont = {str(k): (float(v[0]), float(v[1])) for k, v in (continuous or {}).items()}
+        cat = {str(k): [str(c) for c in v] for k, v in (categorical or {}).items()}
+        both = sorted(set(cont) & set(cat))
         if both:
             raise ValueError(f"ClinicalFieldStats: fields {both} are both continuous and categorical.")
         self.sentinels = list(sentinels)
+        self.missing_values = [str(v) for v in (DEFAULT_MISSING_VALUES if missing_values is None else missing_values)]
         self._num_sentinels = {float(s) for s in self.sentinels if _is_number(s)}
-        self._str_sentinels = {str(s).strip() for s in self.sentinels}
-        self._index = {k: {c: i for i, c in enumerate(v)} for k, v in self.categorical.items()}
+        self._str_sentinels = {str(s).strip() for s in self.sentinels} | {v.strip() for v in self.missing_values}
+        self.scaler = self._make_scaler(cont)
+        self.encoder = self._make_encoder(cat)
+        self._continuous_fields = list(cont)
+        self._categorical_fields = list(cat)
+        self._column = {f: i for i, f in enumerate(cont)} | {f: i for i, f in enumerate(cat)}
+
+    @staticmethod
+    def _make_scaler(stats: Mapping[str, tuple[float, float]]) -> StandardScaler | None:
+        """A ``StandardScaler`` in the state that ``fit`` would leave, from known means and stds."""
+        if not stats:
+            return None
+        scaler = StandardScaler()
+        scaler.mean_ = np.asarray([m for m, _ in stats.values()], dtype=np.float64)
+        scaler.scale_ = np.asarray([s for _, s in stats.values()], dtype=np.float64)
+        scaler.var_ = scaler.scale_**2
+        scaler.n_features_in_ = len(stats)
+        scaler.n_samples_seen_ = 0
+        return scaler
+
+    @staticmethod
+    def _make_encoder(vocabularies: Mapping[str, Sequence[str]]) -> OrdinalEncoder | None:
+        """An ``OrdinalEncoder`` with the given vocabularies (codes ``0..K-1``), unknown -> -1 and NaN -> NaN."""
+        if not vocabularies:
+            return None
+        # NaN is listed last in every field's categories so that the encoder maps it to encoded_missing_value
+        categories = [np.asarray([*v, np.nan], dtype=object) for v in vocabularies.values()]
+        encoder = OrdinalEncoder(
+            categories=categories,
+            handle_unknown="use_encoded_value",
+            unknown_value=UNKNOWN_CATEGORY,
+            encoded_missing_value=np.nan,
+        )
+        return encoder.fit(np.full((1, len(categories)), np.nan, dtype=object))
+
+    @property
+    def continuous(self) -> dict[str, tuple[float, float]]:
+        """field -> ``(mean, std)`` (the scaler's ``mean_`` and ``scale_``)."""
+        if self.scaler is None:
+            return {}
+        return {
+            f: (float(m), float(s)) for f, m, s in zip(self._continuous_fields, self.scaler.mean_, self.scaler.scale_)
+        }
+
+    @property
+    def categorical(self) -> dict[str, list[str]]:
+        """field -> vocabulary (the encoder's ``categories_`` without the trailing NaN)."""
+        if self.encoder is None:
+            return {}
+        return {f: [str(c) for c in cats[:-1]] for f, cats in zip(self._categorical_fields, self.encoder.categories_)}
 
     # ---------------------------------------------------------------- fitting / io
     @classmethod
@@ -134,8 +207,12 @@ class ClinicalFieldStats:
         categorical: Sequence[str] = (),
         sentinels: Sequence[Any] = (),
         patient_id_key: str = DyMoKeys.PATIENT_ID,
+        missing_values: Sequence[str] | None = None,
     ) -> ClinicalFieldStats:
         """Fit on training rows (a ``pandas.DataFrame``, a list of dicts, a datalist or a ``CSVDataset``).
+
+        Continuous fields: ``StandardScaler`` (population std; a constant field gets std 1). Categorical fields: the
+        sorted categories seen. Missing values are left out of both.
 
         Raises:
             ValueError: a field not in the table (naming the first patient), a field given as both types, a field with
@@ -144,7 +221,7 @@ class ClinicalFieldStats:
         records = _as_records(rows)
         if not records:
             raise ValueError("ClinicalFieldStats.fit: no training rows.")
-        probe = cls(sentinels=sentinels)
+        probe = cls(sentinels=sentinels, missing_values=missing_values)
         columns = set().union(*(r.keys() for r in records))
         for f in (*continuous, *categorical):
             if f not in columns:
@@ -153,38 +230,47 @@ class ClinicalFieldStats:
                     f"ClinicalFieldStats.fit: clinical field {f!r} is not in the table "
                     f"(patient {pid!r}; columns {sorted(map(str, columns))})."
                 )
-        cont: dict[str, tuple[float, float]] = {}
-        for f in continuous:
-            vals = []
-            for i, r in enumerate(records):
-                v = r.get(f)
-                if probe.is_missing(v):
-                    continue
-                vals.append(probe._to_float(f, v, _row_id(r, i, patient_id_key)))
-            if not vals:
-                raise ValueError(f"ClinicalFieldStats.fit: continuous field {f!r} has no observed value in the table.")
-            arr = np.asarray(vals, dtype=np.float64)
-            std = float(arr.std())
-            cont[f] = (float(arr.mean()), std if std > 0 else 1.0)
-        cat: dict[str, list[str]] = {}
-        for f in categorical:
-            seen = {_category_key(r.get(f)) for r in records if not probe.is_missing(r.get(f))}
-            if not seen:
-                raise ValueError(f"ClinicalFieldStats.fit: categorical field {f!r} has no observed value in the table.")
-            cat[f] = sorted(seen)
-        return cls(cont, cat, sentinels)
+        both = sorted(set(continuous) & set(categorical))
+        if both:
+            raise ValueError(f"ClinicalFieldStats: fields {both} are both continuous and categorical.")
+        ids = [_row_id(r, i, patient_id_key) for i, r in enumerate(records)]
+        num = np.asarray(
+            [[probe._value(f, r.get(f), pid)[0] for f in continuous] for r, pid in zip(records, ids)], dtype=np.float64
+        ).reshape(len(records), len(continuous))
+        cats = np.asarray(
+            [[probe._value(f, r.get(f), pid, categorical=True)[0] for f in categorical] for r, pid in zip(records, ids)],
+            dtype=object,
+        ).reshape(len(records), len(categorical))
+        for kind, fields, observed in (
+            ("continuous", continuous, ~np.isnan(num)),
+            ("categorical", categorical, cats == cats),  # NaN != NaN
+        ):
+            empty = [f for f, seen in zip(fields, observed.any(0)) if not seen]
+            if empty:
+                raise ValueError(f"ClinicalFieldStats.fit: {kind} field {empty[0]!r} has no observed value in the table.")
+        stats = cls(sentinels=sentinels, missing_values=missing_values)
+        if continuous:
+            stats.scaler = StandardScaler().fit(num)  # NaN (missing) entries are disregarded
+            stats._continuous_fields = list(continuous)
+        if categorical:
+            vocab = {f: sorted({c for c in cats[:, j] if c == c}) for j, f in enumerate(categorical)}
+            stats.encoder = cls._make_encoder(vocab)
+            stats._categorical_fields = list(categorical)
+        stats._column = {f: i for i, f in enumerate(continuous)} | {f: i for i, f in enumerate(categorical)}
+        return stats
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "continuous": {k: {"mean": m, "std": s} for k, (m, s) in self.continuous.items()},
             "categorical": {k: list(v) for k, v in self.categorical.items()},
             "sentinels": list(self.sentinels),
+            "missing_values": list(self.missing_values),
             "unknown_index": UNKNOWN_CATEGORY,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClinicalFieldStats:
-        """Statistics from :meth:`to_dict`'s mapping.
+        """Statistics from :meth:`to_dict`'s mapping (files without ``missing_values`` get the default).
 
         Raises:
             ValueError: statistics of another categorical convention (``unknown_index`` other than
@@ -197,7 +283,7 @@ class ClinicalFieldStats:
                 f"as {UNKNOWN_CATEGORY} with categories from 0; refit them with ClinicalFieldStats.fit."
             )
         cont = {k: (v["mean"], v["std"]) for k, v in data.get("continuous", {}).items()}
-        return cls(cont, data.get("categorical", {}), data.get("sentinels", ()))
+        return cls(cont, data.get("categorical", {}), data.get("sentinels", ()), data.get("missing_values"))
 
     def save(self, path: PathLike) -> None:
         """Write the statistics as JSON."""
@@ -217,13 +303,13 @@ class ClinicalFieldStats:
     # ---------------------------------------------------------------- encoding
     @property
     def fields(self) -> list[str]:
-        return [*self.continuous, *self.categorical]
+        return [*self._continuous_fields, *self._categorical_fields]
 
     def __contains__(self, field: object) -> bool:
-        return field in self.continuous or field in self.categorical
+        return field in self._column
 
     def is_missing(self, value: Any) -> bool:
-        """True for None, NaN, ``pd.NA``, empty / blank strings and configured sentinels."""
+        """True for None, NaN, ``pd.NA``, empty / blank strings, ``missing_values`` and ``sentinels``."""
         value = _scalar(value)
         if value is None:
             return True
@@ -255,6 +341,12 @@ class ClinicalFieldStats:
             raise ValueError(f"clinical field {field!r} of patient {patient_id!r} is not a finite number: {value!r}.")
         return f
 
+    def _value(self, field: str, value: Any, patient_id: str | None, categorical: bool = False) -> tuple[Any, bool]:
+        """Raw value -> ``(what sklearn gets, present)``: a float or canonical category string, or NaN if missing."""
+        if self.is_missing(value):
+            return math.nan, False
+        return (_category_key(value) if categorical else self._to_float(field, value, patient_id)), True
+
     def num_categories(self, field: str) -> int:
         """Number ``K`` of categories of a categorical field seen in training (codes ``0..K-1``)."""
         return len(self.categorical[field])
@@ -264,7 +356,8 @@ class ClinicalFieldStats:
         unknown = [f for f in fields if f not in self]
         if unknown:
             raise ValueError(f"ClinicalFieldStats: fields {unknown} have no fitted statistics (known: {self.fields}).")
-        return [f for f in fields if f in self.continuous] + [f for f in fields if f in self.categorical]
+        cont = set(self._continuous_fields)
+        return [f for f in fields if f in cont] + [f for f in fields if f not in cont]
 
     def describe(self, fields: Sequence[str]) -> dict[str, Any]:
         """Layout of a group for a tokenizer: ``{"fields", "num_continuous", "categorical": {name: K}}``.
@@ -273,22 +366,58 @@ class ClinicalFieldStats:
         ``ClinicalTokenEncoder`` for the group.
         """
         order = self.layout(fields)
+        vocab = self.categorical
         return {
             "fields": order,
-            "num_continuous": sum(f in self.continuous for f in order),
-            "categorical": {f: self.num_categories(f) for f in order if f in self.categorical},
+            "num_continuous": sum(f not in vocab for f in order),
+            "categorical": {f: len(vocab[f]) for f in order if f in vocab},
         }
+
+    def encode_row(
+        self, row: Mapping[Hashable, Any], fields: Sequence[str], patient_id: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Encode ``row[f]`` for ``f`` in ``fields`` (all in ``row``) -> ``(values float64 [F], present bool [F])``,
+        in the order of ``fields``: z-scores for continuous fields, codes (``-1`` unknown) for categorical ones, NaN
+        where missing."""
+        unknown = [f for f in fields if f not in self]
+        if unknown:
+            raise ValueError(f"ClinicalFieldStats: fields {unknown} have no fitted statistics (known: {self.fields}).")
+        out = np.full(len(fields), np.nan)
+        present = np.zeros(len(fields), dtype=bool)
+        for part, transformer, names in (
+            (False, self.scaler, self._continuous_fields),
+            (True, self.encoder, self._categorical_fields),
+        ):
+            slots = [i for i, f in enumerate(fields) if (f in names)]
+            if not slots:
+                continue
+            x = np.full((1, len(names)), np.nan, dtype=object if part else np.float64)
+            for i in slots:
+                x[0, self._column[fields[i]]], present[i] = self._value(fields[i], row[fields[i]], patient_id, part)
+            with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):  # values built above
+                encoded = transformer.transform(x)[0]  # type: ignore[union-attr]
+            for i in slots:
+                out[i] = encoded[self._column[fields[i]]]
+        return out, present
 
     def encode(self, field: str, value: Any, patient_id: str | None = None) -> tuple[float, bool]:
         """``(encoded value, present)`` of one field; missing -> ``(nan, False)``."""
-        if self.is_missing(value):
-            return math.nan, False
-        if field in self.continuous:
-            mean, std = self.continuous[field]
-            return (self._to_float(field, value, patient_id) - mean) / std, True
-        if field in self.categorical:
-            return float(self._index[field].get(_category_key(value), UNKNOWN_CATEGORY)), True
-        raise ValueError(f"ClinicalFieldStats: field {field!r} has no fitted statistics (known: {self.fields}).")
+        values, present = self.encode_row({field: value}, [field], patient_id)
+        return float(values[0]), bool(present[0])
+
+
+def _encode_fields(
+    stats: ClinicalFieldStats, row: Mapping[Hashable, Any], fields: Sequence[str], patient_id: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``stats.encode_row`` as tensors ``(FloatTensor[F], BoolTensor[F])``; a field not in the row is an error."""
+    for f in fields:
+        if f not in row:
+            raise ValueError(
+                f"clinical field {f!r} is not in the table for patient {patient_id!r} "
+                f"(sample keys {sorted(map(str, row.keys()))})."
+            )
+    values, mask = stats.encode_row(row, fields, patient_id)
+    return torch.as_tensor(values, dtype=torch.float32), torch.as_tensor(mask, dtype=torch.bool)
 
 
 def _load_stats(stats: ClinicalFieldStats | PathLike | Mapping[str, Any]) -> ClinicalFieldStats:
@@ -317,17 +446,7 @@ class ClinicalFields(Transform):
     def __call__(  # type: ignore[override]
         self, row: Mapping[Hashable, Any], patient_id: str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        values, mask = [], []
-        for f in self.fields:
-            if f not in row:
-                raise ValueError(
-                    f"clinical field {f!r} is not in the table for patient {patient_id!r} "
-                    f"(sample keys {sorted(map(str, row.keys()))})."
-                )
-            v, m = self.stats.encode(f, row[f], patient_id)
-            values.append(v)
-            mask.append(m)
-        return torch.tensor(values, dtype=torch.float32), torch.tensor(mask, dtype=torch.bool)
+        return _encode_fields(self.stats, row, self.fields, patient_id)
 
 
 class ClinicalFieldsd(MapTransform):
@@ -389,10 +508,13 @@ class ClinicalFieldsd(MapTransform):
         reasons: dict[str, str] = dict(d.get(self.reasons_key) or {})
         field_mask = dict(d.get(self.field_mask_key) or {})
         values: dict[str, torch.Tensor] = {}
-        for group, encoder in self.encoders.items():
-            vec, mask = encoder(d, patient_id=pid)
-            values[group] = vec
-            field_mask[group] = mask
+        # every group of the row in one pass through the scaler and the encoder, then split per group
+        layouts = [self.layout(g) for g in self.encoders]
+        all_values, all_mask = _encode_fields(self.stats, d, [f for fs in layouts for f in fs], pid)
+        sizes = [len(fs) for fs in layouts]
+        for group, vec, mask in zip(self.encoders, all_values.split(sizes), all_mask.split(sizes)):
+            values[group] = vec.clone()
+            field_mask[group] = mask.clone()
             if bool(mask.any()):
                 reasons[group] = Reason.OBSERVED.value
             else:

@@ -7,7 +7,8 @@ placeholder plus a reason string (prefixes from :class:`monai_dymo.keys.Reason`)
 ``"observed"``              loaded, finite and not constant
 ``"absent: ..."``           the key is not in the sample, or its value is None / NaN (blank CSV cell) / an empty string
 ``"file not found: ..."``   the file or series folder does not exist, or the folder holds no DICOM file
-``"unreadable: ..."``       the reader failed (truncated or corrupt file), mixed DICOM series, non-parallel slices
+``"unreadable: ..."``       the reader failed (empty, truncated or corrupt file, not a NIfTI file: the reader's own
+                            error), mixed DICOM series, non-parallel slices
 ``"incomplete series: ..."`` a DICOM series folder with duplicated or missing slices (see
                             :func:`~monai_dymo.transforms.readers.inspect_dicom_series`)
 ``"empty image: ..."``      no voxels, no finite voxel, or a constant volume
@@ -36,7 +37,13 @@ from monai.transforms.transform import MapTransform, Transform
 from monai.utils import ensure_tuple
 from monai.utils.type_conversion import get_equivalent_dtype
 from monai_dymo.keys import DyMoKeys, Reason
-from monai_dymo.transforms.readers import SimpleITKReader, has_sitk, inspect_dicom_series
+from monai_dymo.transforms.readers import (
+    SimpleITKReader,
+    describe_read_error,
+    has_sitk,
+    inspect_dicom_series,
+    short_error,
+)
 from monai_dymo.transforms.utils import (
     PLACEHOLDER_META_KEY,
     REASON_META_KEY,
@@ -51,12 +58,6 @@ from monai_dymo.transforms.utils import (
 __all__ = ["LoadModality", "LoadModalitiesd", "LoadModalitiesD", "LoadModalitiesDict"]
 
 logger = logging.getLogger("monai_dymo.transforms")
-
-
-def _short(err: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(err).split())
-    text = text if len(text) <= limit else text[: limit - 3] + "..."
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 class LoadModality(Transform):
@@ -106,6 +107,8 @@ class LoadModality(Transform):
         self.loader = LoadImage(
             reader, image_only=True, dtype=dtype, ensure_channel_first=ensure_channel_first, **kwargs
         )
+        # readers named by the user: registered last, tried first; their errors are the ones worth reporting
+        self._designated = 0 if reader is None else len(ensure_tuple(reader))
         if reader is None and has_sitk:
             self.loader.register(SimpleITKReader())  # registered last = tried first for the suffixes it claims
         self.dicom_loader = LoadImage(
@@ -148,14 +151,16 @@ class LoadModality(Transform):
             try:
                 problem = inspect_dicom_series(paths[0])
             except Exception as e:  # unreadable folder content, permissions, ...
-                problem = Reason.UNREADABLE, f"{paths[0]}: {_short(e)}"
+                problem = Reason.UNREADABLE, f"{paths[0]}: {short_error(e)}"
             if problem is not None:
                 return None, format_reason(problem[0], problem[1])
         try:
             loader = self.dicom_loader if is_series else self.loader
             img = loader([str(p) for p in paths] if len(paths) > 1 else str(paths[0]))
-        except Exception as e:  # truncated gz, corrupt header, unsupported format, ...
-            return None, format_reason(Reason.UNREADABLE, f"{name} ({_short(e)})")
+        except Exception as e:  # empty file, truncated gz, corrupt header, unsupported format, ...
+            designated = self._designated if loader is self.loader else 1
+            readers = () if loader.auto_select else loader.readers[::-1][: max(1, designated)]
+            return None, format_reason(Reason.UNREADABLE, describe_read_error(paths, e, readers))
         if not isinstance(img, MetaTensor):
             img = MetaTensor(torch.as_tensor(img))
         return self._check_content(img, name)

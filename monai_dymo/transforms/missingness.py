@@ -3,10 +3,11 @@
 Used for training augmentation (rate) and for reproducible benchmarks (pattern files, so that every method sees the
 same missing modalities).
 
-Mask CSV format: one row per sample, one column per modality (header = modality names), ``1`` = observed,
-``0`` = missing; an optional ``index`` column gives the sample index of each row (without it, row ``i`` is sample
-``i``). :func:`write_missing_patterns` writes this format (with the ``index`` column); :func:`read_missing_patterns`
-reads both variants.
+Mask CSV format (:mod:`monai_dymo.missing_patterns_io`, the same files as ``monai_dymo.data``'s pattern files): one
+row per sample, one column per modality (header = modality names), ``1`` = observed, ``0`` = missing, at least one
+observed per row; an optional first ``index`` column gives the sample index of each row (without it, row ``i`` is
+sample ``i``). :func:`write_missing_patterns` writes this format (with the ``index`` column);
+:func:`read_missing_patterns` reads both variants.
 
 Rate mode: every observed modality is dropped independently with probability ``rate``; when that would drop all of
 them and ``keep_at_least_one`` is set, one of the patient's observed modalities, chosen uniformly, is kept (so the
@@ -26,6 +27,7 @@ import torch
 from monai.config import KeysCollection, PathLike
 from monai.transforms.transform import MapTransform, RandomizableTransform
 from monai_dymo.keys import DyMoKeys, Reason
+from monai_dymo.missing_patterns_io import INDEX_COLUMN, check_missing_rate, read_pattern_table, write_pattern_table
 from monai_dymo.transforms.utils import (
     REASON_META_KEY,
     format_reason,
@@ -39,6 +41,10 @@ from monai_dymo.transforms.utils import (
 __all__ = [
     "read_missing_patterns",
     "write_missing_patterns",
+    "RandSimulateMissingModalities",
+    "RandSimulateMissingModalitiesd",
+    "RandSimulateMissingModalitiesD",
+    "RandSimulateMissingModalitiesDict",
     "SimulateMissingModalities",
     "SimulateMissingModalitiesd",
     "SimulateMissingModalitiesD",
@@ -47,44 +53,22 @@ __all__ = [
 
 
 def read_missing_patterns(
-    path: PathLike, modalities: Sequence[str], index_column: str = "index"
+    path: PathLike, modalities: Sequence[str], index_column: str = INDEX_COLUMN
 ) -> dict[int, np.ndarray]:
     """Read a mask CSV; ``{sample index: bool array [M] over modalities}`` (True = observed).
 
-    Raises:
-        ValueError: missing file, a modality without column, a value other than 0/1, or duplicated indices
-            (naming the file, row and column).
-    """
-    import pandas as pd
+    The file is read and validated by :func:`monai_dymo.missing_patterns_io.read_pattern_table`.
 
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"missing-pattern CSV not found: {p}")
-    table = pd.read_csv(p)
-    missing_cols = [m for m in modalities if m not in table.columns]
-    if missing_cols:
-        raise ValueError(
-            f"missing-pattern CSV {p}: no column for modality {missing_cols} "
-            f"(columns: {list(map(str, table.columns))})."
-        )
-    if index_column in table.columns:
-        idx = table[index_column].to_numpy()
-        if not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"missing-pattern CSV {p}: column {index_column!r} must hold integer sample indices.")
-        if len(set(idx.tolist())) != len(idx):
-            raise ValueError(f"missing-pattern CSV {p}: duplicated sample indices in column {index_column!r}.")
-    else:
-        idx = np.arange(len(table))
-    values = table[list(modalities)]
-    bad = ~values.isin([0, 1, True, False])
-    if bool(bad.to_numpy().any()):
-        r, c = (int(v) for v in np.argwhere(bad.to_numpy())[0])
-        raise ValueError(
-            f"missing-pattern CSV {p}: row {r} (line {r + 2}) column {modalities[c]!r} is {str(values.iat[r, c])!r}, "
-            "expected 1 (observed) or 0 (missing)."
-        )
-    masks = values.to_numpy().astype(bool)
-    return {int(i): masks[k] for k, i in enumerate(idx)}
+    Raises:
+        ValueError: missing file, a modality without column, a value other than 0/1, a non-integer or duplicated
+            index, a row with every modality missing (naming the file, row and column), a file name asking for a
+            missing rate outside [0, 1].
+    """
+    try:
+        indices, masks = read_pattern_table(path, modalities, index_column)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from e
+    return {int(i): masks[k] for k, i in enumerate(indices)}
 
 
 def write_missing_patterns(
@@ -92,20 +76,14 @@ def write_missing_patterns(
     masks: np.ndarray | torch.Tensor,
     modalities: Sequence[str],
     indices: Sequence[int] | None = None,
-    index_column: str = "index",
+    index_column: str = INDEX_COLUMN,
 ) -> None:
-    """Write ``masks`` (bool ``[N, M]``, True = observed) as a mask CSV with an ``index`` column."""
-    import pandas as pd
-
-    arr = np.asarray(masks.cpu() if isinstance(masks, torch.Tensor) else masks).astype(bool)
-    if arr.ndim != 2 or arr.shape[1] != len(modalities):
-        raise ValueError(f"write_missing_patterns: masks must be [N, {len(modalities)}], got {tuple(arr.shape)}.")
-    table = pd.DataFrame(arr.astype(np.int64), columns=list(modalities))
-    table.insert(0, index_column, np.arange(len(arr)) if indices is None else np.asarray(indices, dtype=np.int64))
-    table.to_csv(path, index=False)
+    """Write ``masks`` (bool ``[N, M]``, True = observed) as a mask CSV with an ``index`` column
+    (:func:`monai_dymo.missing_patterns_io.write_pattern_table`)."""
+    write_pattern_table(path, masks, modalities, indices, index_column)
 
 
-class SimulateMissingModalities(RandomizableTransform):
+class RandSimulateMissingModalities(RandomizableTransform):
     """Array form: ``present BoolTensor[M] -> BoolTensor[M]`` with observed entries dropped at ``rate``.
 
     Args:
@@ -116,9 +94,7 @@ class SimulateMissingModalities(RandomizableTransform):
 
     def __init__(self, rate: float = 0.0, keep_at_least_one: bool = True, prob: float = 1.0) -> None:
         RandomizableTransform.__init__(self, prob)
-        if not 0.0 <= float(rate) <= 1.0:
-            raise ValueError(f"SimulateMissingModalities: rate must be in [0, 1], got {rate}.")
-        self.rate = float(rate)
+        self.rate = check_missing_rate(rate, f"{type(self).__name__}: rate")
         self.keep_at_least_one = keep_at_least_one
         self._drop = np.zeros(0, dtype=bool)
 
@@ -143,7 +119,7 @@ class SimulateMissingModalities(RandomizableTransform):
         return observed & ~torch.as_tensor(self._drop, dtype=torch.bool, device=observed.device)
 
 
-class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
+class RandSimulateMissingModalitiesd(RandomizableTransform, MapTransform):
     """Drop observed modalities of a sample at a rate or by a mask-CSV pattern; mark them ``"simulated missing"``.
 
     A dropped modality gets reason ``"simulated missing: ..."``, ``present`` False, and its tensor is replaced by zeros
@@ -186,10 +162,10 @@ class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
         MapTransform.__init__(self, keys, allow_missing_keys=True)
         RandomizableTransform.__init__(self, prob)
         if pattern_csv is not None and rate:
-            raise ValueError("SimulateMissingModalitiesd: give either rate or pattern_csv, not both.")
+            raise ValueError("RandSimulateMissingModalitiesd: give either rate or pattern_csv, not both.")
         self.names = [str(k) for k in self.keys]
         self.modalities = resolve_modality_order(self.keys, modalities, type(self).__name__)
-        self.simulator = SimulateMissingModalities(rate, keep_at_least_one, prob=1.0)
+        self.simulator = RandSimulateMissingModalities(rate, keep_at_least_one, prob=1.0)
         self.pattern_csv = None if pattern_csv is None else Path(pattern_csv)
         self.patterns = None if pattern_csv is None else read_missing_patterns(pattern_csv, self.names)
         self.index_key = index_key
@@ -202,7 +178,7 @@ class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
 
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
-    ) -> SimulateMissingModalitiesd:
+    ) -> RandSimulateMissingModalitiesd:
         super().set_random_state(seed, state)
         self.simulator.set_random_state(state=self.R)
         return self
@@ -211,7 +187,7 @@ class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
         pid = get_patient_id(d, self.patient_id_key)
         if self.index_key not in d:
             raise ValueError(
-                f"SimulateMissingModalitiesd: patient {pid!r} has no {self.index_key!r} key to look up its row in "
+                f"RandSimulateMissingModalitiesd: patient {pid!r} has no {self.index_key!r} key to look up its row in "
                 f"{self.pattern_csv}."
             )
         raw = d[self.index_key]
@@ -219,7 +195,7 @@ class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
         assert self.patterns is not None
         if index not in self.patterns:
             raise ValueError(
-                f"SimulateMissingModalitiesd: sample index {index} (patient {pid!r}) is not in {self.pattern_csv}."
+                f"RandSimulateMissingModalitiesd: sample index {index} (patient {pid!r}) is not in {self.pattern_csv}."
             )
         return self.patterns[index], f"pattern {self.pattern_csv.name} index {index}"  # type: ignore[union-attr]
 
@@ -259,4 +235,8 @@ class SimulateMissingModalitiesd(RandomizableTransform, MapTransform):
         return d
 
 
-SimulateMissingModalitiesD = SimulateMissingModalitiesDict = SimulateMissingModalitiesd
+RandSimulateMissingModalitiesD = RandSimulateMissingModalitiesDict = RandSimulateMissingModalitiesd
+
+# names from before MONAI's ``Rand`` prefix for random transforms (monai_dymo <= 0.2.0), kept as aliases
+SimulateMissingModalities = RandSimulateMissingModalities
+SimulateMissingModalitiesd = SimulateMissingModalitiesD = SimulateMissingModalitiesDict = RandSimulateMissingModalitiesd

@@ -3,6 +3,8 @@
 - :class:`SimpleITKReader`: a :class:`monai.data.ImageReader` on SimpleITK (a monai_dymo dependency), for NRRD,
   MetaImage and other ITK formats when MONAI's own ``ITKReader`` (package ``itk``) or ``NrrdReader`` (package
   ``pynrrd``) is not installed. Same conventions as ``ITKReader``: array axes in (x, y, z) order, affine in RAS.
+- :func:`describe_read_error`: the real cause of a failed read (empty file, not a NIfTI file, ...), which MONAI's
+  ``LoadImage`` with designated readers buries under "cannot find a suitable reader".
 - :func:`inspect_dicom_series`: header-only consistency check of a DICOM series folder with pydicom (one series,
   parallel slices, no duplicated or missing slices), run before MONAI's ``PydicomReader`` stacks the slices; the
   reader itself would stack an incomplete series silently, with a wrong slice spacing.
@@ -24,8 +26,11 @@ from monai_dymo.keys import Reason
 
 sitk, has_sitk = optional_import("SimpleITK")
 pydicom, has_pydicom = optional_import("pydicom")
+ImageFileError, has_nib = optional_import("nibabel.filebasedimages", name="ImageFileError")
 
-__all__ = ["SimpleITKReader", "inspect_dicom_series"]
+__all__ = ["SimpleITKReader", "describe_read_error", "inspect_dicom_series", "short_error"]
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # SOP class of a DICOMDIR file (no pixels)
 
@@ -99,6 +104,53 @@ class SimpleITKReader(ImageReader):
         meta = dict(metas[0])
         meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0
         return np.stack(arrays, axis=0), meta
+
+
+def short_error(err: BaseException, limit: int = 200) -> str:
+    """``"ExceptionType: message"`` on one line, cut to about ``limit`` characters."""
+    text = " ".join(str(err).split())
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _no_suitable_reader(err: BaseException) -> bool:
+    """MONAI's ``LoadImage`` error when every designated reader failed (their exceptions only survive as text)."""
+    return isinstance(err, RuntimeError) and "cannot find a suitable reader" in str(err)
+
+
+def _reader_cause(reader: ImageReader | None, err: BaseException, filenames: Sequence[Path]) -> str:
+    if has_nib and isinstance(err, ImageFileError):
+        nifti = all(str(f).lower().endswith(_NIFTI_SUFFIXES) for f in filenames)
+        what = "not a NIfTI file" if nifti else "not an image file nibabel can read"
+        return f"{what} (nibabel: {' '.join(str(err).split())})"
+    return short_error(err) if reader is None else f"{type(reader).__name__}: {short_error(err)}"
+
+
+def describe_read_error(
+    filenames: Sequence[PathLike] | PathLike, err: BaseException, readers: Sequence[ImageReader] = ()
+) -> str:
+    """``"<file>: <real cause>"`` for a read that raised ``err``, for an ``"unreadable: ..."`` reason.
+
+    A zero-byte file is reported as ``"file is empty (0 bytes)"``. When ``err`` is MONAI's "cannot find a suitable
+    reader" (``LoadImage`` with designated ``readers`` keeps their exceptions only as traceback text), each reader's
+    ``read`` is tried again to report its own exception, e.g. ``"not a NIfTI file (nibabel: ...)"``.
+    """
+    paths = [Path(f) for f in ensure_tuple(filenames)]
+    name = str(paths[0]) if len(paths) == 1 else str([str(p) for p in paths])
+    for p in paths:
+        if p.is_file() and p.stat().st_size == 0:
+            return f"{p}: file is empty (0 bytes)"
+    causes: list[str] = []
+    if readers and _no_suitable_reader(err):
+        files = [str(p) for p in paths]
+        for reader in readers:
+            try:
+                reader.read(files if len(files) > 1 else files[0])
+            except Exception as e:  # the exception that LoadImage reduced to text
+                causes.append(_reader_cause(reader, e, paths))
+    if not causes:
+        causes.append(_reader_cause(None, err, paths))
+    return f"{name}: {'; '.join(dict.fromkeys(causes))}"
 
 
 def _slice_position(ds: Any) -> tuple[np.ndarray, float] | None:

@@ -2,7 +2,7 @@
 
 Order of operations in a pipeline (see ``transforms/README.md``)::
 
-    LoadModalitiesd  ->  HarmonizeModalitiesd  ->  intensity transforms  ->  SimulateMissingModalitiesd (training)
+    LoadModalitiesd  ->  HarmonizeModalitiesd  ->  intensity transforms  ->  RandSimulateMissingModalitiesd (training)
 
 :class:`HarmonizeModalitiesd` runs MONAI's ``Orientation`` -> ``Spacing`` -> ``ResizeWithPadOrCrop`` (or ``Resize``) on
 every observed modality, then (re)creates every placeholder as zeros of exactly the harmonised shape with the affine of
@@ -91,7 +91,7 @@ class HarmonizeModality(Transform):
 class HarmonizeModalitiesd(MapTransform):
     """Dictionary form of :class:`HarmonizeModality` for one patient's modalities (``keys``).
 
-    Observed images (and images kept but marked missing by ``SimulateMissingModalitiesd(keep_data=True)``) go through
+    Observed images (and images kept but marked missing by ``RandSimulateMissingModalitiesd(keep_data=True)``) go through
     orientation, spacing and size; placeholders are replaced by zeros of shape ``[C, *spatial_size]`` (without
     ``spatial_size``: the shape of the patient's first harmonised image; if nothing is observed they are left as they
     are), with the affine of that first harmonised image. Keys not in the sample are skipped.
