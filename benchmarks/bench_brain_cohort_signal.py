@@ -17,6 +17,21 @@ Views and features (images divided by their brain median, i.e. the median of the
   distance of the main blob from the brain centre;
 - ``clinical``: age, sex, KPS, LDH (complete values, before the cohort's blanking).
 
+Figures (default cohort: 360 patients at 96^3, seed 0; ``python benchmarks/bench_brain_cohort_signal.py``)::
+
+    view                   localised  +geometry   global
+    t1                         0.689      0.717    0.353
+    t1c                        0.714      0.744    0.417
+    t2                         0.658      0.664    0.406
+    flair                      0.681      0.686    0.492
+    geometry only              0.492
+    clinical                   0.644
+    all four sequences         0.808      0.831    0.569
+    sequences + clinical       0.894      0.900    0.711
+
+Each sequence alone gives 0.66-0.74, the clinical table 0.64; all four sequences 0.83 and everything 0.90. Without
+localisation (``global``) the lesion is a small part of the brain histogram: a model has to find it.
+
 Usage::
 
     python benchmarks/bench_brain_cohort_signal.py                          # default cohort: 360 patients at 96^3
