@@ -18,6 +18,7 @@ SHARED = ROOT.parent / "shared" / "data"
 NOTEBOOKS = ROOT / "notebooks"
 QUICKSTART = "01_polymnist_dymo_quickstart.ipynb"
 BRAIN_MRI = "02_brain_mri_missing_modalities.ipynb"
+OWN_COHORT = "03_dymo_on_your_own_cohort.ipynb"
 SEQS = ["t1", "t1c", "t2", "flair"]
 POLY = ["m0", "m1", "m2", "m3", "m4"]
 LIST_COLUMNS = ["observed", "recovered", "selected", "accepted", "rejected", "unused", "error"]
@@ -64,7 +65,7 @@ def _outputs(nb, kind: str) -> list:
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if kind in o.get("data", {})]
 
 
-@pytest.mark.parametrize("name", [QUICKSTART, BRAIN_MRI])
+@pytest.mark.parametrize("name", [QUICKSTART, BRAIN_MRI, OWN_COHORT])
 def test_notebooks_are_committed_clean(name):
     """No outputs in the repository, and a parameters cell that honours MONAI_DYMO_CI."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -174,3 +175,25 @@ def test_brain_mri_notebook(tmp_path, monkeypatch):
     for png in ("cohort_mid_slices.png", "mri_selection_summary.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(_outputs(nb, "image/png")) >= 3
+
+
+@pytest.mark.slow
+def test_own_cohort_notebook_runs_every_stage(tmp_path, monkeypatch):
+    if not (SHARED / "brain_mri_samples").is_dir():
+        pytest.skip(f"brain MRI samples not found at {SHARED / 'brain_mri_samples'}")
+    _execute(OWN_COHORT, tmp_path, monkeypatch)
+    out = tmp_path / "03_own_cohort"
+    models = out / "bundle" / "models" / "my_brain_cohort"
+    for name in ("clinical_stats.json", "recovery.pt", "fusion.pt", "calibration.pt"):
+        assert (models / name).is_file(), name
+    work = out / "bundle" / "runs" / "my_brain_cohort"
+    datalist = json.loads((out / "cohort" / "datalist.json").read_text())["testing"]
+    report = _read_report(work / "inference_testing" / "dymo_report.csv", [*SEQS, "clinical"])
+    assert list(report["patient_id"]) == [e["patient_id"] for e in datalist]
+    for entry, (_, row) in zip(datalist, report.iterrows()):
+        for s in SEQS:
+            if entry[s] is None:
+                assert row[f"{s}_reason"].startswith("absent"), (entry["patient_id"], s)
+                assert s in _names(row["recovered"])
+    summary = json.loads((work / "evaluate_testing" / "summary.json").read_text())
+    assert summary["patients"] == len(datalist)

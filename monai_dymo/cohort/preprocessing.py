@@ -34,6 +34,8 @@ from monai_dymo.transforms.utils import format_reason, get_patient_id, make_plac
 __all__ = ["build_preprocessing", "modality_transforms", "TolerantPreprocessing"]
 
 logger = logging.getLogger("monai_dymo.cohort")
+# MONAI's pydicom reader warns once per series that the optional GPU decoder is absent: noise on a CPU cohort run
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 
 def modality_transforms(entry: ModalityEntry, order: tuple[str, ...]) -> list[Any]:
