@@ -275,7 +275,8 @@ def test_bundle_refuses_an_out_of_range_missing_rate(tiny_polymnist, tmp_path):
     with pytest.raises(Exception) as err:
         _run("inference.yaml", dataset_dir=str(tiny_polymnist), output_dir=str(tmp_path), missing_rate=1.5)
     cause = _root_cause(err.value)
-    assert isinstance(cause, ValueError) and "missing rate must be in [0, 1], got 1.5" in str(cause)
+    assert isinstance(cause, ValueError) and "missing rate" in str(cause)
+    assert "1.5" in str(cause) and "[0, 1]" in str(cause)
 
 
 def _bundle_with_other_fusion_weights(tmp_path: Path) -> tuple[Path, Path]:
