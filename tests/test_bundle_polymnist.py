@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from monai.bundle import ConfigParser, run, verify_metadata
+from monai.bundle import ConfigParser, ckpt_export, run, verify_metadata
 
 import monai_dymo
 from monai_dymo.cli import main as cli_main
 from monai_dymo.data import build_polymnist_to_disk, generate_pattern_files, load_polymnist_npz
+from monai_dymo.networks import example_fusion_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "polymnist_dymo"
@@ -49,8 +52,46 @@ def test_metadata_verifies_offline(tmp_path):
         pytest.skip(f"bundle schema not found at {SCHEMA}")
     verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
     meta = json.loads((CONFIGS / "metadata.json").read_text())
-    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 10
+    fmt = meta["network_data_format"]
+    assert list(fmt["inputs"]) == [*MODALITIES, "present"]  # the network's real inputs, in its order
+    assert all(fmt["inputs"][m]["num_channels"] == 3 and fmt["inputs"][m]["spatial_shape"] == [28, 28] for m in MODALITIES)
+    assert fmt["inputs"]["present"]["channel_def"] == {str(i): m for i, m in enumerate(MODALITIES)}
+    assert fmt["outputs"]["pred"]["type"] == "logits" and fmt["outputs"]["pred"]["num_channels"] == 10
     assert (BUNDLE / "LICENSE").is_file() and (BUNDLE / "docs" / "README.md").is_file()
+    assert "MNIST" in (BUNDLE / "docs" / "data_license.txt").read_text()
+
+
+def test_large_files_list_every_shipped_weight_with_its_sha256():
+    large = ConfigParser.load_config_file(str(BUNDLE / "large_files.yml"))["large_files"]
+    listed = {entry["path"]: entry for entry in large}
+    assert set(listed) == {f"models/{p.name}" for p in (BUNDLE / "models").glob("*.pt")}
+    for path, entry in listed.items():
+        assert entry["hash_type"] == "sha256"
+        digest = hashlib.sha256((BUNDLE / path).read_bytes()).hexdigest()
+        assert entry["hash_val"] == digest, f"{path}: update large_files.yml (sha256sum {path})"
+
+
+def test_verify_net_config_and_ckpt_export_of_the_fusion_network(tmp_path):
+    _run("verify_net.yaml")  # raises if metadata and network disagree
+    ts = tmp_path / "fusion.ts"
+    ckpt_export(
+        net_id="export_network_def",
+        filepath=str(ts),
+        ckpt_file=str(BUNDLE / "models" / "fusion.pt"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=_configs("export.yaml"),
+        bundle_root=str(BUNDLE),
+        device="$torch.device('cpu')",
+    )
+    scripted = torch.jit.load(str(ts))
+    parser = ConfigParser()
+    parser.read_config(_configs())
+    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')"})
+    network = monai_dymo.load_weights(parser.get_parsed_content("network"), BUNDLE / "models" / "fusion.pt").eval()
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    inputs, present = example_fusion_inputs(meta["network_data_format"], batch_size=4)
+    with torch.no_grad():
+        assert torch.allclose(scripted(inputs, present), network(inputs, present)[0], atol=1e-5)
 
 
 def test_shipped_weights_load_into_the_configured_networks():
@@ -143,14 +184,17 @@ def test_demo_command_writes_a_report_with_the_shipped_weights(tiny_polymnist, t
             "--max-samples",
             "120",
             "--missing-rate",
-            "0.6",
+            "0.55",
+            "--seed",
+            "17",
         ]
     )
-    assert code == 0
-    report = pd.read_csv(tmp_path / "inference_rate0.6_seed0" / "dymo_report.csv", dtype=str, keep_default_na=False)
+    assert code == 0  # any rate in [0, 1] and any seed: the pattern file is generated for them
+    report = pd.read_csv(tmp_path / "inference_rate0.55_seed17" / "dymo_report.csv", dtype=str, keep_default_na=False)
     assert len(report) == 120
     assert set(report["error"]) == {""}
-    records = json.loads((tmp_path / "inference_rate0.6_seed0" / "dymo_report.json").read_text())
+    assert (tiny_polymnist / "patterns" / "missing_rate0.55_seed17.csv").is_file()
+    records = json.loads((tmp_path / "inference_rate0.55_seed17" / "dymo_report.json").read_text())
     assert len(records) == 120 and all(set(r["selected"]) >= set(r["observed"]) for r in records)
 
 
@@ -218,3 +262,46 @@ def test_training_with_mlflow_tracking_keeps_every_bundle_handler(tiny_polymnist
     assert (out / "fusion" / "fusion_final.pt").is_file()
     _, runs = _mlflow_runs(out)
     assert len(runs) == 2 and all("train_loss" in r.data.metrics for r in runs)
+
+
+# ---------------------------------------------------------------------------- errors that name their cause
+def _root_cause(e: BaseException) -> BaseException:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return e
+
+
+def test_bundle_refuses_an_out_of_range_missing_rate(tiny_polymnist, tmp_path):
+    with pytest.raises(Exception) as err:
+        _run("inference.yaml", dataset_dir=str(tiny_polymnist), output_dir=str(tmp_path), missing_rate=1.5)
+    cause = _root_cause(err.value)
+    assert isinstance(cause, ValueError) and "missing rate" in str(cause)
+    assert "1.5" in str(cause) and "[0, 1]" in str(cause)
+
+
+def _bundle_with_other_fusion_weights(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the bundle whose fusion.pt holds the weights of a narrower network."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(CONFIGS, bundle / "configs")
+    (bundle / "models").mkdir()
+    for name in ("recovery.pt", "calibration.pt"):
+        (bundle / "models" / name).symlink_to(BUNDLE / "models" / name)
+    other = monai_dymo.networks.build_polymnist_fusion(modalities=MODALITIES, num_classes=10, dim=32, num_heads=4)
+    bad = bundle / "models" / "fusion.pt"
+    torch.save(other.state_dict(), bad)
+    return bundle, bad
+
+
+def test_fusion_weights_that_do_not_fit_give_one_line(tiny_polymnist, tmp_path, capsys):
+    bundle, bad = _bundle_with_other_fusion_weights(tmp_path)
+    with pytest.raises(Exception) as err:  # bundle run: the root cause is one line naming the file and parameter
+        run(config_file=[str(bundle / "configs" / n) for n in ("common.yaml", "inference.yaml")],
+            bundle_root=str(bundle), dataset_dir=str(tiny_polymnist), output_dir=str(tmp_path / "runs"))
+    cause = _root_cause(err.value)
+    assert isinstance(cause, ValueError) and "\n" not in str(cause)
+    assert str(bad) in str(cause) and "parameter '" in str(cause)
+    code = cli_main(["demo", "--bundle", str(bundle), "--dataset-dir", str(tiny_polymnist), "--output-dir",
+                     str(tmp_path / "cli"), "--max-samples", "20", "--missing-rate", "0.4"])
+    assert code == 2
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("monai-dymo:")]
+    assert len(err_lines) == 1 and str(bad) in err_lines[0] and "do not fit" in err_lines[0]

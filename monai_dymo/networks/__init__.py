@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .encoders import ClinicalTokenEncoder, ImageTokenEncoder
+from .export import FusionExport, example_fusion_inputs, export_fusion, verify_fusion_in_out
 from .fusion import DynamicFusionTransformer, build_image_fusion, build_polymnist_fusion
 
 from .recovery import IterativeImputerRecovery, MoPoERecovery, RecoveryNetwork, build_mri_recovery, build_polymnist_recovery
@@ -11,6 +12,10 @@ __all__ = [
     "ClinicalTokenEncoder",
     "ImageTokenEncoder",
     "DynamicFusionTransformer",
+    "FusionExport",
+    "example_fusion_inputs",
+    "export_fusion",
+    "verify_fusion_in_out",
     "build_image_fusion",
     "build_polymnist_fusion",
     "IterativeImputerRecovery",

@@ -20,6 +20,11 @@ from monai.utils import ensure_tuple_rep
 __all__ = ["ImageTokenEncoder", "ClinicalTokenEncoder"]
 
 
+def _shape_str(shape: list[int]) -> str:
+    """``(2, 3, 28, 28)``, as ``tuple(shape)`` prints, in a form TorchScript compiles (the encoders are scriptable)."""
+    return "(" + ", ".join([str(v) for v in shape]) + ")"
+
+
 class ImageTokenEncoder(nn.Module):
     """Convolutional encoder whose final feature-map positions become tokens.
 
@@ -115,24 +120,23 @@ class ImageTokenEncoder(nn.Module):
                 raise ValueError(f"pool_size must be positive, got {self.pool_size}.")
             self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](self.pool_size)
 
-        self._grid: tuple[int, ...] | None = self.pool_size
-        if self._grid is None and spatial_size is not None:
+        grid: tuple[int, ...] | None = self.pool_size
+        if grid is None and spatial_size is not None:
             size = [int(v) for v in ensure_tuple_rep(spatial_size, spatial_dims)]
             for s in strides:  # "same" padding: out = ceil(in / stride)
                 size = [math.ceil(v / s) for v in size]
-            self._grid = tuple(size)
-
-    @property
-    def num_tokens(self) -> int | None:
-        """Tokens per image (``None`` when it depends on the input size and ``spatial_size`` was not given)."""
-        return None if self._grid is None else math.prod(self._grid)
+            grid = tuple(size)
+        # tokens per image (None when it depends on the input size and spatial_size was not given); a plain
+        # attribute rather than a property so that TorchScript (``torch.jit.script``, MONAI's ckpt_export) compiles
+        # the encoder
+        self.num_tokens: int | None = None if grid is None else math.prod(grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_channels, *spatial]`` -> tokens ``[B, n_tokens, dim]``."""
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"expected an image batch [B, {self.in_channels}, " + ", ".join(["S"] * self.spatial_dims) + "], "
-                f"found shape {tuple(x.shape)}."
+                f"found shape {_shape_str(x.shape)}."
             )
         feat = self.pool(self.features(x))
         return feat.flatten(2).transpose(1, 2)
@@ -189,19 +193,19 @@ class ClinicalTokenEncoder(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x [B, F]`` (+ optional ``mask`` BoolTensor ``[B, F]``, True = present) -> tokens ``[B, F, dim]``."""
         if x.ndim != 2 or x.shape[1] != self.num_fields:
-            raise ValueError(f"expected clinical fields [B, {self.num_fields}], found shape {tuple(x.shape)}.")
+            raise ValueError(f"expected clinical fields [B, {self.num_fields}], found shape {_shape_str(x.shape)}.")
         x = x.to(self.cont_weight.dtype)
         present = ~torch.isnan(x)
         if mask is not None:
             if mask.shape != x.shape:
-                raise ValueError(f"field mask must have shape {tuple(x.shape)}, found {tuple(mask.shape)}.")
+                raise ValueError(f"field mask must have shape {_shape_str(x.shape)}, found {_shape_str(mask.shape)}.")
             present = present & mask.to(torch.bool)
         values = torch.where(present, x, torch.zeros_like(x))
-        parts = []
-        if self.num_continuous:
+        parts: list[torch.Tensor] = []
+        if self.num_continuous > 0:
             cont = values[:, : self.num_continuous, None]
             parts.append(cont * self.cont_weight + self.cont_bias)
-        if self.categorical_cardinalities:
+        if len(self.categorical_cardinalities) > 0:
             codes_f = values[:, self.num_continuous :]
             codes = codes_f.round().to(torch.int64)
             cards = self.cat_cardinalities
@@ -209,7 +213,8 @@ class ClinicalTokenEncoder(nn.Module):
                 (codes_f != codes.to(codes_f.dtype)) | (codes < -1) | (codes >= cards)
             )
             if bad.any():
-                b, k = (int(v) for v in bad.nonzero()[0])
+                first = bad.nonzero()[0]
+                b, k = int(first[0]), int(first[1])
                 raise ValueError(
                     f"sample {b}: categorical field {k} (column {self.num_continuous + k}) has value "
                     f"{float(codes_f[b, k])}, expected an integer code in [0, {int(cards[k]) - 1}] or -1 (unknown)."
