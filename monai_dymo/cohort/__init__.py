@@ -23,11 +23,12 @@ from .networks import (
     load_recovery_weights,
     recovery_kind,
 )
-from .preprocessing import build_preprocessing, modality_transforms
+from .preprocessing import build_augmentation, build_preprocessing, modality_transforms
 from .spec import MODALITY_KINDS, CohortSpec, ModalityEntry
 
 __all__ = [
     "INDEX_KEY",
+    "build_augmentation",
     "MODALITY_KINDS",
     "CohortSpec",
     "ModalityEntry",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.transforms import Compose
 
 from monai_dymo.cohort.datalist import load_split
 from monai_dymo.cohort.preprocessing import build_preprocessing
@@ -42,6 +43,7 @@ def cohort_dataset(
     max_patients: int | None = None,
     require_labels: bool | None = None,
     num_workers: int = 0,
+    augmentation: Any = None,
 ) -> Dataset:
     """The preprocessed patients of one split.
 
@@ -55,11 +57,15 @@ def cohort_dataset(
         max_patients: keep the first N entries (small runs).
         require_labels: see :func:`~monai_dymo.cohort.load_split`.
         num_workers: workers that fill a memory cache.
+        augmentation: random transforms applied after the (cached) preprocessing, e.g.
+            :func:`~monai_dymo.cohort.build_augmentation` for training.
     """
     entries = load_split(spec, split, datalist=datalist, require_labels=require_labels)
     if max_patients is not None:
         entries = entries[: int(max_patients)]
-    transform = build_preprocessing(spec, stats_file)
+    transform: Any = build_preprocessing(spec, stats_file)
+    if augmentation is not None:  # MONAI's caching datasets cache up to the first random transform
+        transform = Compose([transform, augmentation])
     if cache == "disk":
         if cache_dir is None:
             raise ValueError("cache='disk' needs a cache_dir.")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.transforms import Compose, NormalizeIntensityd, ScaleIntensityd
+from monai.transforms import Compose, NormalizeIntensityd, RandAffined, RandFlipd, ScaleIntensityd
 from monai.transforms.transform import Transform
 
 from monai_dymo.cohort.spec import CohortSpec, ModalityEntry
@@ -31,7 +31,7 @@ from monai_dymo.keys import DyMoKeys, Reason
 from monai_dymo.transforms import AsGrayscale2Dd, ClinicalFieldsd, HarmonizeModalitiesd, LoadModalitiesd
 from monai_dymo.transforms.utils import format_reason, get_patient_id, make_placeholder, update_presence
 
-__all__ = ["build_preprocessing", "modality_transforms", "TolerantPreprocessing"]
+__all__ = ["build_preprocessing", "build_augmentation", "modality_transforms", "TolerantPreprocessing"]
 
 logger = logging.getLogger("monai_dymo.cohort")
 # MONAI's pydicom reader warns once per series that the optional GPU decoder is absent: noise on a CPU cohort run
@@ -133,3 +133,25 @@ def build_preprocessing(spec: CohortSpec, stats_file: str | Path | None = None) 
             )
         chain.append(ClinicalFieldsd(spec.groups(), stats=stats_file, modalities=order, warn_each=False))
     return TolerantPreprocessing(Compose(chain), spec)
+
+
+def build_augmentation(
+    spec: CohortSpec, flip_prob: float = 0.5, affine_prob: float = 0.5, rotate_deg: float = 10.0, scale: float = 0.1
+) -> Compose:
+    """Training augmentation of the image modalities (applied after the cached preprocessing): random flips along
+    every axis and a small random rotation / scaling, the SAME draw for every modality of a kind (they are
+    co-registered). Zero placeholders of missing modalities stay zeros; clinical fields are untouched."""
+    chain: list[Any] = []
+    for kind, dims in (("image3d", 3), ("image2d", 2)):
+        keys = [m.name for m in spec.image_modalities if m.kind == kind]
+        if not keys:
+            continue
+        for axis in range(dims):
+            chain.append(RandFlipd(keys, prob=flip_prob, spatial_axis=axis))
+        if affine_prob > 0:
+            angle = math.radians(rotate_deg)
+            chain.append(
+                RandAffined(keys, prob=affine_prob, rotate_range=[angle] * (3 if dims == 3 else 1),
+                            scale_range=[scale] * dims, padding_mode="zeros", mode="bilinear")
+            )
+    return Compose(chain)
