@@ -163,10 +163,10 @@ def plot_selection_summary(
         num_patients: for the title.
     """
     groups = [g for g in accuracy_groups or [] if g[2] > 0]
-    width = max(5.0, 2.5 + 0.8 * len(modalities)) + (3.6 if groups else 0.0)
+    width = max(4.5, 1.5 + 0.7 * len(modalities)) + (3.2 if groups else 0.0)
     fig = _figure(width, 4.2)
     if groups:
-        gs = fig.add_gridspec(1, 2, width_ratios=[max(2.0, 0.8 * len(modalities) + 1.5), 2.6])
+        gs = fig.add_gridspec(1, 2, width_ratios=[max(3.0, 0.7 * len(modalities) + 1.5), 2.4])
         ax = fig.add_subplot(gs[0, 0])
         ax_acc = fig.add_subplot(gs[0, 1])
     else:
@@ -184,9 +184,11 @@ def plot_selection_summary(
     ax.set_title(f"Which modalities were trusted ({num_patients} patients)", fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small", frameon=False)
     if ax_acc is not None:
-        names = [g[0] for g in groups]
+        names = [g[0].replace(" ", "\n") for g in groups]
         acc = [100.0 * c / n for _, c, n in groups]
-        bars = ax_acc.bar(range(len(groups)), acc, color=["#4ca64c", "#3b75af", "#8c8c8c"][: len(groups)])
+        group_colors = {"all": "#8c8c8c", "accepted something": STATUS_COLORS["accepted"],
+                        "observed only": STATUS_COLORS["observed"]}
+        bars = ax_acc.bar(range(len(groups)), acc, color=[group_colors.get(g[0], "#8c8c8c") for g in groups])
         for b, (_, c, n), a in zip(bars, groups, acc):
             ax_acc.text(b.get_x() + b.get_width() / 2, a + 1, f"{a:.1f}%\n{c}/{n}", ha="center", va="bottom", fontsize=8)
         ax_acc.set_xticks(range(len(groups)))
@@ -199,16 +201,29 @@ def plot_selection_summary(
 
 
 def plot_trust_map(
-    statuses: Sequence[Sequence[str]], modalities: Sequence[str], path: str | os.PathLike, max_rows: int = 2000
+    statuses: Sequence[Sequence[str]],
+    modalities: Sequence[str],
+    path: str | os.PathLike,
+    max_rows: int = 2000,
+    group: bool = True,
 ) -> str:
-    """Patients x modalities map coloured by status (rows in report order; above ``max_rows`` patients, each pixel
-    row shows the most severe status among a block of consecutive patients: unusable > rejected > accepted > ...)."""
+    """Patients x modalities map coloured by status.
+
+    With ``group`` the patients are sorted by their pattern of statuses (same pattern = adjacent rows, most frequent
+    patterns first), otherwise they are in report order. Above ``max_rows`` patients each pixel row shows the most
+    severe status among a block of consecutive rows (unusable > rejected > accepted > not used > observed)."""
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
     order = list(STATUS_LABELS)
     codes = np.array([[order.index(s) for s in row] for row in statuses], dtype=np.int64).reshape(-1, len(modalities))
     n = codes.shape[0]
+    if group and n:
+        patterns, inverse, freq = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+        inverse = inverse.reshape(-1)
+        rank = np.empty(len(patterns), dtype=np.int64)
+        rank[np.lexsort((np.arange(len(patterns)), -freq))] = np.arange(len(patterns))
+        codes = codes[np.argsort(rank[inverse], kind="stable")]
     severity = np.array([0, 2, 3, 1, 4])  # observed < unused < accepted < rejected < missing
     if n > max_rows:
         block = math.ceil(n / max_rows)
@@ -217,18 +232,22 @@ def plot_trust_map(
         blocks = padded.reshape(-1, block, codes.shape[1])
         idx = severity[blocks].argmax(axis=1)
         codes = np.take_along_axis(blocks, idx[:, None, :], axis=1)[:, 0, :]
-    height = min(9.0, max(2.5, 0.5 + 0.16 * codes.shape[0]))
-    fig = _figure(max(4.5, 2.6 + 0.7 * len(modalities)), height)
+    height = min(4.2, max(2.5, 1.2 + 0.16 * codes.shape[0]))
+    fig = _figure(max(3.6, 1.2 + 0.5 * len(modalities)), height)
     ax = fig.add_subplot(1, 1, 1)
     cmap = ListedColormap([STATUS_COLORS[s] for s in order])
     ax.imshow(codes, aspect="auto", interpolation="nearest", cmap=cmap, vmin=-0.5, vmax=len(order) - 0.5)
     ax.set_xticks(range(len(modalities)))
     ax.set_xticklabels(modalities, rotation=30 if len(modalities) > 4 else 0)
-    ax.set_ylabel(f"patients (1-{n}, report order)" + (f", {math.ceil(n / max_rows)} per row" if n > max_rows else ""))
+    ax.set_ylabel(
+        f"{n} patients" + (", grouped by pattern" if group else ", report order")
+        + (f"\n({math.ceil(n / max_rows)} per row)" if n > max_rows else "")
+    )
     ax.set_yticks([])
-    ax.set_title("Trust map: what DyMo used, per patient and modality", fontsize=10)
+    ax.set_title("Trust map", fontsize=10)
     handles = [Patch(color=STATUS_COLORS[s], label=STATUS_LABELS[s]) for s in order]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize="x-small", frameon=False,
+              ncol=2)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -9,6 +9,7 @@ Layout written by :func:`write_report_html` for ``<dir>/dymo_report.html``::
     dymo_report_files/patients/*.html  per-patient pages (at most ``max_patient_pages``: errors first, then patients
                                        with a rejected, then an accepted recovered modality)
     dymo_report_files/img/*.png        the pictures of those pages (observed and recovered images)
+    dymo_report_files/table/*.html     the patient table beyond its first ``table_rows_per_page`` rows
 
 Pages use relative links only and no script, so the folder can be zipped and opened anywhere. Text is escaped with
 :func:`html.escape`.
@@ -71,19 +72,23 @@ nav a{margin-right:14px}
 table{border-collapse:collapse;margin:4px 0 10px}th,td{border:1px solid #d0d7de;padding:3px 7px;text-align:left;
 vertical-align:top}th{background:#f6f8fa;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin:6px 0}.card{border:1px solid #d0d7de;border-radius:6px;
-padding:8px 14px;min-width:130px}.card b{display:block;font-size:20px}.card span{color:#57606a;font-size:12px}
+padding:8px 14px;min-width:100px}.card b{display:block;font-size:20px}.card span{color:#57606a;font-size:12px}
 .st{color:#fff;border-radius:3px;padding:1px 6px;white-space:nowrap;font-size:12px}
 td.st{border-radius:0;text-align:center}
 .s-observed{background:#3b75af}.s-accepted{background:#4ca64c}.s-rejected{background:#d1495b}
 .s-unused{background:#c9c9c9;color:#1f2328}.s-missing{background:#3a3a3a}
-.legend dt{font-weight:600;margin-top:6px}.legend dd{margin:0 0 0 18px;color:#303840}
+.legend dl{display:grid;grid-template-columns:max-content 1fr;gap:3px 14px;margin:6px 0}
+.legend dt{font-weight:600}.legend dd{margin:0;color:#303840}
 .legend-states span{margin-right:6px}
-.figs img{max-width:100%;border:1px solid #d0d7de;margin:4px 8px 4px 0}
+.figs{display:flex;flex-wrap:wrap;gap:8px 18px;align-items:flex-start}.figs h2{flex-basis:100%}
+.figs figure{margin:0;display:table}.figs img{border:1px solid #d0d7de;display:block}
+.figs figcaption{display:table-caption;caption-side:bottom}.row{display:flex;flex-wrap:wrap;gap:0 28px;align-items:flex-start}
 .pics{display:flex;flex-wrap:wrap;gap:12px}.pic{border:3px solid #d0d7de;border-radius:6px;padding:6px;
-background:#fafbfc}.pic img{image-rendering:pixelated;height:150px;margin-right:4px;background:#000}
-.pic .cap{font-size:12px;margin-top:4px;max-width:480px}
+background:#fafbfc;width:min-content}.pic .ims{display:flex;gap:4px}
+.pic img{image-rendering:pixelated;height:150px;background:#000}
+.pic .cap{font-size:12px;margin-top:4px;min-width:170px}
 .patients td{padding:2px 6px;font-size:12.5px}.patients td.st{font-size:11.5px}
-.warn{color:#a40e26}.muted{color:#6e7781}
+.pager{margin:6px 0}.warn{color:#a40e26}.muted{color:#6e7781}
 """
 
 
@@ -206,7 +211,7 @@ def _patient_row(rec: Mapping[str, Any], modalities: Sequence[str], link: str | 
         s = d["status"]
         text = {"observed": "obs", "accepted": "acc", "rejected": "rej", "unused": "n/u", "missing": "–"}[s]
         if s in ("accepted", "rejected", "unused") and d["reward"] is not None:
-            text += f" {d['reward']:+.3f}"
+            text += f" {d['reward']:+.3g}"
         cells.append(f'<td class="st s-{s}">{text}</td>')
     err = rec.get("error")
     cells.append(f"<td class=warn>{escape(str(err))}</td>" if err else "<td></td>")
@@ -301,8 +306,8 @@ def _patient_page(
             cap += "</span>"
             if d["status"] in ("accepted", "rejected", "unused"):
                 cap += f"<br>reward {escape(format_reward(d['reward']))} at step {d['step']}"
-            figs.append(f'<div class=pic style="border-color:{STATUS_COLORS[d["status"]]}">{"".join(imgs)}'
-                        f"<div class=cap>{cap}</div></div>")
+            figs.append(f'<div class=pic style="border-color:{STATUS_COLORS[d["status"]]}">'
+                        f'<div class=ims>{"".join(imgs)}</div><div class=cap>{cap}</div></div>')
         body.append("<h2>Images</h2><p class=muted>Observed images as given; recovered images are what the recovery "
                     "network generated for the missing modalities (what DyMo was offered). 3D volumes: mid slices."
                     f"</p><div class=pics>{''.join(figs)}</div>")
@@ -381,6 +386,7 @@ def write_report_html(
     max_patient_pages: int = 100,
     progress: bool = False,
     pseudonymised: bool = False,
+    table_rows_per_page: int = 1000,
 ) -> str:
     """Write the cohort page ``path`` and its folder ``<stem>_files/`` (figures, patient pages, pictures).
 
@@ -394,6 +400,8 @@ def write_report_html(
             recovered modality, then the rest, each in report order).
         progress: tqdm progress bar over the patient pages.
         pseudonymised: the ids are pseudonyms (said on the page).
+        table_rows_per_page: patient table rows on the cohort page; further rows go to linked pages
+            ``<stem>_files/table/rows_0002.html``, ... (so the cohort page opens quickly for any cohort size).
 
     Returns:
         ``path``.
@@ -403,7 +411,7 @@ def write_report_html(
     stem = os.path.splitext(os.path.basename(path))[0]
     files_dir = os.path.join(out_dir, f"{stem}_files")
     page_dir, img_dir = os.path.join(files_dir, "patients"), os.path.join(files_dir, "img")
-    for d in (page_dir, img_dir):  # stale pages / pictures of an earlier run into the same folder
+    for d in (page_dir, img_dir, os.path.join(files_dir, "table")):  # stale files of an earlier run
         if os.path.isdir(d):
             shutil.rmtree(d)
     os.makedirs(page_dir, exist_ok=True)
@@ -412,7 +420,7 @@ def write_report_html(
 
     order = sorted(range(n), key=lambda i: (-patient_priority(records[i]), i))
     chosen = sorted(order[:max_patient_pages])
-    links: dict[int, str] = {}
+    links: dict[int, str] = {}  # record index -> page path relative to out_dir
     cohort_from_page = _rel(path, page_dir)
     for i in tqdm(chosen, desc="patient pages", disable=not progress, leave=False):
         rec = records[i]
@@ -430,7 +438,8 @@ def write_report_html(
                                   "rejected or not used; right: accuracy by what was used."))
     if n and modalities:
         tm = report_figures.plot_trust_map(statuses, modalities, os.path.join(files_dir, "trust_map.png"))
-        figs.append((tm, "Trust map: one row per patient (report order), one column per modality."))
+        figs.append((tm, "Trust map: one row per patient, one column per modality; patients with the same pattern "
+                         "are grouped, the most frequent patterns at the top."))
         rewards: dict[str, dict[str, list[float]]] = {m: {} for m in modalities}
         for rec in records:
             for m in modalities:
@@ -469,8 +478,9 @@ def write_report_html(
         + "".join(f"<div class=card><b>{escape(v)}</b><span>{escape(k)}</span></div>" for v, k in cards)
         + "</div></section>",
         _legend(),
-        f'<section id="modalities"><h2>Per modality</h2>{_modality_table(records, modalities)}</section>',
-        f'<section id="accuracy"><h2>Accuracy by what was used</h2>{_accuracy_table(records)}</section>',
+        '<div class=row>'
+        f'<section id="modalities"><h2>Per modality</h2>{_modality_table(records, modalities)}</section>'
+        f'<section id="accuracy"><h2>Accuracy by what was used</h2>{_accuracy_table(records)}</section></div>',
         '<section id="figures" class=figs><h2>Figures</h2>'
         + "".join(
             f'<figure><img src="{escape(_rel(p, out_dir))}" alt="{escape(c)}"><figcaption class=muted>{escape(c)}'
@@ -495,14 +505,44 @@ def write_report_html(
         + "".join(f"<th>{escape(m)}</th>" for m in modalities)
         + "<th>error</th></tr>"
     )
-    rows = "\n".join(_patient_row(r, modalities, links.get(i)) for i, r in enumerate(records))
-    body.append(
-        f'<section id="patients"><h2>Patients</h2><p class=muted>{len(links)} of {n} patients have their own page '
-        "(linked; errors first, then patients with a rejected, then an accepted recovered modality). Cells: "
-        "obs = observed, acc = recovered and accepted, rej = recovered and rejected, n/u = recovered, not used, "
-        "– = unusable; the number is the reward at the deciding step.</p>"
-        f'<table class="patients">{head}\n{rows}</table></section>'
+    per_page = max(1, int(table_rows_per_page))
+    chunks = [range(a, min(a + per_page, n)) for a in range(0, n, per_page)] or [range(0)]
+    table_dir = os.path.join(files_dir, "table")
+    chunk_paths = [path] + [os.path.join(table_dir, f"rows_{k + 1:04d}.html") for k in range(1, len(chunks))]
+    explain = (
+        f"<p class=muted>{len(links)} of {n} patients have their own page (linked; errors first, then patients with a "
+        "rejected, then an accepted recovered modality). Cells: obs = observed, acc = recovered and accepted, rej = "
+        "recovered and rejected, n/u = recovered, not used, – = unusable; the number is the reward at the deciding "
+        "step.</p>"
     )
+
+    def pager(current: int, here: str) -> str:
+        if len(chunks) == 1:
+            return ""
+        items = []
+        for k, (rng, p) in enumerate(zip(chunks, chunk_paths)):
+            text = f"{rng.start + 1}-{rng.stop}"
+            items.append(f"<b>{text}</b>" if k == current else
+                         f'<a href="{escape(_rel(p, os.path.dirname(here)))}#patients">{text}</a>')
+        return f"<p class=pager>patients: {' · '.join(items)}</p>"
+
+    def table(k: int, here: str) -> str:
+        base = os.path.dirname(here)
+        rows = "\n".join(
+            _patient_row(records[i], modalities, _rel(os.path.join(out_dir, links[i]), base) if i in links else None)
+            for i in chunks[k]
+        )
+        return (f'<section id="patients"><h2>Patients {chunks[k].start + 1}-{chunks[k].stop} of {n}</h2>{explain}'
+                f'{pager(k, here)}<table class="patients">{head}\n{rows}</table>{pager(k, here)}</section>')
+
+    body.append(table(0, path))
+    if len(chunks) > 1:
+        os.makedirs(table_dir, exist_ok=True)
+    for k in tqdm(range(1, len(chunks)), desc="patient table", disable=not progress, leave=False):
+        here = chunk_paths[k]
+        back = f'<p><a href="{escape(_rel(path, table_dir))}">&larr; cohort report</a> (legend, figures)</p>'
+        with open(here, "w", encoding="utf-8") as f:
+            f.write(_page(f"DyMo report: patients {chunks[k].start + 1}-{chunks[k].stop}", back + table(k, here)))
     with open(path, "w", encoding="utf-8") as f:
         f.write(_page("DyMo modality selection report", "\n".join(body)))
     return path

@@ -217,14 +217,16 @@ def read_report_csv(path: str | os.PathLike) -> Any:
     return df
 
 
-def write_report_json(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> str:
+def write_report_json(
+    records: Sequence[Mapping[str, Any]], path: str | os.PathLike, progress: bool = False
+) -> str:
     """Write the records as a JSON list (non-finite numbers as ``null``), each with ``decisions``: ``{modality:
     {"status", "step", "reward", "rewards", "why"}}`` (see :func:`modality_decision`); returns the path."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     modalities = report_modalities(records)
     out = []
-    for rec in records:
+    for rec in tqdm(records, desc="report json", disable=not progress, leave=False):
         item = plain(rec)
         item["decisions"] = plain({m: modality_decision(rec, m) for m in modalities})
         out.append(item)
@@ -328,6 +330,7 @@ class SelectionReportWriter:
         summary_filename: file name of the chart.
         html: also write the HTML report.
         max_patient_pages: at most this many per-patient pages (and patients with pictures); the others are table rows.
+        table_rows_per_page: patient table rows on the cohort page; the others on linked table pages.
         picture_size: longest side, in pixels, of each kept picture.
         pictures: use the inputs in the output (if any) for pictures.
         clinical_fields: ``{group: [field names in layout order]}`` (``ClinicalFieldsd.layout(group)``) to name the
@@ -350,6 +353,7 @@ class SelectionReportWriter:
         summary_filename: str = "dymo_summary.png",
         html: bool = True,
         max_patient_pages: int = 100,
+        table_rows_per_page: int = 1000,
         picture_size: int = 128,
         pictures: bool = True,
         clinical_fields: Mapping[str, Sequence[str]] | None = None,
@@ -375,6 +379,7 @@ class SelectionReportWriter:
         self.summary_filename = summary_filename
         self.html = html
         self.max_patient_pages = int(max_patient_pages)
+        self.table_rows_per_page = int(table_rows_per_page)
         self.picture_size = int(picture_size)
         self.pictures = pictures
         self.clinical_fields = {str(g): [str(f) for f in fs] for g, fs in (clinical_fields or {}).items()}
@@ -541,7 +546,7 @@ class SelectionReportWriter:
         base = os.path.join(self.output_dir, self.prefix)
         paths = {
             "csv": write_report_csv(records, base + ".csv", modalities, groups, progress=progress),
-            "json": write_report_json(records, base + ".json"),
+            "json": write_report_json(records, base + ".json", progress=progress),
             "columns": write_report_dictionary(base + "_columns.csv", modalities, groups),
         }
         if self.plot:
@@ -557,6 +562,7 @@ class SelectionReportWriter:
                 summary_png=paths.get("png"),
                 files={k: paths[k] for k in ("csv", "json", "columns")},
                 max_patient_pages=self.max_patient_pages,
+                table_rows_per_page=self.table_rows_per_page,
                 progress=progress,
                 pseudonymised=self.pseudonymize_key is not None,
             )
