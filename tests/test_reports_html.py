@@ -64,7 +64,8 @@ def _recovery(x, present):
     """Toy recovery: every modality becomes a scaled copy of the mean observed signal level."""
     out = {}
     for m, v in x.items():
-        out[m] = torch.full_like(v, 0.3) + 0.1 * torch.arange(v.shape[0], dtype=v.dtype).reshape(-1, *[1] * (v.ndim - 1))
+        ramp = torch.arange(v.shape[0], dtype=v.dtype).reshape(-1, *[1] * (v.ndim - 1))
+        out[m] = torch.full_like(v, 0.3) + 0.1 * ramp
     return out
 
 
@@ -88,7 +89,8 @@ def _samples(n=14, seed=0):
         sample["field_mask"] = {"labs": field_mask}
         sample["present"] = present
         sample["modality_reasons"] = {
-            m: "observed" if present[j] else f"file not found: /data/case{i:03d}/{m}.nii.gz" for j, m in enumerate(NAMES)
+            m: "observed" if present[j] else f"file not found: /data/case{i:03d}/{m}.nii.gz"
+            for j, m in enumerate(NAMES)
         }
         sample["patient_id"] = f"case{i:03d}"
         sample["label"] = i % C
@@ -230,7 +232,8 @@ def test_rejected_modality_reason_and_reward_in_csv_json_html(report):
     rej = rec["rejected"][0]
     m, reward, step = rej["modality"], rej["reward"], rej["step"]
     assert reward < 0
-    row = next(r for r in csv.DictReader(open(out / "dymo_report.csv", newline="")) if r["patient_id"] == rec["patient_id"])
+    with open(out / "dymo_report.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["patient_id"] == rec["patient_id"])
     assert row[f"{m}_status"] == "rejected"
     assert float(row[f"{m}_reward"]) == pytest.approx(reward, rel=1e-5)
     assert f"rejected at step {step}" in row[f"{m}_decision"] and "< 0" in row[f"{m}_decision"]

@@ -179,7 +179,8 @@ def plot_selection_summary(
         ax.bar(x, values, bottom=bottom, label=label, color=STATUS_COLORS[status], edgecolor="white", linewidth=0.5)
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set_xticks(x)
-    ax.set_xticklabels(modalities, rotation=30 if len(modalities) > 4 else 0, ha="right" if len(modalities) > 4 else "center")
+    many = len(modalities) > 4
+    ax.set_xticklabels(modalities, rotation=30 if many else 0, ha="right" if many else "center")
     ax.set_ylabel("patients")
     ax.set_title(f"Which modalities were trusted ({num_patients} patients)", fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small", frameon=False)
@@ -190,7 +191,8 @@ def plot_selection_summary(
                         "observed only": STATUS_COLORS["observed"]}
         bars = ax_acc.bar(range(len(groups)), acc, color=[group_colors.get(g[0], "#8c8c8c") for g in groups])
         for b, (_, c, n), a in zip(bars, groups, acc):
-            ax_acc.text(b.get_x() + b.get_width() / 2, a + 1, f"{a:.1f}%\n{c}/{n}", ha="center", va="bottom", fontsize=8)
+            x = b.get_x() + b.get_width() / 2
+            ax_acc.text(x, a + 1, f"{a:.1f}%\n{c}/{n}", ha="center", va="bottom", fontsize=8)
         ax_acc.set_xticks(range(len(groups)))
         ax_acc.set_xticklabels(names, fontsize=8)
         ax_acc.set_ylim(0, 118)

@@ -82,7 +82,8 @@ td.st{border-radius:0;text-align:center}
 .legend-states span{margin-right:6px}
 .figs{display:flex;flex-wrap:wrap;gap:8px 18px;align-items:flex-start}.figs h2{flex-basis:100%}
 .figs figure{margin:0;display:table}.figs img{border:1px solid #d0d7de;display:block}
-.figs figcaption{display:table-caption;caption-side:bottom}.row{display:flex;flex-wrap:wrap;gap:0 28px;align-items:flex-start}
+.figs figcaption{display:table-caption;caption-side:bottom}
+.row{display:flex;flex-wrap:wrap;gap:0 28px;align-items:flex-start}
 .pics{display:flex;flex-wrap:wrap;gap:12px}.pic{border:3px solid #d0d7de;border-radius:6px;padding:6px;
 background:#fafbfc;width:min-content}.pic .ims{display:flex;gap:4px}
 .pic img{image-rendering:pixelated;height:150px;background:#000}
@@ -205,7 +206,8 @@ def _patient_row(rec: Mapping[str, Any], modalities: Sequence[str], link: str | 
     label = label_value(rec.get("label"))
     cells.append(f"<td class=num>{_num(label)}</td><td class=num>{_num(rec.get('prediction'))}</td>")
     cells.append(f"<td class=num>{'' if ok is None else ('yes' if ok else '<b class=warn>no</b>')}</td>")
-    cells.append(f"<td class=num>{_num(rec.get('quality'), '.3f')}</td><td class=num>{_num(rec.get('ics'), '.3f')}</td>")
+    cells.append(f"<td class=num>{_num(rec.get('quality'), '.3f')}</td>")
+    cells.append(f"<td class=num>{_num(rec.get('ics'), '.3f')}</td>")
     for m in modalities:
         d = modality_decision(rec, m)
         s = d["status"]
@@ -389,6 +391,8 @@ def write_report_html(
     table_rows_per_page: int = 1000,
 ) -> str:
     """Write the cohort page ``path`` and its folder ``<stem>_files/`` (figures, patient pages, pictures).
+
+    The ``patients``, ``img`` and ``table`` folders of an earlier report in ``<stem>_files/`` are replaced.
 
     Args:
         records: the report records (``_pictures`` of a record, from ``SelectionReportWriter``, are drawn).

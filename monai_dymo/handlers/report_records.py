@@ -132,11 +132,13 @@ def modality_decision(record: Mapping[str, Any], modality: str) -> dict[str, Any
             "(adding it lowered the calibrated confidence)"
         )
     else:
-        parts.append(
-            (f"not used: at step {step} its reward was {format_reward(reward)} (not > 0) " if step is not None else
-             "not used: ")
-            + "and no candidate had a positive reward, so the selection stopped"
-        )
+        if step is not None:
+            parts.append(
+                f"not used: at step {step} its reward was {format_reward(reward)} (not > 0) and no candidate had a "
+                "positive reward, so the selection stopped"
+            )
+        else:
+            parts.append("not used: no candidate had a positive reward when the selection stopped")
     out["why"] = "; ".join(parts)
     return out
 

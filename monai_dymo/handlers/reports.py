@@ -291,7 +291,9 @@ def plot_selection_summary(
     records: Sequence[Mapping[str, Any]], modalities: Sequence[str] | None, path: str | os.PathLike
 ) -> str:
     """Per-modality stacked bars of the statuses (plain-language legend) and, where labels exist, the accuracy of the
-    patients where DyMo accepted a recovered modality vs those where it used the observed ones only. Returns the path."""
+    patients where DyMo accepted a recovered modality vs those where it used the observed ones only.
+
+    Returns the path."""
     modalities = list(modalities) if modalities is not None else report_modalities(records)
     split = accuracy_split(records)
     return report_figures.plot_selection_summary(
