@@ -330,6 +330,10 @@ def test_image_planes_shapes_and_downsampling():
     vol[0, 3, 1, 2] = 1.0  # x=3, y=1, in the mid axial slice z=2: drawn at row 4-1-y (origin at the bottom), column x
     axial = dict(image_planes(vol))["axial"]
     assert axial[2, 3] == 255 and int(axial.sum()) == 255
+    # (nearly) constant pictures: no rounding noise stretched to full contrast
+    flat = image_planes(torch.full((3, 9, 10), 0.3), max_size=8)[0][1]
+    assert flat.shape == (7, 8, 3) and (flat == 128).all()
+    assert (image_planes(torch.zeros(1, 5, 5))[0][1] == 0).all()
 
 
 def test_html_without_pictures_scales_to_table_rows(tmp_path):

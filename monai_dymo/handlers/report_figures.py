@@ -66,15 +66,23 @@ def _fit(img: torch.Tensor, max_size: int) -> torch.Tensor:
 
 
 def _to_uint8(img: torch.Tensor) -> np.ndarray:
-    """Window ``[k, H, W]`` to its 1st-99th percentile and map to ``uint8`` ``[H, W]`` (k=1) or ``[H, W, 3]``."""
-    img = torch.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
+    """Window ``[k, H, W]`` to its 1st-99th percentile and map to ``uint8`` ``[H, W]`` (k=1) or ``[H, W, 3]``.
+
+    A (numerically) constant picture is drawn black if it is 0 (e.g. a zero placeholder), mid-grey otherwise, rather
+    than stretching rounding noise to full contrast."""
+    img = torch.nan_to_num(img.double(), nan=0.0, posinf=0.0, neginf=0.0)
     flat = img.reshape(-1)
     if flat.numel() > 1_000_000:
         flat = flat[:: flat.numel() // 1_000_000 + 1]
-    lo, hi = (torch.quantile(flat, torch.tensor([0.01, 0.99])).tolist() if flat.numel() else (0.0, 1.0))
-    if not hi > lo:
-        lo, hi = float(flat.min()) if flat.numel() else 0.0, float(flat.max()) if flat.numel() else 1.0
-    scaled = ((img - lo) / (hi - lo if hi > lo else 1.0)).clamp(0, 1).mul(255).round().to(torch.uint8)
+    lo, hi = torch.quantile(flat, torch.tensor([0.01, 0.99], dtype=flat.dtype)).tolist() if flat.numel() else (0, 0)
+    vmin, vmax = (float(flat.min()), float(flat.max())) if flat.numel() else (0.0, 0.0)
+    tol = 1e-6 * max(1.0, abs(vmin), abs(vmax))
+    if vmax - vmin <= tol:
+        scaled = torch.full_like(img, 0.0 if abs(vmax) <= tol else 128.0).to(torch.uint8)
+    else:
+        if hi - lo <= tol:  # a few outliers on a flat background: use the full range
+            lo, hi = vmin, vmax
+        scaled = ((img - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
     arr = scaled.numpy()
     return arr[0] if arr.shape[0] == 1 else np.ascontiguousarray(arr.transpose(1, 2, 0))
 
