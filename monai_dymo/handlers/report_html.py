@@ -43,6 +43,9 @@ from .report_records import (
 
 __all__ = ["write_report_html", "patient_page_name", "LEGEND_SCORES"]
 
+#: at most this many rows in the cohort page's error list (the CSV has every error).
+MAX_ERROR_ROWS = 1000
+
 #: plain-language meaning of every score in the report (also shown on every page).
 LEGEND_SCORES = {
     "observed": "the modality was measured for this patient and is always used as it came.",
@@ -493,15 +496,18 @@ def write_report_html(
         )
         + "</section>",
     ]
-    errors = [(i, r) for i, r in enumerate(records) if r.get("error")]
+    all_errors = [(i, r) for i, r in enumerate(records) if r.get("error")]
+    errors = all_errors[:MAX_ERROR_ROWS]
     if errors:
         erows = "".join(
             f"<tr><td>{_link(links.get(i), r.get('patient_id'))}</td><td class=warn>{escape(str(r.get('error')))}"
             f"</td><td>{escape('; '.join(f'{m}: {v}' for m, v in (r.get('reasons') or {}).items() if v))}</td></tr>"
             for i, r in errors
         )
-        body.append(f'<section id="errors"><h2>Errors ({len(errors)})</h2><table><tr><th>patient</th><th>error</th>'
-                    f"<th>reasons per modality</th></tr>{erows}</table></section>")
+        more = (f"<p class=muted>The first {len(errors)} of {len(all_errors)} are listed; the CSV has all "
+                "(column <code>error</code>).</p>" if len(all_errors) > len(errors) else "")
+        body.append(f'<section id="errors"><h2>Errors ({len(all_errors)})</h2>{more}<table><tr><th>patient</th>'
+                    f"<th>error</th><th>reasons per modality</th></tr>{erows}</table></section>")
     else:
         body.append('<section id="errors"><h2>Errors</h2><p class=muted>Every patient was processed.</p></section>')
     head = (
