@@ -37,6 +37,9 @@ class DyMoInferer(Inferer):
         temperature: ``tau`` of the quality score.
         on_empty: what to do with a patient with no modality observed: ``"report"`` leaves it out of the selection,
             gives it NaN logits and a record with ``error = "no modality observed"``; ``"raise"`` raises ``ValueError``.
+        keep_inputs: keep, in :attr:`last_inputs`, the inputs of the last call as the network saw them (``{name:
+            Tensor[B, ...]}``, recovered modalities filled in, detached): for report pictures. Off by default, as it
+            holds one batch of inputs (on their device) until the next call.
 
     After each call, :attr:`last_result` holds the :class:`~monai_dymo.selection.SelectionResult` of the batch (one
     row per input patient) and :meth:`last_records` turns it into per-patient reliability records
@@ -50,6 +53,7 @@ class DyMoInferer(Inferer):
         recovery: Callable[[Mapping[str, torch.Tensor], torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
         temperature: float = 0.1,
         on_empty: str = "report",
+        keep_inputs: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(calibration, SubsetCalibration):
@@ -62,6 +66,8 @@ class DyMoInferer(Inferer):
         self.recovery = recovery
         self.temperature = float(temperature)
         self.on_empty = on_empty
+        self.keep_inputs = bool(keep_inputs)
+        self.last_inputs: dict[str, torch.Tensor] | None = None
         self.last_result: SelectionResult | None = None
         self.last_modalities: tuple[str, ...] | None = None
         self._calibration_by_device: dict[torch.device, SubsetCalibration] = {calibration.device: calibration}
@@ -166,6 +172,7 @@ class DyMoInferer(Inferer):
             if self.on_empty == "raise":
                 raise ValueError(f"patient(s) at batch index {empty_idx} have no modality observed.")
         index = valid.nonzero().squeeze(1) if n_valid < batch_size else None
+        self.last_inputs = None
 
         with torch.no_grad():
             if n_valid == 0:
@@ -183,6 +190,13 @@ class DyMoInferer(Inferer):
                 )
                 if index is not None:
                     result = result.expand(index, batch_size, present_t, NO_MODALITY_ERROR)
+                if self.keep_inputs:
+                    self.last_inputs = {
+                        m: (x_v[m] if index is None else x[m].index_copy(0, index, x_v[m].to(x[m].dtype))).detach()
+                        for m in modalities
+                    }
+            if self.keep_inputs and self.last_inputs is None:
+                self.last_inputs = {m: x[m].detach() for m in modalities}
         self.last_result = result
         self.last_modalities = modalities
         return result.logits

@@ -22,6 +22,8 @@ class DyMoKeys(StrEnum):
     - ``LABEL``, ``PRED``: as :class:`monai.utils.CommonKeys`.
     - ``SELECTION``: per-patient reliability record written by the DyMo inferer / evaluator.
     - ``ERROR``: reason a patient could not be processed at all (kept in reports).
+    - ``INPUTS``: ``{name: Tensor[B, ...]}`` the inputs as the network saw them (recovered modalities filled in), in
+      the evaluator's output only when asked for (``DyMoEvaluator(keep_inputs=True)``, for report pictures).
     """
 
     PRESENT = "present"
@@ -32,6 +34,7 @@ class DyMoKeys(StrEnum):
     PRED = "pred"
     SELECTION = "dymo_selection"
     ERROR = "error"
+    INPUTS = "dymo_inputs"
 
 
 class Reason(StrEnum):

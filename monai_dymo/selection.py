@@ -113,6 +113,9 @@ class SelectionResult:
         errors: per-patient error message (``None`` if processed), or ``None`` when no patient failed.
         calibration_fallback: ``BoolTensor[B]``, True where some score of the patient used calibration statistics
             that fell back to pooled ones (a (subset, class) pair without enough training patients); ``None`` = none.
+        quality_steps, log_ics_steps: ``float64[T + 1, B]`` ``q`` and ``log p`` of each patient's subset at the start
+            of round ``t`` (row 0: the observed set; row ``T``: after the last round); row ``k <= steps[b]`` is the
+            subset after ``k`` acceptances. ``None`` in results built by hand.
     """
 
     selected: torch.Tensor
@@ -130,6 +133,8 @@ class SelectionResult:
     projection: torch.Tensor
     errors: list[str | None] | None = None
     calibration_fallback: torch.Tensor | None = None
+    quality_steps: torch.Tensor | None = None
+    log_ics_steps: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -158,7 +163,7 @@ class SelectionResult:
             **{
                 f.name: getattr(self, f.name).to(device)
                 for f in fields(self)
-                if f.name != "errors" and getattr(self, f.name) is not None
+                if isinstance(getattr(self, f.name), torch.Tensor)
             },
         )
 
@@ -196,6 +201,8 @@ class SelectionResult:
             calibration_fallback=None
             if self.calibration_fallback is None
             else grow(self.calibration_fallback, False),
+            quality_steps=None if self.quality_steps is None else grow(self.quality_steps, float("nan"), dim=1),
+            log_ics_steps=None if self.log_ics_steps is None else grow(self.log_ics_steps, float("nan"), dim=1),
         )
 
     @classmethod
@@ -226,6 +233,8 @@ class SelectionResult:
             present=b,
             projection=torch.zeros(0, proj_dim, dtype=logits_dtype, device=device),
             errors=[],
+            quality_steps=torch.zeros(1, 0, dtype=torch.float64, device=device),
+            log_ics_steps=torch.zeros(1, 0, dtype=torch.float64, device=device),
         )
 
     def to_records(
@@ -235,6 +244,11 @@ class SelectionResult:
         reasons: Mapping[str, Sequence[str]] | Sequence[Mapping[str, str]] | None = None,
     ) -> list[dict[str, Any]]:
         """Per-patient JSON-serialisable reliability records (the shared record format).
+
+        Besides the final scores, a record holds ``rewards`` (``{recovered modality: [reward at round 0, 1, ...]}``,
+        up to the round it was accepted or rejected, or the last round the patient ran) and ``trajectory``
+        (``[{"step": k, "added": modality or None, "quality", "log_ics", "ics"}]`` for ``k = 0..steps``: the scores
+        of the observed set, then after each acceptance; empty for results built without the step scores).
 
         Args:
             modalities: the ``M`` modality names, in subset-bit order.
@@ -269,6 +283,34 @@ class SelectionResult:
         def reward(t: int, b: int, m: int) -> float | None:
             return _finite_or_none(float(rewards[t, b, m])) if 0 <= t < rewards.shape[0] else None
 
+        reward_lists = rewards.permute(1, 2, 0).tolist()  # [B][M][T]
+        q_steps = cpu.quality_steps.T.tolist() if cpu.quality_steps is not None else None  # [B][T + 1]
+        lp_steps = cpu.log_ics_steps.T.tolist() if cpu.log_ics_steps is not None else None
+
+        def reward_path(b: int, m: int) -> list[float | None]:
+            values = [_finite_or_none(v) for v in reward_lists[b][m]]
+            while values and values[-1] is None:
+                values.pop()
+            return values
+
+        def trajectory(b: int, order: list[tuple[int, int]]) -> list[dict[str, Any]]:
+            if q_steps is None or lp_steps is None:
+                return []
+            added = [None] + [modalities[m] for _, m in order]
+            out = []
+            for k in range(min(int(steps[b]), len(q_steps[b]) - 1) + 1):
+                lp = _finite_or_none(lp_steps[b][k])
+                out.append(
+                    {
+                        "step": k,
+                        "added": added[k] if k < len(added) else None,
+                        "quality": _finite_or_none(q_steps[b][k]),
+                        "log_ics": lp,
+                        "ics": None if lp is None else math.exp(lp),
+                    }
+                )
+            return out
+
         records = []
         for b in range(B):
             pid = str(patient_ids[b]) if patient_ids is not None else str(b)
@@ -297,6 +339,10 @@ class SelectionResult:
                     "calibration_fallback": bool(fell_back[b]),
                     "reasons": rsn,
                     "error": errors[b],
+                    "rewards": {} if failed else {
+                        modalities[m]: reward_path(b, m) for m in range(M) if not present[b][m]
+                    },
+                    "trajectory": [] if failed else trajectory(b, acc),
                 }
             )
         return records
@@ -477,6 +523,7 @@ def _select(
     steps = torch.zeros(B, dtype=torch.long, device=device)
     active = (~present).any(1)
     rewards: list[torch.Tensor] = []
+    q_steps, logp_steps = [cur_q], [cur_logp]
     neg_inf = torch.tensor(float("-inf"), dtype=torch.float64, device=device)
 
     t = 0
@@ -518,6 +565,8 @@ def _select(
         accept_step = torch.where(new, torch.full_like(accept_step, t), accept_step)
         steps += accept.long()
         active = accept
+        q_steps.append(cur_q)
+        logp_steps.append(cur_logp)
         t += 1
 
     if bool((nonfinite > 0).any()):
@@ -542,4 +591,6 @@ def _select(
         present=present,
         projection=cur_z,
         calibration_fallback=fallback_rows > 0,
+        quality_steps=torch.stack(q_steps),
+        log_ics_steps=torch.stack(logp_steps),
     )

@@ -112,8 +112,8 @@ def test_write_report_csv_rows_and_columns(setup, tmp_path):
     assert [c for c in cols if c.endswith("_status")] == [f"{m}_status" for m in NAMES]
     for row, rec in zip(rows, records):
         assert row["patient_id"] == rec["patient_id"]
-        assert row["observed"] == ";".join(rec["observed"])
-        assert row["accepted"] == ";".join(a["modality"] for a in rec["accepted"])
+        assert row["observed"] == (";".join(rec["observed"]) or "none")
+        assert row["accepted"] == (";".join(a["modality"] for a in rec["accepted"]) or "none")
         for m in NAMES:
             assert row[f"{m}_status"] == modality_status(rec, m)
             assert row[f"{m}_reason"] == rec["reasons"][m]
@@ -134,7 +134,8 @@ def test_write_report_json_and_plot(setup, tmp_path):
     path = write_report_json(records, tmp_path / "r.json")
     back = json.loads(open(path).read())
     assert len(back) == 8 and back[0]["quality"] is None
-    assert back[3] == records[3]
+    assert {k: v for k, v in back[3].items() if k != "decisions"} == records[3]
+    assert set(back[3]["decisions"]) == set(NAMES)
     assert report_modalities(records) == list(NAMES)
     png = plot_selection_summary(records, None, tmp_path / "summary.png")
     with open(png, "rb") as f:
@@ -144,7 +145,7 @@ def test_write_report_json_and_plot(setup, tmp_path):
 def _evaluator(setup, tmp_path, decollate=True, postprocessing=None, batch_size=5, **kwargs):
     net, calib = setup
     loader = DataLoader(_samples(), batch_size=batch_size, shuffle=False, num_workers=0)
-    writer = SelectionReportWriter(output_dir=tmp_path)
+    writer = SelectionReportWriter(output_dir=tmp_path, progress=False)
     evaluator = DyMoEvaluator(
         device=torch.device("cpu"),
         val_data_loader=loader,
@@ -186,7 +187,7 @@ def test_evaluator_end_to_end(setup, tmp_path, decollate):
     assert rows[5]["error"] == NO_MODALITY_ERROR
     assert [int(r["label"]) for r in rows] == labels.tolist()
     for row, rec in zip(rows, expected):
-        assert row["selected"] == ";".join(rec["selected"])
+        assert row["selected"] == (";".join(rec["selected"]) or "none")
         if rec["error"] is None:
             assert int(row["prediction"]) == rec["prediction"]
             assert float(row["log_ics"]) == pytest.approx(rec["log_ics"], rel=1e-6)

@@ -287,6 +287,13 @@ def test_multi_step_with_several_missing():
     assert [a["modality"] for a in rec["accepted"]] == ["m0", "m2"]
     assert rec["selected"] == ["m0", "m1", "m2"] and rec["observed"] == ["m1"]
     assert rec["recovered"] == ["m0", "m2", "m3"] and rec["unused"] == []
+    # every candidate's reward at each round it took part in, and the scores after each acceptance
+    assert rec["rewards"]["m0"] == [pytest.approx(0.1, abs=1e-9)]
+    assert rec["rewards"]["m2"] == [pytest.approx(0.05, abs=1e-9), pytest.approx(0.05, abs=1e-9)]
+    assert rec["rewards"]["m3"] == [pytest.approx(-0.1, abs=1e-9)]
+    assert [s["added"] for s in rec["trajectory"]] == [None, "m0", "m2"]
+    assert [s["quality"] for s in rec["trajectory"]] == [pytest.approx(q, abs=1e-9) for q in (0.6, 0.7, 0.75)]
+    assert all(s["ics"] == pytest.approx(math.exp(s["log_ics"])) for s in rec["trajectory"])
 
 
 def test_log_ics_finite_beyond_six_sigma():
@@ -477,7 +484,8 @@ def test_records_format_and_reasons():
     ids = [f"p{b}" for b in range(8)]
     records = res.to_records(names, patient_ids=ids, reasons=reasons)
     keys = {"patient_id", "observed", "recovered", "selected", "accepted", "rejected", "unused", "quality",
-            "log_ics", "ics", "prediction", "probability", "steps", "reasons", "error", "calibration_fallback"}
+            "log_ics", "ics", "prediction", "probability", "steps", "reasons", "error", "calibration_fallback",
+            "rewards", "trajectory"}
     probs = torch.softmax(res.logits, -1)
     for b, rec in enumerate(records):
         assert set(rec) == keys and rec["patient_id"] == ids[b] and rec["error"] is None

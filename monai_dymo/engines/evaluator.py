@@ -57,6 +57,10 @@ class DyMoEvaluator(SupervisedEvaluator):
         {"pred": logits[B, C], "label": label, "dymo_selection": [B records], "present": [B, M],
          "patient_id": [B ids], "error": [B error strings or None]}
 
+    plus, with ``keep_inputs=True``, ``"dymo_inputs": {modality: Tensor[B, ...]}``: the inputs as the network saw
+    them, recovered modalities filled in, so that :class:`~monai_dymo.handlers.SelectionReportWriter` can draw the
+    observed and recovered images of the patients it writes pages for (it keeps downsampled pictures of those only).
+
     With ``decollate=True`` (default) this becomes a list of ``B`` per-patient dictionaries, each with its own record
     under ``"dymo_selection"`` (records are kept whole, not decollated), so MONAI/ignite metric handlers work with
     ``output_transform=from_engine(["pred", "label"])`` and MONAI post-transforms apply as usual.
@@ -71,6 +75,8 @@ class DyMoEvaluator(SupervisedEvaluator):
         present_key, reasons_key, patient_id_key, label_key: batch keys.
         progress: show a progress bar (ignite's ``ProgressBar``); None: when standard error is a terminal (see
             :mod:`monai_dymo.handlers.progress`).
+        keep_inputs: put the (recovered) inputs of each batch into the output (turns on the inferer's
+            ``keep_inputs``); off by default.
         other args: as :class:`monai.engines.SupervisedEvaluator`.
     """
 
@@ -85,6 +91,7 @@ class DyMoEvaluator(SupervisedEvaluator):
         reasons_key: str = DyMoKeys.REASONS,
         patient_id_key: str = DyMoKeys.PATIENT_ID,
         label_key: str = DyMoKeys.LABEL,
+        keep_inputs: bool = False,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable | None = None,
@@ -119,6 +126,9 @@ class DyMoEvaluator(SupervisedEvaluator):
         self.reasons_key = reasons_key
         self.patient_id_key = patient_id_key
         self.label_key = label_key
+        self.keep_inputs = bool(keep_inputs)
+        if self.keep_inputs:
+            inferer.keep_inputs = True
         if prepare_batch is None:
             prepare_batch = PrepareDyMoEvalBatch(modality_keys, present_key=present_key, label_key=label_key)
         extra: dict[str, Any] = {}
@@ -238,6 +248,8 @@ class DyMoEvaluator(SupervisedEvaluator):
             DyMoKeys.PATIENT_ID: patient_ids,
             DyMoKeys.ERROR: [r["error"] for r in records],
         }
+        if self.keep_inputs and inferer.last_inputs is not None:
+            engine.state.output[DyMoKeys.INPUTS] = inferer.last_inputs
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

@@ -6,20 +6,31 @@ from __future__ import annotations
 from .missingness import MissingnessSummaryHandler
 from .progress import attach_progress_bar, loss_progress, progress_enabled
 from .prototypes import PrototypeRefreshHandler
+from .pseudonyms import pseudonymize_id
+from .report_html import write_report_html
 from .reports import (
+    EMPTY_LIST,
+    LIST_SEPARATOR,
     MODALITY_STATUSES,
     SelectionReportWriter,
+    modality_decision,
     modality_status,
     plot_selection_summary,
+    pseudonymize_records,
+    read_report_csv,
+    report_columns,
     report_modalities,
     report_rows,
     write_report_csv,
+    write_report_dictionary,
     write_report_json,
 )
 from .tracking import adapt_tracking_handlers, scalar_loss
 
 __all__ = [
     "MissingnessSummaryHandler",
+    "EMPTY_LIST",
+    "LIST_SEPARATOR",
     "MODALITY_STATUSES",
     "PrototypeRefreshHandler",
     "attach_progress_bar",
@@ -27,11 +38,18 @@ __all__ = [
     "progress_enabled",
     "SelectionReportWriter",
     "adapt_tracking_handlers",
+    "modality_decision",
     "modality_status",
     "plot_selection_summary",
+    "pseudonymize_id",
+    "pseudonymize_records",
+    "read_report_csv",
+    "report_columns",
     "report_modalities",
     "report_rows",
     "scalar_loss",
     "write_report_csv",
+    "write_report_dictionary",
+    "write_report_html",
     "write_report_json",
 ]

@@ -1,27 +1,47 @@
-"""Per-patient DyMo selection reports: CSV / JSON / summary plot, and an ignite handler writing them.
+"""Per-patient DyMo selection reports: CSV / JSON / data dictionary / summary plot / HTML, and the ignite handler.
 
 Records follow the shared per-patient record format produced by
-:meth:`monai_dymo.selection.SelectionResult.to_records` (``patient_id``, ``observed``, ``recovered``, ``selected``,
-``accepted``, ``rejected``, ``unused``, ``quality``, ``log_ics``, ``ics``, ``prediction``, ``probability``, ``steps``,
-``reasons``, ``error``), optionally with a ``label`` added by :class:`SelectionReportWriter`.
+:meth:`monai_dymo.selection.SelectionResult.to_records` (see :mod:`monai_dymo.handlers.report_records`), optionally
+with ``label``, ``missing_fields`` and ``num_fields`` added by :class:`SelectionReportWriter`.
+
+List columns of the CSV (``observed``, ``accepted``, ``<m>_rewards``, ``<group>_missing_fields``, ...) hold their
+items joined by ``;`` and the word ``none`` for an empty list (so that ``pandas.read_csv`` reads them back as text,
+not NaN); :func:`read_report_csv` reads the CSV back with those columns as Python lists. ``dymo_report_columns.csv``
+beside the report describes every column.
 """
 
 from __future__ import annotations
 
 import csv
+import heapq
 import json
 import logging
-import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from tqdm.auto import tqdm
 
 from monai.utils import IgniteInfo, min_version, optional_import
 from monai.utils.enums import CommonKeys
 
 from ..keys import DyMoKeys
+from . import report_figures
+from .pseudonyms import pseudonymize_id, pseudonymize_text
+from .report_records import (
+    MODALITY_STATUSES,
+    accuracy_split,
+    clinical_groups,
+    is_correct,
+    label_value,
+    modality_decision,
+    modality_status,
+    names,
+    patient_priority,
+    plain,
+    report_modalities,
+)
 
 idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -32,125 +52,149 @@ else:
 
 __all__ = [
     "MODALITY_STATUSES",
+    "LIST_SEPARATOR",
+    "EMPTY_LIST",
     "modality_status",
+    "modality_decision",
     "report_modalities",
     "report_rows",
+    "report_columns",
+    "read_report_csv",
     "write_report_csv",
     "write_report_json",
+    "write_report_dictionary",
+    "pseudonymize_records",
     "plot_selection_summary",
     "SelectionReportWriter",
 ]
 
-#: per-modality status values of the CSV report, in plotting order.
-MODALITY_STATUSES = ("observed", "accepted", "rejected", "unused", "missing")
+#: separator of the items of a CSV list column.
+LIST_SEPARATOR = ";"
+#: what a CSV list column holds for an empty list (text, so that pandas does not read it as NaN).
+EMPTY_LIST = "none"
 
 _LIST_COLUMNS = ("observed", "recovered", "selected", "accepted", "rejected", "unused")
 
+#: auto progress bar (``progress=None``) from this many patients on.
+PROGRESS_MIN_PATIENTS = 1000
 
-def _names(entries: Iterable[Any]) -> list[str]:
-    """Modality names of a record list (entries are names or ``{"modality": ...}`` dicts)."""
-    return [e["modality"] if isinstance(e, Mapping) else str(e) for e in entries or []]
-
-
-def modality_status(record: Mapping[str, Any], modality: str) -> str:
-    """One of :data:`MODALITY_STATUSES`: ``missing`` = neither observed nor a candidate (e.g. a failed patient)."""
-    if modality in _names(record.get("observed")):
-        return "observed"
-    if modality in _names(record.get("accepted")):
-        return "accepted"
-    if modality in _names(record.get("rejected")):
-        return "rejected"
-    if modality in _names(record.get("unused")):
-        return "unused"
-    return "missing"
+_label_value = label_value  # backwards-compatible private name
+_plain = plain
+_names = names
 
 
-def report_modalities(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Modality names in order, taken from the records' ``reasons`` (all modalities, in order) or name lists."""
-    out: list[str] = []
-    for rec in records:
-        keys = ("observed", "recovered", "selected", "unused", "accepted", "rejected")
-        for name in list(rec.get("reasons") or {}) + [n for key in keys for n in _names(rec.get(key))]:
-            if name not in out:
-                out.append(name)
-    return out
+def _join(items: Sequence[Any]) -> str:
+    return LIST_SEPARATOR.join(str(i) for i in items) if items else EMPTY_LIST
 
 
-def _plain(v: Any) -> Any:
-    """JSON-safe copy: tensors/numpy scalars -> Python, non-finite floats -> None."""
-    if isinstance(v, torch.Tensor):
-        v = v.detach().cpu()
-        v = v.item() if v.numel() == 1 else v.tolist()
-    if hasattr(v, "item") and not isinstance(v, (list, tuple, dict)) and type(v).__module__ == "numpy":
-        v = v.item()
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
+def _fmt_float(v: Any) -> str:
+    return "" if v is None else format(float(v), ".6g")
 
 
-def _label_value(label: Any) -> Any:
-    """Class index from a label given as an int, a scalar tensor or a one-hot / probability vector."""
-    if label is None:
-        return None
-    if isinstance(label, torch.Tensor):
-        label = label.detach().cpu()
-        if label.numel() == 1:
-            v = label.item()
-            return int(v) if float(v).is_integer() else v
-        return int(label.reshape(-1).argmax())
-    if isinstance(label, float) and label.is_integer():
-        return int(label)
-    return _plain(label)
+def report_columns(modalities: Sequence[str], groups: Sequence[str] = ()) -> list[tuple[str, str, str]]:
+    """``[(column, type, description)]`` of the CSV report for these modalities and clinical groups (the data
+    dictionary; ``type`` is ``int`` / ``float`` / ``text`` / ``list``)."""
+    lst = f"list: items joined by '{LIST_SEPARATOR}', '{EMPTY_LIST}' when empty"
+    cols = [
+        ("patient_id", "text", "patient id from the datalist (or its pseudonym when the report is pseudonymised: "
+         "16 hex digits of HMAC-SHA256 with the user's key); never a DICOM header value"),
+        ("label", "int", "true class, when the data had labels (blank otherwise)"),
+        ("prediction", "int", "predicted class on the modalities DyMo used (blank if the patient was not processed)"),
+        ("probability", "float", "softmax probability of the predicted class"),
+        ("correct", "int", "1 if prediction == label, 0 if not, blank without a label"),
+        ("quality", "float", "quality q of the final set: the largest class probability of the projection against "
+         "the class prototypes (0-1, higher = more confident)"),
+        ("ics", "float", "in-class Gaussian score p of the final set: how typical the projection is of the predicted "
+         "class for this modality subset, from calibration (0-1, low = unusual)"),
+        ("log_ics", "float", "natural log of ics (kept finite when ics underflows)"),
+        ("steps", "int", "number of recovered modalities accepted (selection rounds that added one)"),
+        ("used_recovered", "int", "1 if at least one recovered modality was accepted, 0 if only observed ones were "
+         "used, blank if not processed"),
+        ("observed", lst, "modalities measured for this patient"),
+        ("recovered", lst, "missing modalities the recovery network filled in (the candidates)"),
+        ("selected", lst, "modalities the prediction used: observed + accepted"),
+        ("accepted", lst, "recovered modalities accepted, in order of acceptance"),
+        ("rejected", lst, "recovered modalities rejected (reward < 0)"),
+        ("unused", lst, "recovered modalities neither accepted nor rejected (no positive reward when selection "
+         "stopped)"),
+    ]
+    for m in modalities:
+        cols += [
+            (f"{m}_status", "text", f"{m}: observed / accepted / rejected / unused (recovered, neither) / missing "
+             "(patient not processed)"),
+            (f"{m}_reason", "text", f"{m}: why it was present or missing in the data (e.g. 'file not found: ...')"),
+            (f"{m}_reward", "float", f"{m}: reward at the step it was decided (accepted / rejected / last scored); "
+             "reward = q(S + m) * G - q(S), G <= 1 the calibration factor; blank if observed"),
+            (f"{m}_rewards", lst, f"{m}: its reward at every selection step it was a candidate (step 0 first)"),
+            (f"{m}_decision", "text", f"{m}: why it was used or not, in words (reward > 0 and the best candidate: "
+             "accepted; reward < 0: rejected; positive but another candidate better: kept for the next step)"),
+        ]
+    for g in groups:
+        cols += [
+            (f"{g}_missing_fields", lst, f"clinical group {g}: fields that were blank or held a missing-value "
+             "sentinel (e.g. -999, 'NA')"),
+            (f"{g}_num_missing_fields", "int", f"clinical group {g}: how many of its fields were missing"),
+        ]
+    cols.append(("error", "text", "why the patient could not be processed at all (blank if processed)"))
+    return cols
 
 
 def report_rows(
-    records: Sequence[Mapping[str, Any]], modalities: Sequence[str] | None = None
+    records: Sequence[Mapping[str, Any]],
+    modalities: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """The CSV report as ``(columns, rows)``; one row per record (records with an ``error`` included)."""
     modalities = list(modalities) if modalities is not None else report_modalities(records)
-    columns = [
-        "patient_id", "label", "prediction", "probability", "correct", "quality", "ics", "log_ics", "steps",
-        *_LIST_COLUMNS,
-    ]
-    for m in modalities:
-        columns += [f"{m}_status", f"{m}_reason"]
-    columns.append("error")
+    groups = list(groups) if groups is not None else clinical_groups(records)
+    columns = [c for c, _, _ in report_columns(modalities, groups)]
     rows = []
-    for rec in records:
-        label = _label_value(rec.get("label"))
-        pred = rec.get("prediction")
-        correct = "" if label is None or pred is None else int(int(pred) == label)
+    for rec in tqdm(records, desc="report rows", disable=not progress, leave=False):
+        label = label_value(rec.get("label"))
+        ok = is_correct(rec)
+        failed = bool(rec.get("error"))
         row: dict[str, Any] = {
             "patient_id": rec.get("patient_id"),
             "label": label,
-            "prediction": pred,
+            "prediction": rec.get("prediction"),
             "probability": rec.get("probability"),
-            "correct": correct,
+            "correct": "" if ok is None else int(ok),
             "quality": rec.get("quality"),
             "ics": rec.get("ics"),
             "log_ics": rec.get("log_ics"),
             "steps": rec.get("steps"),
+            "used_recovered": "" if failed else int(bool(rec.get("accepted"))),
         }
         for key in _LIST_COLUMNS:
-            row[key] = ";".join(_names(rec.get(key)))
+            row[key] = _join(names(rec.get(key)))
         reasons = rec.get("reasons") or {}
         for m in modalities:
-            row[f"{m}_status"] = modality_status(rec, m)
+            d = modality_decision(rec, m)
+            row[f"{m}_status"] = d["status"]
             row[f"{m}_reason"] = reasons.get(m)
+            row[f"{m}_reward"] = d["reward"]
+            row[f"{m}_rewards"] = _join([_fmt_float(r) if r is not None else "n/a" for r in d["rewards"]])
+            row[f"{m}_decision"] = d["why"]
+        missing_fields = rec.get("missing_fields") or {}
+        for g in groups:
+            fields = missing_fields.get(g)
+            row[f"{g}_missing_fields"] = "" if fields is None else _join(fields)
+            row[f"{g}_num_missing_fields"] = "" if fields is None else len(fields)
         row["error"] = rec.get("error")
-        rows.append({k: ("" if v is None else _plain(v)) for k, v in row.items()})
+        rows.append({k: ("" if v is None else plain(v)) for k, v in row.items()})
     return columns, rows
 
 
 def write_report_csv(
-    records: Sequence[Mapping[str, Any]], path: str | os.PathLike, modalities: Sequence[str] | None = None
+    records: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    modalities: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> str:
-    """Write one CSV row per patient (see :func:`report_rows` for the columns); returns the path."""
-    columns, rows = report_rows(records, modalities)
+    """Write one CSV row per patient (see :func:`report_columns` for the columns); returns the path."""
+    columns, rows = report_rows(records, modalities, groups, progress=progress)
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -160,72 +204,144 @@ def write_report_csv(
     return path
 
 
-def write_report_json(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> str:
-    """Write the full records as a JSON list (non-finite numbers as ``null``); returns the path."""
+def read_report_csv(path: str | os.PathLike) -> Any:
+    """Read a CSV report with pandas, list columns as Python lists (``none`` -> ``[]``)."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    list_cols = [c for c in df.columns if c in _LIST_COLUMNS or c.endswith(("_rewards", "_missing_fields"))]
+    for c in list_cols:
+        df[c] = df[c].map(
+            lambda v: [] if not isinstance(v, str) or v == EMPTY_LIST else v.split(LIST_SEPARATOR)
+        )
+    return df
+
+
+def write_report_json(
+    records: Sequence[Mapping[str, Any]], path: str | os.PathLike, progress: bool = False
+) -> str:
+    """Write the records as a JSON list (non-finite numbers as ``null``), each with ``decisions``: ``{modality:
+    {"status", "step", "reward", "rewards", "why"}}`` (see :func:`modality_decision`); returns the path."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    modalities = report_modalities(records)
+    out = []
+    for rec in tqdm(records, desc="report json", disable=not progress, leave=False):
+        item = plain(rec)
+        item["decisions"] = plain({m: modality_decision(rec, m) for m in modalities})
+        out.append(item)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(_plain(list(records)), f, indent=2, allow_nan=False)
+        json.dump(out, f, indent=1, allow_nan=False)
     return path
+
+
+_JSON_FIELDS = (
+    ("rewards", "{modality: [reward at step 0, 1, ...]} of every recovered modality, up to its decision"),
+    ("trajectory", "[{step, added, quality, log_ics, ics}]: scores of the observed set (step 0, added = null) and "
+     "after each accepted modality"),
+    ("accepted / rejected", "[{modality, step, reward}] in order"),
+    ("reasons", "{modality: why it was present or missing in the data}"),
+    ("missing_fields / num_fields", "{clinical group: [missing field names]} / {group: number of fields}"),
+    ("decisions", "{modality: {status, step, reward, rewards, why}}: the CSV's per-modality columns"),
+)
+
+
+def write_report_dictionary(
+    path: str | os.PathLike, modalities: Sequence[str], groups: Sequence[str] = ()
+) -> str:
+    """Write the data dictionary (``file, column, type, description``) of the CSV and JSON reports; returns the path."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "column", "type", "description"])
+        for c, t, d in report_columns(modalities, groups):
+            w.writerow(["csv", c, t, d])
+        w.writerow(["json", "(every csv column above)", "", "same values; lists as JSON arrays, missing as null"])
+        for c, d in _JSON_FIELDS:
+            w.writerow(["json", c, "object", d])
+    return path
+
+
+def pseudonymize_records(records: Sequence[Mapping[str, Any]], key: str | bytes) -> list[dict[str, Any]]:
+    """Copies of ``records`` with ``patient_id`` replaced by its keyed pseudonym (:func:`pseudonymize_id`) and, in the
+    free text (``reasons``, ``error``), the raw ids replaced and the folders of file paths removed."""
+    mapping = {str(r.get("patient_id")): pseudonymize_id(r.get("patient_id"), key) for r in records}
+    out = []
+    for rec in records:
+        r = dict(rec)
+        r["patient_id"] = mapping[str(rec.get("patient_id"))]
+        if r.get("reasons"):
+            r["reasons"] = {m: pseudonymize_text(v, mapping) for m, v in r["reasons"].items()}
+        r["error"] = pseudonymize_text(r.get("error"), mapping)
+        out.append(r)
+    return out
+
+
+def status_counts(records: Sequence[Mapping[str, Any]], modalities: Sequence[str]) -> dict[str, list[int]]:
+    """``{status: [number of patients per modality]}``."""
+    counts = {s: [0] * len(modalities) for s in MODALITY_STATUSES}
+    for rec in records:
+        for i, m in enumerate(modalities):
+            counts[modality_status(rec, m)][i] += 1
+    return counts
 
 
 def plot_selection_summary(
     records: Sequence[Mapping[str, Any]], modalities: Sequence[str] | None, path: str | os.PathLike
 ) -> str:
-    """Per-modality stacked bars of how many patients had it observed / accepted / rejected / unused / missing.
+    """Per-modality stacked bars of the statuses (plain-language legend) and, where labels exist, the accuracy of the
+    patients where DyMo accepted a recovered modality vs those where it used the observed ones only.
 
-    Uses matplotlib's Agg canvas directly (no pyplot state, no backend change). Returns the path.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    Returns the path."""
     modalities = list(modalities) if modalities is not None else report_modalities(records)
-    counts = {s: [0] * len(modalities) for s in MODALITY_STATUSES}
-    for rec in records:
-        for i, m in enumerate(modalities):
-            counts[modality_status(rec, m)][i] += 1
-    colors = {"observed": "#4c72b0", "accepted": "#55a868", "rejected": "#c44e52", "unused": "#bbbbbb",
-              "missing": "#333333"}
-    fig = Figure(figsize=(max(4.0, 1.0 + 0.9 * len(modalities)), 4.0))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    bottom = [0] * len(modalities)
-    x = list(range(len(modalities)))
-    for status in MODALITY_STATUSES:
-        if not any(counts[status]):
-            continue
-        ax.bar(x, counts[status], bottom=bottom, label=status, color=colors[status])
-        bottom = [b + c for b, c in zip(bottom, counts[status])]
-    ax.set_xticks(x)
-    ax.set_xticklabels(modalities, rotation=30, ha="right")
-    ax.set_ylabel("patients")
-    ax.set_title(f"DyMo modality selection ({len(records)} patients)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
-    fig.tight_layout()
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    split = accuracy_split(records)
+    return report_figures.plot_selection_summary(
+        status_counts(records, modalities), modalities, split or None, path, len(records)
+    )
 
 
 class SelectionReportWriter:
     """Ignite handler collecting DyMo selection records over an epoch and writing the report files.
 
-    At ``EPOCH_COMPLETED`` it writes ``<prefix>.csv`` and ``<prefix>.json`` (default ``dymo_report.*``) and, if
-    ``plot``, ``dymo_summary.png`` into ``output_dir``. Works with the batched output dictionary of
-    :class:`~monai_dymo.engines.evaluator.DyMoEvaluator` and with its decollated list form. The label of each patient
-    (``output["label"]``, a class index or a one-hot vector) is added to its record as ``"label"`` when available.
-    In distributed runs the records of all ranks are gathered and only ``save_rank`` writes.
+    At ``EPOCH_COMPLETED`` it writes into ``output_dir``: ``<prefix>.csv`` and ``<prefix>.json`` (default
+    ``dymo_report.*``), the data dictionary ``<prefix>_columns.csv``, if ``plot`` the summary chart
+    ``dymo_summary.png``, and if ``html`` the page ``<prefix>.html`` with its pictures and per-patient pages in
+    ``<prefix>_files/`` (see :func:`~monai_dymo.handlers.report_html.write_report_html`). Works with the batched output
+    dictionary of :class:`~monai_dymo.engines.evaluator.DyMoEvaluator` and with its decollated list form.
+
+    Added to each record when available: ``label`` (``output["label"]``, a class index or a one-hot vector), and from
+    the batch's ``field_mask`` (clinical groups, see :class:`~monai_dymo.transforms.ClinicalFieldsd`)
+    ``missing_fields`` ``{group: [names of the missing fields]}`` and ``num_fields``. Pictures: when the output holds
+    the inputs the network saw (``DyMoEvaluator(keep_inputs=True)``), downsampled pictures of every modality are kept
+    for the at most ``max_patient_pages`` patients that get a page (errors first, then patients with a rejected, then
+    an accepted recovered modality, then the others, in order of arrival), so memory stays bounded on big cohorts.
+
+    The report holds the datalist's patient ids and what the run computed, never image metadata (e.g. DICOM header
+    values such as names or birth dates are never read). With ``pseudonymize_key`` every patient id is replaced by a
+    keyed pseudonym (the first 16 hex digits of HMAC-SHA256(key, id), stable for one key; see
+    :mod:`monai_dymo.handlers.pseudonyms`), raw ids inside reasons / errors are replaced too and file paths are reduced
+    to their file names. In distributed runs the records of all ranks are gathered and only ``save_rank`` writes.
 
     Args:
         output_dir: directory of the report files.
-        prefix: file name prefix of the CSV / JSON report.
+        prefix: file name prefix of the CSV / JSON / HTML report.
         modalities: modality order of the per-modality columns (default: ``engine.network.modalities`` if there,
             else taken from the records).
-        plot: also write the summary bar chart.
+        plot: also write the summary chart.
         summary_filename: file name of the chart.
+        html: also write the HTML report.
+        max_patient_pages: at most this many per-patient pages (and patients with pictures); the others are table rows.
+        table_rows_per_page: patient table rows on the cohort page; the others on linked table pages.
+        picture_size: longest side, in pixels, of each kept picture.
+        pictures: use the inputs in the output (if any) for pictures.
+        clinical_fields: ``{group: [field names in layout order]}`` (``ClinicalFieldsd.layout(group)``) to name the
+            missing fields (default: ``"field 1"``, ``"field 2"``, ...).
+        pseudonymize_key: key of the pseudonymised ids (None: the datalist's ids).
+        progress: tqdm progress bars while writing (None: from 1,000 patients on).
         output_transform: maps ``engine.state.output`` to the output dictionary (or list of per-patient dictionaries).
-        selection_key, label_key: keys of the records and labels in the output.
+        batch_transform: maps ``engine.state.batch`` to the batch dictionary (or list) holding ``field_mask``.
+        selection_key, label_key, inputs_key, field_mask_key: keys of the records, labels, inputs and field masks.
         name: logger name (default: the engine's logger).
         save_rank: rank writing the files in distributed runs.
     """
@@ -237,25 +353,53 @@ class SelectionReportWriter:
         modalities: Sequence[str] | None = None,
         plot: bool = True,
         summary_filename: str = "dymo_summary.png",
+        html: bool = True,
+        max_patient_pages: int = 100,
+        table_rows_per_page: int = 1000,
+        picture_size: int = 128,
+        pictures: bool = True,
+        clinical_fields: Mapping[str, Sequence[str]] | None = None,
+        pseudonymize_key: str | bytes | None = None,
+        progress: bool | None = None,
         output_transform: Callable = lambda x: x,
+        batch_transform: Callable = lambda x: x,
         selection_key: str = DyMoKeys.SELECTION,
         label_key: str = CommonKeys.LABEL,
+        inputs_key: str = DyMoKeys.INPUTS,
+        field_mask_key: str = DyMoKeys.FIELD_MASK,
         name: str | None = None,
         save_rank: int = 0,
     ) -> None:
+        if max_patient_pages < 0:
+            raise ValueError(f"max_patient_pages must be >= 0, got {max_patient_pages}.")
+        if pseudonymize_key is not None and not pseudonymize_key:
+            raise ValueError("pseudonymize_key must not be empty (None for raw ids).")
         self.output_dir = os.fspath(output_dir)
         self.prefix = prefix
         self.modalities = list(modalities) if modalities is not None else None
         self.plot = plot
         self.summary_filename = summary_filename
+        self.html = html
+        self.max_patient_pages = int(max_patient_pages)
+        self.table_rows_per_page = int(table_rows_per_page)
+        self.picture_size = int(picture_size)
+        self.pictures = pictures
+        self.clinical_fields = {str(g): [str(f) for f in fs] for g, fs in (clinical_fields or {}).items()}
+        self.pseudonymize_key = pseudonymize_key
+        self.progress = progress
         self.output_transform = output_transform
+        self.batch_transform = batch_transform
         self.selection_key = selection_key
         self.label_key = label_key
+        self.inputs_key = inputs_key
+        self.field_mask_key = field_mask_key
         self.save_rank = save_rank
         self._name = name
         self.logger = logging.getLogger(name)
         self.records: list[dict[str, Any]] = []
         self.paths: dict[str, str] = {}
+        self._picture_heap: list[tuple[tuple[int, int], int, dict[str, Any]]] = []
+        self._seq = 0
 
     def attach(self, engine: Engine) -> None:
         if self._name is None:
@@ -274,9 +418,12 @@ class SelectionReportWriter:
 
     def _started(self, _engine: Engine) -> None:
         self.records = []
+        self._picture_heap = []
+        self._seq = 0
 
-    def collect(self, output: Any) -> list[dict[str, Any]]:
-        """Records (with ``label`` added when known) from one iteration's output."""
+    # ------------------------------------------------------------------ collecting
+    def _split(self, output: Any) -> tuple[list[Mapping[str, Any]], list[Any], list[Any]]:
+        """``(records, labels, inputs)`` per patient from one iteration's output."""
         if isinstance(output, Mapping):
             if self.selection_key not in output:
                 raise ValueError(f"engine output has no {self.selection_key!r} records (keys: {sorted(output)}).")
@@ -288,24 +435,98 @@ class SelectionReportWriter:
                 labels = [labels] * len(records)
             if len(labels) != len(records):
                 raise ValueError(f"{len(labels)} labels for {len(records)} selection records.")
-        elif isinstance(output, Sequence):
+            inputs = output.get(self.inputs_key)
+            if isinstance(inputs, Mapping):
+                per = [{m: v[b] for m, v in inputs.items()} for b in range(len(records))]
+            else:
+                per = [None] * len(records)
+            return records, list(labels), per
+        if isinstance(output, Sequence):
             items = [o for o in output if isinstance(o, Mapping)]
             if len(items) != len(output) or any(self.selection_key not in o for o in items):
                 raise ValueError(f"every decollated output item needs a {self.selection_key!r} record.")
-            records = [o[self.selection_key] for o in items]
-            labels = [o.get(self.label_key) for o in items]
-        else:
-            raise ValueError(f"cannot read selection records from output of type {type(output).__name__}.")
+            return (
+                [o[self.selection_key] for o in items],
+                [o.get(self.label_key) for o in items],
+                [o.get(self.inputs_key) for o in items],
+            )
+        raise ValueError(f"cannot read selection records from output of type {type(output).__name__}.")
+
+    def _field_masks(self, batch: Any, n: int) -> list[Mapping[str, Any] | None]:
+        """Per-patient ``{group: BoolTensor[F]}`` from the batch (batched dict or decollated list), or Nones."""
+        if isinstance(batch, Mapping):
+            masks = batch.get(self.field_mask_key)
+            if not isinstance(masks, Mapping) or not masks:
+                return [None] * n
+            out: list[Mapping[str, Any] | None] = []
+            for b in range(n):
+                out.append({g: v[b] for g, v in masks.items() if isinstance(v, torch.Tensor) and v.ndim == 2})
+            return out
+        if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)):
+            masks_l = [d.get(self.field_mask_key) if isinstance(d, Mapping) else None for d in batch]
+            if len(masks_l) == n:
+                return masks_l
+        return [None] * n
+
+    def _missing_fields(self, rec: Mapping[str, Any], masks: Mapping[str, Any]) -> tuple[dict, dict]:
+        missing, sizes = {}, {}
+        for group, mask in masks.items():
+            flags = [bool(v) for v in torch.as_tensor(mask).reshape(-1).tolist()]
+            fields = self.clinical_fields.get(str(group))
+            if fields is None:
+                fields = [f"field {i + 1}" for i in range(len(flags))]
+            elif len(fields) != len(flags):
+                raise ValueError(
+                    f"patient {rec.get('patient_id')!r}, clinical group {group!r}: field mask has {len(flags)} "
+                    f"fields, clinical_fields names {len(fields)}: {fields}."
+                )
+            missing[str(group)] = [f for f, ok in zip(fields, flags) if not ok]
+            sizes[str(group)] = len(flags)
+        return missing, sizes
+
+    def collect(self, output: Any, batch: Any = None) -> list[dict[str, Any]]:
+        """Records (with ``label`` and clinical field gaps added when known) from one iteration's output / batch."""
+        return [rec for rec, _ in self._collect(output, batch)]
+
+    def _collect(self, output: Any, batch: Any) -> list[tuple[dict[str, Any], Any]]:
+        records, labels, inputs = self._split(output)
+        masks = self._field_masks(batch, len(records)) if batch is not None else [None] * len(records)
         out = []
-        for rec, label in zip(records, labels):
+        for rec, label, x, mask in zip(records, labels, inputs, masks):
             rec = dict(rec)
             if label is not None and rec.get("label") is None:
-                rec["label"] = _label_value(label)
-            out.append(rec)
+                rec["label"] = label_value(label)
+            if mask and rec.get("missing_fields") is None:
+                rec["missing_fields"], rec["num_fields"] = self._missing_fields(rec, mask)
+            out.append((rec, x))
         return out
 
+    def _keep_pictures(self, rec: dict[str, Any], x: Mapping[str, Any] | None) -> None:
+        """Keep downsampled pictures of ``rec``'s inputs if it ranks among the ``max_patient_pages`` first patients."""
+        seq, self._seq = self._seq, self._seq + 1
+        if not self.pictures or not isinstance(x, Mapping) or self.max_patient_pages == 0 or rec.get("error"):
+            return
+        key = (patient_priority(rec), -seq)
+        if len(self._picture_heap) >= self.max_patient_pages:
+            if key <= self._picture_heap[0][0]:
+                return
+            _, _, evicted = heapq.heappop(self._picture_heap)
+            evicted.pop("_pictures", None)
+        pics = {}
+        for m, v in x.items():
+            if isinstance(v, torch.Tensor):
+                planes = report_figures.image_planes(v, self.picture_size)
+                if planes is not None:
+                    pics[str(m)] = planes
+        if pics:
+            rec["_pictures"] = pics
+            heapq.heappush(self._picture_heap, (key, seq, rec))
+
     def __call__(self, engine: Engine) -> None:
-        self.records.extend(self.collect(self.output_transform(engine.state.output)))
+        batch = self.batch_transform(engine.state.batch) if engine.state.batch is not None else None
+        for rec, x in self._collect(self.output_transform(engine.state.output), batch):
+            self._keep_pictures(rec, x)
+            self.records.append(rec)
 
     def _gather(self) -> list[dict[str, Any]]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -319,15 +540,34 @@ class SelectionReportWriter:
     def write(self, records: Sequence[Mapping[str, Any]] | None = None) -> dict[str, str]:
         """Write the report files for ``records`` (default: those collected) and return their paths."""
         records = self.records if records is None else list(records)
+        progress = self.progress if self.progress is not None else len(records) >= PROGRESS_MIN_PATIENTS
+        if self.pseudonymize_key is not None:
+            records = pseudonymize_records(records, self.pseudonymize_key)
         modalities = self.modalities if self.modalities is not None else report_modalities(records)
+        groups = clinical_groups(records)
         base = os.path.join(self.output_dir, self.prefix)
         paths = {
-            "csv": write_report_csv(records, base + ".csv", modalities),
-            "json": write_report_json(records, base + ".json"),
+            "csv": write_report_csv(records, base + ".csv", modalities, groups, progress=progress),
+            "json": write_report_json(records, base + ".json", progress=progress),
+            "columns": write_report_dictionary(base + "_columns.csv", modalities, groups),
         }
         if self.plot:
             png = os.path.join(self.output_dir, self.summary_filename)
             paths["png"] = plot_selection_summary(records, modalities, png)
+        if self.html:
+            from .report_html import write_report_html
+
+            paths["html"] = write_report_html(
+                records,
+                base + ".html",
+                modalities,
+                summary_png=paths.get("png"),
+                files={k: paths[k] for k in ("csv", "json", "columns")},
+                max_patient_pages=self.max_patient_pages,
+                table_rows_per_page=self.table_rows_per_page,
+                progress=progress,
+                pseudonymised=self.pseudonymize_key is not None,
+            )
         self.paths = paths
         return paths
 
