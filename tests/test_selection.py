@@ -475,6 +475,10 @@ def test_calibration_fallback_flags_exactly_patients_scored_on_fallback_pairs():
     assert torch.equal(res.calibration_fallback, scored_full)
     records = res.to_records(names)
     assert [r["calibration_fallback"] for r in records] == scored_full.tolist()
+    from monai_dymo.handlers import report_rows
+
+    _, rows = report_rows(records, names)
+    assert [r["calibration_fallback"] for r in rows] == scored_full.long().tolist()  # a report column too
 
 
 def test_records_format_and_reasons():

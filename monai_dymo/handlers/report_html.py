@@ -61,6 +61,9 @@ LEGEND_SCORES = {
     "Reward < 0: rejected for good. If no reward is > 0 the selection stops and the remaining ones are not used.",
     "step": "one round of the selection: step 0 scores every recovered modality against the observed ones; each "
     "later step scores the remaining ones against the set grown by the accepted modality.",
+    "calibration fallback": "some score of this patient used calibration statistics pooled from smaller modality "
+    "sets, because too few training patients had that exact set of modalities (natural missingness); its ICS is "
+    "then less specific.",
     "missing fields": "clinical fields left blank or holding a missing-value code (e.g. -999, NA); a clinical group "
     "with at least one field counts as observed.",
 }

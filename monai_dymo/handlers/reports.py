@@ -108,6 +108,8 @@ def report_columns(modalities: Sequence[str], groups: Sequence[str] = ()) -> lis
          "class for this modality subset, from calibration (0-1, low = unusual)"),
         ("log_ics", "float", "natural log of ics (kept finite when ics underflows)"),
         ("steps", "int", "number of recovered modalities accepted (selection rounds that added one)"),
+        ("calibration_fallback", "int", "1 if some score of the patient used calibration statistics pooled from "
+         "smaller modality sets (too few training patients had that exact set), 0 if not"),
         ("used_recovered", "int", "1 if at least one recovered modality was accepted, 0 if only observed ones were "
          "used, blank if not processed"),
         ("observed", lst, "modalities measured for this patient"),
@@ -164,6 +166,7 @@ def report_rows(
             "ics": rec.get("ics"),
             "log_ics": rec.get("log_ics"),
             "steps": rec.get("steps"),
+            "calibration_fallback": int(bool(rec.get("calibration_fallback"))),
             "used_recovered": "" if failed else int(bool(rec.get("accepted"))),
         }
         for key in _LIST_COLUMNS:
