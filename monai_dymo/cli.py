@@ -1,9 +1,11 @@
 """The ``monai-dymo`` command line.
 
-``monai-dymo demo`` is the project's main job: it prepares PolyMNIST from MNIST and the five background photographs
-(once), writes the seeded missing pattern of the test split for the chosen rate and seed, and runs the PolyMNIST
-bundle's ``inference`` config with the shipped weights, which writes the per-sample reliability report (CSV, JSON,
-summary PNG).
+``monai-dymo demo`` is the project's main job: it generates the default brain MRI + clinical cohort from the real
+brains in ``../shared/data/brain_mri_samples`` (once) and runs the cohort bundle's ``inference`` config with the
+shipped weights, which writes the per-patient reliability report (HTML, CSV, JSON, summary PNG).
+``monai-dymo polymnist-demo`` is the paper reproduction: it prepares PolyMNIST from MNIST and the five background
+photographs (once), writes the seeded missing pattern of the test split for the chosen rate and seed, and runs the
+PolyMNIST bundle's ``inference`` config with the shipped weights.
 
 This module imports neither torch nor MONAI until a command runs, so ``--help`` is immediate.
 """
@@ -27,13 +29,26 @@ __all__ = [
 ]
 
 BUNDLE_NAME = "polymnist_dymo"
+COHORT_BUNDLE_NAME = "cohort_dymo"
+COHORT_NAME = "brain_mri_demo"
 
 DESCRIPTION = """\
 DyMo for MONAI: inference-time dynamic modality selection for incomplete multimodal classification.
 
 commands:
-  demo    prepare PolyMNIST (once), write the missing pattern of the test split and run DyMo inference with the
-          shipped PolyMNIST bundle weights; writes dymo_report.csv, dymo_report.json and dymo_summary.png
+  demo            generate the default brain MRI + clinical cohort (once) and run DyMo inference on its test
+                  patients with the shipped cohort bundle weights; writes dymo_report.html / .csv / .json
+  polymnist-demo  prepare PolyMNIST (once), write the missing pattern of the test split and run DyMo inference with
+                  the shipped PolyMNIST bundle weights (the paper reproduction)
+"""
+
+COHORT_DEMO_DESCRIPTION = """\
+Run DyMo inference on the default brain MRI + clinical cohort with the shipped cohort bundle weights.
+
+Steps: generate the cohort (360 synthetic patients built from the four real brains of --source: T1, T1c, T2, FLAIR
+and clinical fields, with absent sequences, corrupt files and blank clinical fields) into --cohort-dir unless it is
+already there, then run the cohort bundle's inference config on its test split. The report (dymo_report.html, .csv,
+.json, dymo_summary.png) is written to <output-dir>/inference_testing/.
 """
 
 DEMO_DESCRIPTION = """\
@@ -101,6 +116,56 @@ def seed_arg(text: str) -> int:
     return seed
 
 
+def _cohort_demo(args: argparse.Namespace) -> int:
+    if args.bundle is None:
+        raise FileNotFoundError(
+            f"the cohort bundle is not installed with this monai_dymo (looked in "
+            f"{_project_root() / 'bundles' / COHORT_BUNDLE_NAME} and {_installed_bundles_dir() / COHORT_BUNDLE_NAME}); "
+            f"pass --bundle PATH to a copy of bundles/{COHORT_BUNDLE_NAME}."
+        )
+    bundle = Path(args.bundle).resolve()
+    configs = bundle / "configs"
+    if not (configs / "inference.yaml").is_file():
+        raise FileNotFoundError(
+            f"no bundle at {bundle} (configs/inference.yaml not found); pass --bundle PATH to a copy of "
+            f"bundles/{COHORT_BUNDLE_NAME}."
+        )
+    for name in ("fusion.pt", "recovery.pt", "calibration.pt", "clinical_stats.json"):
+        if not (bundle / "models" / COHORT_NAME / name).is_file():
+            raise FileNotFoundError(f"bundle weights not found: {bundle / 'models' / COHORT_NAME / name}")
+    cohort_dir = Path(args.cohort_dir).resolve()
+    if not (cohort_dir / "datalist.json").is_file():
+        if args.source is None:
+            raise FileNotFoundError("pass --source (folder of the real brain MRI samples) to generate the cohort.")
+        from monai_dymo.data.brain_cohort import generate_brain_cohort  # heavy: only once a command runs
+
+        print(f"generating the default cohort into {cohort_dir} (once) ...", file=sys.stderr)
+        generate_brain_cohort(cohort_dir, source_dir=args.source, overwrite=True)
+
+    from monai.bundle import run
+
+    overrides: dict = {
+        "bundle_root": str(bundle),
+        "cohort#datalist": str(cohort_dir / "datalist.json"),
+        "cohort#clinical_csv": str(cohort_dir / "clinical.csv"),
+        "split": args.split,
+    }
+    if args.max_patients is not None:
+        overrides["max_patients"] = args.max_patients
+    output_dir = args.output_dir
+    if output_dir is None and not _is_source_checkout():
+        output_dir = os.path.join("runs", COHORT_NAME)  # never write into an installed package
+    if output_dir is not None:
+        overrides["work_dir"] = str(Path(output_dir).resolve())
+    run(
+        config_file=[str(configs / "common.yaml"), str(configs / "inference.yaml")],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        **overrides,
+    )
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     if args.bundle is None:
         raise FileNotFoundError(
@@ -151,15 +216,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="monai-dymo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo}")
-    demo = sub.add_parser(
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,polymnist-demo}")
+    source = _is_source_checkout()
+    shared = default_shared_data()
+    cohort = sub.add_parser(
         "demo",
-        help="run DyMo inference on PolyMNIST with the shipped bundle weights",
+        help="run DyMo inference on the default brain MRI + clinical cohort with the shipped weights",
+        description=COHORT_DEMO_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cohort_bundle = find_bundle(COHORT_BUNDLE_NAME)
+    cohort.add_argument(
+        "--bundle", default=None if cohort_bundle is None else str(cohort_bundle), help="bundle folder (default: %(default)s)"
+    )
+    cohort.add_argument(
+        "--cohort-dir",
+        default=str(_project_root() / "outputs" / "brain_cohort") if source else os.path.join("outputs", "brain_cohort"),
+        help="where the default cohort is, or is generated (default: %(default)s)",
+    )
+    cohort.add_argument(
+        "--source",
+        default=str(shared / "brain_mri_samples") if source else None,
+        help="folder of the real brain MRI samples <case>/{t1,t1c,t2,flair}.nii.gz (default: %(default)s)",
+    )
+    cohort.add_argument(
+        "--output-dir",
+        default=None,
+        help="report folder root (default: the bundle's runs/brain_mri_demo in a source checkout, ./runs otherwise)",
+    )
+    cohort.add_argument("--split", default="testing", choices=["training", "validation", "testing"],
+                        help="datalist split to run on (default: %(default)s)")
+    cohort.add_argument("--max-patients", type=int, default=None, help="use only the first N patients of the split")
+    cohort.set_defaults(func=_cohort_demo)
+    demo = sub.add_parser(
+        "polymnist-demo",
+        help="run DyMo inference on PolyMNIST with the shipped bundle weights (the paper reproduction)",
         description=DEMO_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    source = _is_source_checkout()
-    shared = default_shared_data()
     bundle = find_bundle()
     demo.add_argument(
         "--bundle",
@@ -196,13 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=seed_arg, default=0, help="missing-pattern seed, any integer >= 0 (default: %(default)s)"
     )
     demo.add_argument("--max-samples", type=int, default=None, help="use only the first N test samples")
+    demo.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _demo(args)
+        return args.func(args)
     except Exception as e:  # bundle configs wrap errors in RuntimeError: report the root cause of input problems
         cause: BaseException | None = e
         while cause is not None and not isinstance(cause, (FileNotFoundError, ValueError)):

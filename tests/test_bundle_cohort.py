@@ -135,3 +135,49 @@ def test_metadata_verifies_offline():
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0 and "metadata is verified with no error" in proc.stdout + proc.stderr
+
+
+SHIPPED = BUNDLE / "models" / "brain_mri_demo"
+BRAINS = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain_mri_samples"
+
+
+@pytest.mark.slow
+def test_demo_runs_the_shipped_default_cohort_weights(tmp_path):
+    """`monai-dymo demo`: generate a (small) default cohort and run inference with the shipped weights, no training."""
+    if not BRAINS.is_dir():
+        pytest.skip(f"brain MRI samples not found at {BRAINS}")
+    from monai_dymo.cli import main as cli_main
+    from monai_dymo.data.brain_cohort import generate_brain_cohort
+
+    cohort_dir = tmp_path / "cohort"
+    generate_brain_cohort(cohort_dir, source_dir=BRAINS, num_patients=12, size=32, seed=3)
+    code = cli_main(["demo", "--cohort-dir", str(cohort_dir), "--output-dir", str(tmp_path / "out")])
+    assert code == 0
+    report = pd.read_csv(tmp_path / "out" / "inference_testing" / "dymo_report.csv", keep_default_na=False)
+    testing = json.loads((cohort_dir / "datalist.json").read_text())["testing"]
+    assert list(report["patient_id"]) == [e["patient_id"] for e in testing]
+    assert (tmp_path / "out" / "inference_testing" / "dymo_report.html").is_file()
+    for entry, (_, row) in zip(testing, report.iterrows()):
+        for s in ("t1", "t1c", "t2", "flair"):
+            if entry[s] is None:
+                assert row[f"{s}_reason"].startswith("absent") and s in row["recovered"].split(";")
+
+
+def test_shipped_default_weights_fit_the_default_configuration():
+    """The shipped weights load into the networks that common.yaml builds (one-line errors otherwise)."""
+    from monai.bundle import ConfigParser
+
+    for name in ("fusion.pt", "recovery.pt", "calibration.pt", "clinical_stats.json"):
+        assert (SHIPPED / name).is_file(), name
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "common.yaml"))
+    parser["bundle_root"] = str(BUNDLE)
+    parser["device"] = "$torch.device('cpu')"
+    parser.get_parsed_content("load_fusion_weights")
+    parser.get_parsed_content("trained_recovery")
+    calibration = parser.get_parsed_content("calibration")
+    assert calibration.modalities == ("t1", "t1c", "t2", "flair", "clinical")
+    size = sum(p.stat().st_size for p in SHIPPED.iterdir()) + sum(
+        p.stat().st_size for p in BUNDLE.rglob("*") if p.is_file() and "runs" not in p.parts and p.parent != SHIPPED
+    )
+    assert size < 10 * 2**20, f"the bundle is {size / 2**20:.1f} MiB"

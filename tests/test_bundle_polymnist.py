@@ -176,7 +176,7 @@ def test_every_config_runs_at_ci_size(tiny_polymnist, tmp_path):
 def test_demo_command_writes_a_report_with_the_shipped_weights(tiny_polymnist, tmp_path):
     code = cli_main(
         [
-            "demo",
+            "polymnist-demo",
             "--dataset-dir",
             str(tiny_polymnist),
             "--output-dir",
@@ -203,7 +203,7 @@ def test_demo_command_writes_a_report_with_the_shipped_weights(tiny_polymnist, t
 
 
 def test_demo_command_names_a_missing_mnist_archive(tmp_path, capsys):
-    code = cli_main(["demo", "--dataset-dir", str(tmp_path / "none"), "--mnist", str(tmp_path / "nope.npz")])
+    code = cli_main(["polymnist-demo", "--dataset-dir", str(tmp_path / "none"), "--mnist", str(tmp_path / "nope.npz")])
     assert code == 2
     assert "nope.npz" in capsys.readouterr().err
 
@@ -304,7 +304,7 @@ def test_fusion_weights_that_do_not_fit_give_one_line(tiny_polymnist, tmp_path, 
     cause = _root_cause(err.value)
     assert isinstance(cause, ValueError) and "\n" not in str(cause)
     assert str(bad) in str(cause) and "parameter '" in str(cause)
-    code = cli_main(["demo", "--bundle", str(bundle), "--dataset-dir", str(tiny_polymnist), "--output-dir",
+    code = cli_main(["polymnist-demo", "--bundle", str(bundle), "--dataset-dir", str(tiny_polymnist), "--output-dir",
                      str(tmp_path / "cli"), "--max-samples", "20", "--missing-rate", "0.4"])
     assert code == 2
     err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("monai-dymo:")]

@@ -38,7 +38,7 @@ def test_public_names_still_import():
 def _demo_help() -> str:
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    return parser.format_help() + sub.choices["demo"].format_help()
+    return parser.format_help() + sub.choices["polymnist-demo"].format_help()
 
 
 def test_help_is_plain_text():
@@ -49,7 +49,7 @@ def test_help_is_plain_text():
 
 @pytest.mark.parametrize("rate", ["0", "0.35", "1"])
 def test_demo_accepts_any_rate_in_0_1_and_any_seed(rate):
-    args = cli.build_parser().parse_args(["demo", "--missing-rate", rate, "--seed", "123456"])
+    args = cli.build_parser().parse_args(["polymnist-demo", "--missing-rate", rate, "--seed", "123456"])
     assert args.missing_rate == float(rate) and args.seed == 123456
 
 
@@ -64,7 +64,7 @@ def test_demo_accepts_any_rate_in_0_1_and_any_seed(rate):
 )
 def test_demo_refuses_out_of_range_rates_and_seeds(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["demo", *argv])
+        cli.main(["polymnist-demo", *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -95,16 +95,16 @@ def test_bundle_found_where_a_wheel_installs_it(tmp_path, monkeypatch):
     (installed / "configs").mkdir(parents=True)
     (installed / "configs" / "inference.yaml").write_text("{}")
     assert cli.find_bundle() == installed
-    assert cli.build_parser().parse_args(["demo"]).bundle == str(installed)
+    assert cli.build_parser().parse_args(["polymnist-demo"]).bundle == str(installed)
 
 
 def test_missing_bundle_says_to_pass_bundle(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "_project_root", lambda: tmp_path / "site-packages")
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
-    assert cli.main(["demo"]) == 2
+    assert cli.main(["polymnist-demo"]) == 2
     err = capsys.readouterr().err
     assert "not installed with this monai_dymo" in err and "--bundle" in err
-    assert cli.main(["demo", "--bundle", str(tmp_path / "elsewhere")]) == 2
+    assert cli.main(["polymnist-demo", "--bundle", str(tmp_path / "elsewhere")]) == 2
     assert "elsewhere" in capsys.readouterr().err
 
 

@@ -120,7 +120,7 @@ def build_cohort_recovery(
     stats: ClinicalFieldStats | str | Path | None = None,
     latent_dim: int = 64,
     beta: float = 1.0,
-    channels_3d: Sequence[int] = (16, 32, 64, 128),
+    channels_3d: Sequence[int] = (8, 16, 32, 64),
     channels_2d: Sequence[int] = (32, 64, 128),
     clinical_hidden: Sequence[int] = (64, 64),
     expert_parametrization: str = "natural",
