@@ -68,6 +68,8 @@ class DyMoEvaluator(SupervisedEvaluator):
         modality_keys: batch keys of the modalities (default: ``network.modalities``).
         prepare_batch: default :class:`PrepareDyMoEvalBatch` on ``modality_keys``.
         present_key, reasons_key, patient_id_key, label_key: batch keys.
+        index_key: batch key of each sample's datalist index; when the batch has it, every record gets it as
+            ``"index"`` (distributed inference merges and orders the ranks' records by it). None: never.
         other args: as :class:`monai.engines.SupervisedEvaluator`.
     """
 
@@ -82,6 +84,7 @@ class DyMoEvaluator(SupervisedEvaluator):
         reasons_key: str = DyMoKeys.REASONS,
         patient_id_key: str = DyMoKeys.PATIENT_ID,
         label_key: str = DyMoKeys.LABEL,
+        index_key: str | None = DyMoKeys.INDEX,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable | None = None,
@@ -115,6 +118,7 @@ class DyMoEvaluator(SupervisedEvaluator):
         self.reasons_key = reasons_key
         self.patient_id_key = patient_id_key
         self.label_key = label_key
+        self.index_key = index_key
         if prepare_batch is None:
             prepare_batch = PrepareDyMoEvalBatch(modality_keys, present_key=present_key, label_key=label_key)
         extra: dict[str, Any] = {}
@@ -203,6 +207,15 @@ class DyMoEvaluator(SupervisedEvaluator):
                 name: reasons[key] for name, key in zip(self.network_modalities, self.modality_keys) if key in reasons
             }
         records = inferer.last_records(patient_ids=patient_ids, reasons=reasons)
+        indices = None
+        if self.index_key is not None and isinstance(batchdata, Mapping):
+            indices = batchdata.get(self.index_key)
+        if indices is not None:
+            indices = torch.as_tensor(indices).reshape(-1).tolist()
+            if len(indices) != len(records):
+                raise ValueError(f"batch key {self.index_key!r} has {len(indices)} values for {len(records)} patients.")
+            for record, index in zip(records, indices):
+                record[str(DyMoKeys.INDEX)] = int(index)
         assert inferer.last_result is not None
         engine.state.output = {
             CommonKeys.PRED: pred,
