@@ -134,7 +134,8 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
     index of each row). These are not per-patient, so ``decollate`` defaults to False: give ``StatsHandler``
     ``output_transform=monai.handlers.from_engine(["loss"])`` and metrics ``from_engine(["pred", "label"])``.
 
-    Distributed training (``torchrun``): pass the network wrapped in ``DistributedDataParallel`` (e.g.
+    Distributed training (``torchrun``): pass the network wrapped in ``DistributedDataParallel`` with
+    ``find_unused_parameters=True`` (the projection head is unused during the warm-up; e.g.
     :func:`monai_dymo.distributed.wrap_ddp`) and a loader with a ``DistributedSampler``. The forward pass goes through
     the wrapper (``network(inputs, subsets=..., present=...)``), so gradients are averaged over the ranks; with the same
     ``seed`` every rank samples the same subsets, so a step on ``R`` ranks of ``B`` samples each equals a step on the
@@ -193,6 +194,11 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         for attr in ("encode", "fuse_subsets", "modalities", "num_classes", "proj_dim"):
             if not hasattr(net, attr):
                 raise ValueError(f"network must be a DynamicFusionTransformer-like module; it has no '{attr}'.")
+        if isinstance(network, torch.nn.parallel.DistributedDataParallel) and not network.find_unused_parameters:
+            raise ValueError(
+                "wrap the network in DistributedDataParallel with find_unused_parameters=True: its projection head "
+                "gets no gradient while the prototype loss is off (the warm-up epochs)."
+            )
         num_mod = len(net.modalities)
         if not 1 <= num_subsets <= 2**num_mod - 1:
             raise ValueError(
