@@ -99,6 +99,35 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
+def test_helpers_without_process_group():
+    assert backend_for("cpu") == "gloo" and backend_for(torch.device("cuda", 1)) == "nccl"
+    net = _net()
+    assert unwrap(net) is net and unwrap(torch.nn.DataParallel(net)) is net
+    t = torch.ones(2)
+    all_reduce_(t, None)  # single process: unchanged
+    assert t.tolist() == [1.0, 1.0]
+
+
+def test_forward_subsets_mode_and_empty_anchor():
+    """``forward(inputs, subsets=...)`` is the trainer's path; with no row left it returns a zero ``anchor`` through
+    which every parameter gets a (zero) gradient, so a rank without rows can join DDP's gradient reduction."""
+    net = _net()
+    batch = {k: torch.stack([s[k] for s in _samples(4)]) for k in NAMES}
+    subsets = torch.tensor([[True, False, False], [False, True, True]])
+    out = net(batch, subsets=subsets)
+    assert out["logits"].shape == (8, 3) and out["rows"].tolist() == [0, 1, 2, 3] * 2
+    logits, _ = net(batch, subsets[1].expand(4, -1))
+    torch.testing.assert_close(out["logits"][4:], logits, atol=1e-5, rtol=1e-5)
+    present = torch.tensor([[False, True, True]] * 4)
+    empty = net(batch, subsets=subsets[:1], present=present)
+    assert empty["logits"] is None and empty["rows"].numel() == 0
+    empty["anchor"].backward()
+    assert float(empty["anchor"]) == 0.0
+    assert all(p.grad is not None and not p.grad.any() for p in net.parameters())
+    with pytest.raises(ValueError, match="either"):
+        net(batch, subsets[0].expand(4, -1), subsets=subsets)
+
+
 # ---------------------------------------------------------------------------------------------------- training
 def _train_fusion(network, loader, epochs: int = 2) -> SubsetAugmentedTrainer:
     # SGD: Adam would amplify the float noise of gradients that are zero in theory (conv biases before instance norm)
@@ -113,6 +142,8 @@ def _train_fusion(network, loader, epochs: int = 2) -> SubsetAugmentedTrainer:
 def _fusion_worker(rank: int, tmp: Path) -> None:
     data = Dataset(_samples(16))
     sampler = MonaiDistributedSampler(data, shuffle=False)  # rank r: samples r, r + 2, ...
+    with pytest.raises(ValueError, match="find_unused_parameters=True"):
+        SubsetAugmentedTrainer("cpu", 1, [], wrap_ddp(_net(), "cpu"), torch.optim.SGD(_net().parameters(), lr=0.1))
     network = wrap_ddp(_net(), "cpu", find_unused_parameters=True)
     trainer = _train_fusion(network, DataLoader(data, batch_size=4, sampler=sampler))
     torch.save(
