@@ -17,6 +17,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from monai.utils import optional_import
+
 __all__ = ["backend_for", "local_device", "init_distributed", "is_distributed", "wrap_ddp", "unwrap", "all_reduce_"]
 
 
@@ -39,7 +41,9 @@ def local_device() -> torch.device:
 
 def init_distributed(device: torch.device | str | None = None) -> torch.device:
     """Initialise the default process group (``env://``: ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``
-    ...) with the backend of ``device`` unless it already is, select the CUDA device, and return ``device``.
+    ...) with the backend of ``device`` unless it already is, select the CUDA device, set up ignite's distributed
+    context (``ignite.distributed.sync``, collective) and return ``device``. Call it on every rank, before building
+    handlers (e.g. first in a bundle's ``initialize``).
 
     Args:
         device: this process's device (default :func:`local_device`).
@@ -54,6 +58,11 @@ def init_distributed(device: torch.device | str | None = None) -> torch.device:
                 "(e.g. `torchrun --standalone --nproc_per_node=2 -m monai.bundle run ...`)."
             )
         dist.init_process_group(backend=backend_for(device))
+    idist, has_ignite = optional_import("ignite.distributed")
+    if has_ignite and dist.is_initialized():
+        # ignite builds its view of the group with collectives at its first use: do it now, on every rank alike,
+        # rather than inside a handler that only rank 0 builds (which would deadlock)
+        idist.sync()
     return device
 
 
