@@ -310,3 +310,56 @@ def test_inference_ddp_report_equals_single_process(tmp_path: Path):
         _assert_same_rows(_rows(tmp_path / name / "dymo_report.csv"), ref_rows)
         merged = json.loads((tmp_path / name / "dymo_report.json").read_text())
         assert [r["index"] for r in merged] == list(range(n))
+
+
+# ---------------------------------------------------------------------------------------------------- bundle
+@pytest.mark.slow
+def test_bundle_multi_gpu_inference_and_calibration_with_torchrun(tmp_path: Path):
+    """The PolyMNIST bundle's fragments under ``torchrun`` (2 CPU processes, gloo): the merged report and the
+    calibration equal the single-process ones."""
+    import subprocess
+    import sys
+
+    from monai.bundle import run
+
+    from monai_dymo.data import build_polymnist_to_disk, generate_pattern_files
+
+    root = Path(__file__).resolve().parents[1]
+    bundle, shared = root / "bundles" / "polymnist_dymo", root.parent / "shared" / "data"
+    mnist, backgrounds = shared / "mnist" / "mnist.npz", shared / "polymnist_backgrounds"
+    if not mnist.is_file() or not backgrounds.is_dir():
+        pytest.skip(f"PolyMNIST inputs not found at {mnist} / {backgrounds}")
+    data = tmp_path / "polymnist"
+    build_polymnist_to_disk(mnist, backgrounds, data, seed=0, max_samples=300, preview=False, progress=False)
+    generate_pattern_files(300, ["m0", "m1", "m2", "m3", "m4"], [0.8], [0], data / "patterns")
+    common = {"dataset_dir": str(data), "max_samples": 45, "num_threads": 1}
+    cfg = [str(bundle / "configs" / "common.yaml")]
+
+    def overrides(out: str) -> dict:
+        return {**common, "output_dir": str(tmp_path / out), "calibration_file": str(tmp_path / out / "calib.pt")}
+
+    def torchrun(*configs: str, out: str) -> None:
+        args = [f"--{k}={v}" for k, v in overrides(out).items()]
+        files = str(cfg + [str(bundle / "configs" / c) for c in configs])
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+               "run", "--config_file", files, "--bundle_root", str(bundle), *args]
+        env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True, timeout=600)
+
+    def single(*configs: str, out: str) -> None:
+        run(config_file=cfg + [str(bundle / "configs" / c) for c in configs], bundle_root=str(bundle), **overrides(out))
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    torchrun("calibrate.yaml", "multi_gpu_calibrate.yaml", out="two")
+    single("calibrate.yaml", out="one")
+    one, two = (SubsetCalibration.load(tmp_path / d / "calib.pt") for d in ("one", "two"))
+    torch.testing.assert_close(two.prototypes[1:], one.prototypes[1:], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(two.sigma[1:], one.sigma[1:], atol=1e-6, rtol=1e-5)
+
+    torchrun("inference.yaml", "multi_gpu_inference.yaml", out="two")
+    single("inference.yaml", out="one")
+    report = Path("inference_rate0.8_seed0") / "dymo_report.csv"
+    ref = _rows(tmp_path / "one" / report)
+    assert len(ref) == 45
+    _assert_same_rows(_rows(tmp_path / "two" / report), ref)
