@@ -64,7 +64,8 @@ def prepare(args: argparse.Namespace) -> Path:
         from monai_dymo.data import load_polymnist_npz
 
         n = int(load_polymnist_npz(out / "polymnist_test.npz")["labels"].shape[0])
-        generate_pattern_files(n, [f"m{i}" for i in range(5)], [args.missing_rate], [args.pattern_seed], out / "patterns")
+        names = [f"m{i}" for i in range(5)]
+        generate_pattern_files(n, names, [args.missing_rate], [args.pattern_seed], out / "patterns")
     return pattern
 
 

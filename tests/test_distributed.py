@@ -26,7 +26,6 @@ from monai_dymo.engines.recovery_trainer import KEPT, MODALITIES, RecoveryMSE, R
 from monai_dymo.engines.trainer import SubsetAugmentedTrainer
 from monai_dymo.handlers.reports import SelectionReportWriter
 from monai_dymo.inferers import DyMoInferer
-from monai_dymo.keys import DyMoKeys
 from monai_dymo.networks.encoders import ClinicalTokenEncoder, ImageTokenEncoder
 from monai_dymo.networks.fusion import DynamicFusionTransformer
 from monai_dymo.networks.recovery.mopoe import MoPoERecovery
@@ -341,8 +340,8 @@ def test_bundle_multi_gpu_inference_and_calibration_with_torchrun(tmp_path: Path
     def torchrun(*configs: str, out: str) -> None:
         args = [f"--{k}={v}" for k, v in overrides(out).items()]
         files = str(cfg + [str(bundle / "configs" / c) for c in configs])
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-               "run", "--config_file", files, "--bundle_root", str(bundle), *args]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        cmd = [*launcher, "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(bundle), *args]
         env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
         subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True, timeout=600)
 

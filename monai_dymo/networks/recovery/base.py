@@ -250,7 +250,7 @@ class RecoveryNetwork(nn.Module):
         if elbo:
             loss = getattr(self, "elbo", None)
             if not callable(loss):
-                raise ValueError(f"{type(self).__name__} has no `elbo(inputs, present)`; it cannot be trained this way.")
+                raise ValueError(f"{type(self).__name__} has no `elbo(inputs, present)`: it cannot be trained so.")
             return loss(inputs, present, generator=generator)
         tensors, present_b = check_recovery_inputs(
             inputs, present, self.modalities, self.modality_shapes, strict=strict, allow_nonfinite=self.nan_tolerant
