@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from monai.networks.utils import eval_mode
 
+from .distributed import all_reduce_
 from .keys import DyMoKeys
 from .presence import align_present
 from .subsets import all_subset_masks, code_to_mask
@@ -442,6 +443,7 @@ def fit_calibration(
                 if sum_zz is not None:
                     weighted = (onehot[:, :, None] * z[:, None, :]).reshape(z.shape[0], -1)  # [n, C*D]
                     sum_zz[code] += (weighted.T @ z).reshape(C, D, D)
+        all_reduce_(count, sum_z, sum_zz)  # torchrun: sums over every rank's shard (each rank needs one batch)
         if sum_z is None:
             raise ValueError("the calibration loader yielded no samples.")
 
@@ -481,6 +483,7 @@ def fit_calibration(
                     count2[code] += onehot.sum(0)
                     sum_d[code] += onehot.T @ d
                     sum_d2_t[code] += onehot.T @ (d * d)
+            all_reduce_(count2, sum_d, sum_d2_t)
             if not torch.equal(count2, count):
                 raise ValueError(
                     "the loader yielded different samples in the second calibration pass; two-pass calibration needs "

@@ -19,6 +19,8 @@ class DyMoKeys(StrEnum):
       MONAI's collate turns it into ``dict[str, list[str]]`` for a batch.
     - ``FIELD_MASK``: ``dict[str, BoolTensor[F]]`` per clinical group, True where a field inside an observed group is present.
     - ``PATIENT_ID``: patient / case identifier (string).
+    - ``INDEX``: position of the sample in its datalist / dataset (int); carried into the selection records so that
+      reports merged from several processes keep the datalist order.
     - ``LABEL``, ``PRED``: as :class:`monai.utils.CommonKeys`.
     - ``SELECTION``: per-patient reliability record written by the DyMo inferer / evaluator.
     - ``ERROR``: reason a patient could not be processed at all (kept in reports).
@@ -30,6 +32,7 @@ class DyMoKeys(StrEnum):
     REASONS = "modality_reasons"
     FIELD_MASK = "field_mask"
     PATIENT_ID = "patient_id"
+    INDEX = "index"
     LABEL = "label"
     PRED = "pred"
     SELECTION = "dymo_selection"

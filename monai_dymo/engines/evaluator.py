@@ -77,6 +77,8 @@ class DyMoEvaluator(SupervisedEvaluator):
             :mod:`monai_dymo.handlers.progress`).
         keep_inputs: put the (recovered) inputs of each batch into the output (turns on the inferer's
             ``keep_inputs``); off by default.
+        index_key: batch key of each sample's datalist index; when the batch has it, every record gets it as
+            ``"index"`` (distributed inference merges and orders the ranks' records by it). None: never.
         other args: as :class:`monai.engines.SupervisedEvaluator`.
     """
 
@@ -92,6 +94,7 @@ class DyMoEvaluator(SupervisedEvaluator):
         patient_id_key: str = DyMoKeys.PATIENT_ID,
         label_key: str = DyMoKeys.LABEL,
         keep_inputs: bool = False,
+        index_key: str | None = DyMoKeys.INDEX,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable | None = None,
@@ -129,6 +132,7 @@ class DyMoEvaluator(SupervisedEvaluator):
         self.keep_inputs = bool(keep_inputs)
         if self.keep_inputs:
             inferer.keep_inputs = True
+        self.index_key = index_key
         if prepare_batch is None:
             prepare_batch = PrepareDyMoEvalBatch(modality_keys, present_key=present_key, label_key=label_key)
         extra: dict[str, Any] = {}
@@ -239,6 +243,15 @@ class DyMoEvaluator(SupervisedEvaluator):
         if isinstance(reasons, Mapping):
             self._check_reasons_match_present(reasons, kwargs.get("present"), patient_ids)
         records = inferer.last_records(patient_ids=patient_ids, reasons=reasons)
+        indices = None
+        if self.index_key is not None and isinstance(batchdata, Mapping):
+            indices = batchdata.get(self.index_key)
+        if indices is not None:
+            indices = torch.as_tensor(indices).reshape(-1).tolist()
+            if len(indices) != len(records):
+                raise ValueError(f"batch key {self.index_key!r} has {len(indices)} values for {len(records)} patients.")
+            for record, index in zip(records, indices):
+                record[str(DyMoKeys.INDEX)] = int(index)
         assert inferer.last_result is not None
         engine.state.output = {
             CommonKeys.PRED: pred,

@@ -28,6 +28,7 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
 from monai_dymo.handlers.progress import attach_progress_bar, loss_progress
+from monai_dymo.distributed import is_distributed, unwrap
 from monai_dymo.keys import DyMoKeys
 from monai_dymo.presence import align_present
 
@@ -38,6 +39,12 @@ else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
     Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
     Metric, _ = optional_import("ignite.metrics", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Metric")
+reinit__is_reduced, _ = optional_import(
+    "ignite.metrics.metric", IgniteInfo.OPT_IMPORT_VERSION, min_version, "reinit__is_reduced"
+)
+sync_all_reduce, _ = optional_import(
+    "ignite.metrics.metric", IgniteInfo.OPT_IMPORT_VERSION, min_version, "sync_all_reduce"
+)
 
 __all__ = [
     "PrepareRecoveryBatch",
@@ -165,10 +172,12 @@ class RecoveryMSE(Metric):
         self.modality = modality
         super().__init__(output_transform=output_transform, device=device)
 
+    @reinit__is_reduced
     def reset(self) -> None:
         self._sum = 0.0
         self._count = 0
 
+    @reinit__is_reduced
     def update(self, output: Mapping[str, Any] | Sequence[Any]) -> None:
         if not isinstance(output, Mapping):  # ignite hands over the values of `required_output_keys` as a tuple
             output = dict(zip(self.required_output_keys, output))
@@ -191,6 +200,7 @@ class RecoveryMSE(Metric):
             self._sum += float(per_row[n > 0].sum())
             self._count += int((n > 0).sum())
 
+    @sync_all_reduce("_sum", "_count")
     def compute(self) -> float:
         return self._sum / self._count if self._count else float("nan")
 
@@ -235,9 +245,15 @@ class RecoveryTrainer(SupervisedTrainer):
             ValidationHandler is appended when ``validator`` is given and the list has none).
         log_dir: TensorBoard directory of the default handlers (None: no TensorBoard).
         validator: e.g. a :class:`RecoveryEvaluator`, run every ``val_interval`` epochs.
-        seed: seeds the RNG of the subset draws and the reparameterisation noise (None: global RNG).
+        seed: seeds the RNG of the subset draws and the reparameterisation noise (None: global RNG); in distributed
+            runs rank ``r`` uses ``seed + r``.
         progress: show a progress bar with the loss (ignite's ``ProgressBar``); None: when standard error is a
             terminal (see :mod:`monai_dymo.handlers.progress`).
+
+    Distributed training (``torchrun``): pass the network wrapped in ``DistributedDataParallel`` (attributes are read
+    through ``.module``) and a loader with a ``DistributedSampler``; the default loss runs through the wrapper's
+    forward (``network(inputs, present, elbo=True, generator=...)``), so gradients are averaged over the ranks. A custom
+    ``loss_function`` must call ``network(...)`` itself for the same effect.
 
     ``engine.state.output`` after each iteration: ``loss`` (detached), ``recon``, ``kl``, ``recon_<m>`` scalars,
     plus ``image`` (the inputs dict) and ``present``.
@@ -272,12 +288,13 @@ class RecoveryTrainer(SupervisedTrainer):
         seed: int | None = None,
         progress: bool | None = None,
     ) -> None:
-        if not hasattr(network, "modalities"):
+        net = unwrap(network)  # attribute access only: training calls `network` itself (DDP synchronisation)
+        if not hasattr(net, "modalities"):
             raise ValueError("the recovery network must expose `modalities`.")
-        if loss_function is None and not callable(getattr(network, "elbo", None)):
+        if loss_function is None and not callable(getattr(net, "elbo", None)):
             raise ValueError("the network has no `elbo(inputs, present)` method; pass a `loss_function`.")
         if prepare_batch is None:
-            prepare_batch = PrepareRecoveryBatch(network.modalities, present_key)
+            prepare_batch = PrepareRecoveryBatch(net.modalities, present_key)
         if train_handlers is None:
             handlers = default_recovery_train_handlers(log_dir, validator, val_interval)
         else:
@@ -315,8 +332,10 @@ class RecoveryTrainer(SupervisedTrainer):
         if self.seed is None:
             return None
         if self._generator is None:
+            # distributed runs: one stream per rank (ranks hold different samples; equal draws would correlate them)
+            rank = torch.distributed.get_rank() if is_distributed() else 0
             self._generator = torch.Generator(device=self.state.device)
-            self._generator.manual_seed(int(self.seed))
+            self._generator.manual_seed(int(self.seed) + rank)
         return self._generator
 
     def _iteration(self, engine: RecoveryTrainer, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
@@ -327,8 +346,8 @@ class RecoveryTrainer(SupervisedTrainer):
         engine.state.output = {CommonKeys.IMAGE: inputs, DyMoKeys.PRESENT: present}
 
         def _compute_loss() -> torch.Tensor:
-            if engine.loss_function is None:
-                terms = engine.network.elbo(inputs, present, generator=engine._rng())
+            if engine.loss_function is None:  # through forward: a DDP wrapper synchronises the gradients
+                terms = engine.network(inputs, present, elbo=True, generator=engine._rng())
             else:
                 terms = engine.loss_function(engine.network, inputs, present)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
@@ -418,14 +437,15 @@ class RecoveryEvaluator(SupervisedEvaluator):
         kept_key: str = KEPT,
         progress: bool | None = None,
     ) -> None:
-        if not hasattr(network, "modalities"):
+        net = unwrap(network)
+        if not hasattr(net, "modalities"):
             raise ValueError("the recovery network must expose `modalities`.")
         if prepare_batch is None:
-            prepare_batch = PrepareRecoveryBatch(network.modalities, present_key)
+            prepare_batch = PrepareRecoveryBatch(net.modalities, present_key)
         if key_val_metric is None:
             key_val_metric = {"recovery_mse": RecoveryMSE()}
             if additional_metrics is None:
-                additional_metrics = {f"recovery_mse_{m}": RecoveryMSE(modality=m) for m in network.modalities}
+                additional_metrics = {f"recovery_mse_{m}": RecoveryMSE(modality=m) for m in net.modalities}
         super().__init__(
             device=torch.device(device) if isinstance(device, str) else device,
             val_data_loader=val_data_loader,
@@ -463,7 +483,8 @@ class RecoveryEvaluator(SupervisedEvaluator):
         else:
             kept = simulate_missing(present, engine._generator)
         masked: dict[str, torch.Tensor] = {}
-        for m, name in enumerate(engine.network.modalities):
+        modalities = tuple(unwrap(engine.network).modalities)
+        for m, name in enumerate(modalities):
             if name in inputs:
                 x = inputs[name]
                 keep = kept[:, m].to(x.device).reshape(-1, *([1] * (x.ndim - 1)))
@@ -479,7 +500,7 @@ class RecoveryEvaluator(SupervisedEvaluator):
             CommonKeys.LABEL: inputs,
             DyMoKeys.PRESENT: present,
             KEPT: kept,
-            MODALITIES: tuple(engine.network.modalities),
+            MODALITIES: modalities,
         }
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

@@ -16,6 +16,7 @@ from monai.utils import IgniteInfo, convert_to_tensor, min_version, optional_imp
 from monai.utils.enums import CommonKeys as Keys
 
 from monai_dymo.handlers.progress import attach_progress_bar, loss_progress
+from monai_dymo.distributed import is_distributed, unwrap
 from monai_dymo.handlers.prototypes import PrototypeRefreshHandler
 from monai_dymo.keys import DyMoKeys
 from monai_dymo.presence import align_present
@@ -91,45 +92,29 @@ def subset_augmented_forward(
     subsets: torch.Tensor,
     present: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Encode the batch once, then fuse every (subset, sample) row in one batched call.
+    """Encode the batch once, then fuse every (subset, sample) row in one batched call, through ``network.forward``
+    (``network(inputs, subsets=subsets, present=present)``), so that a ``DistributedDataParallel`` wrapper
+    synchronises the gradients.
 
     Row ``(k, b)`` uses subset ``subsets[k]``, restricted to ``present[b]`` when ``present`` is given; rows whose
     restricted subset is empty are skipped. Gradients equal those of re-encoding the batch for every subset.
 
     Args:
-        network: a :class:`monai_dymo.networks.fusion.DynamicFusionTransformer` (``encode``/``fuse``/``modalities``).
+        network: a :class:`monai_dymo.networks.fusion.DynamicFusionTransformer`, possibly wrapped in
+            ``DistributedDataParallel``.
         inputs: ``{name: [B, ...]}``.
         subsets: BoolTensor ``[K, M]``.
         present: optional BoolTensor ``[B, M]`` of observed modalities.
 
     Returns:
         ``{"logits": [N, C], "z": [N, D], "rows": [N] sample index, "groups": [N] subset index k,
-        "subset": [N, M] the subset each row was fused with}``, rows ordered subset-major.
+        "subset": [N, M] the subset each row was fused with}``, rows ordered subset-major (see
+        :meth:`~monai_dymo.networks.fusion.DynamicFusionTransformer.fuse_subsets`).
     """
-    tokens = network.encode(inputs)
-    batch = next(iter(tokens.values())).shape[0]
-    num_mod = len(network.modalities)
+    num_mod = len(unwrap(network).modalities)
     if subsets.dtype != torch.bool or subsets.ndim != 2 or subsets.shape[1] != num_mod:
         raise ValueError(f"subsets must be a bool tensor [K, {num_mod}], found {subsets.dtype} {tuple(subsets.shape)}.")
-    device = next(iter(tokens.values())).device
-    subsets = subsets.to(device)
-    per_row = subsets.unsqueeze(1).expand(-1, batch, -1)
-    if present is not None:
-        if tuple(present.shape) != (batch, num_mod):
-            raise ValueError(f"present must have shape [B, M] = {(batch, num_mod)}, found {tuple(present.shape)}.")
-        per_row = per_row & present.to(device=device, dtype=torch.bool).unsqueeze(0)
-    flat = per_row.reshape(-1, num_mod)
-    keep = flat.any(1).nonzero().flatten()
-    rows, groups = keep % batch, torch.div(keep, batch, rounding_mode="floor")
-    if keep.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.int64, device=device)
-        return {"logits": None, "z": None, "rows": empty, "groups": empty, "subset": flat[:0]}  # type: ignore
-    if keep.numel() == flat.shape[0]:
-        tok = {m: t.repeat(subsets.shape[0], *([1] * (t.ndim - 1))) for m, t in tokens.items()}
-    else:
-        tok = {m: t.index_select(0, rows) for m, t in tokens.items()}
-    logits, z = network.fuse(tok, flat[keep])
-    return {"logits": logits, "z": z, "rows": rows, "groups": groups, "subset": flat[keep]}
+    return network(inputs, subsets=subsets, present=present)
 
 
 class SubsetAugmentedTrainer(SupervisedTrainer):
@@ -151,8 +136,19 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
     index of each row). These are not per-patient, so ``decollate`` defaults to False: give ``StatsHandler``
     ``output_transform=monai.handlers.from_engine(["loss"])`` and metrics ``from_engine(["pred", "label"])``.
 
+    Distributed training (``torchrun``): pass the network wrapped in ``DistributedDataParallel`` with
+    ``find_unused_parameters=True`` (the projection head is unused during the warm-up; e.g.
+    :func:`monai_dymo.distributed.wrap_ddp`) and a loader with a ``DistributedSampler``. The forward pass goes through
+    the wrapper (``network(inputs, subsets=..., present=...)``), so gradients are averaged over the ranks; with the same
+    ``seed`` every rank samples the same subsets, so a step on ``R`` ranks of ``B`` samples each equals a step on the
+    global batch of ``R * B`` samples (exactly when every rank has the same number of rows per subset, e.g. without
+    ``present``, and without batch norm, whose statistics are per rank unless converted to ``SyncBatchNorm``). A rank
+    left without rows still runs backward (zero gradients) and steps, as the reduction is collective. The
+    :class:`PrototypeRefreshHandler` sums the accumulated projections over the ranks, so prototypes agree.
+
     Args (beyond :class:`monai.engines.SupervisedTrainer`, whose other arguments keep their meaning):
-        network: a :class:`monai_dymo.networks.fusion.DynamicFusionTransformer`.
+        network: a :class:`monai_dymo.networks.fusion.DynamicFusionTransformer`, or one wrapped in
+            ``DistributedDataParallel`` (unwrapped through ``.module`` for attribute access only).
         loss_function: a :class:`SubsetAugmentedLoss`; default built from the network with ``prototype_weight`` and
             ``temperature``.
         num_subsets: ``K`` subsets per batch (5 in DyMo's PolyMNIST setting; at most ``2**M - 1``).
@@ -199,33 +195,39 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         accumulation_steps: int = 1,
         progress: bool | None = None,
     ) -> None:
-        for attr in ("encode", "fuse", "modalities", "num_classes", "proj_dim"):
-            if not hasattr(network, attr):
+        net = unwrap(network)  # attribute access only: training calls `network` itself (DDP synchronisation)
+        for attr in ("encode", "fuse_subsets", "modalities", "num_classes", "proj_dim"):
+            if not hasattr(net, attr):
                 raise ValueError(f"network must be a DynamicFusionTransformer-like module; it has no '{attr}'.")
-        num_mod = len(network.modalities)
+        if isinstance(network, torch.nn.parallel.DistributedDataParallel) and not network.find_unused_parameters:
+            raise ValueError(
+                "wrap the network in DistributedDataParallel with find_unused_parameters=True: its projection head "
+                "gets no gradient while the prototype loss is off (the warm-up epochs)."
+            )
+        num_mod = len(net.modalities)
         if not 1 <= num_subsets <= 2**num_mod - 1:
             raise ValueError(
                 f"num_subsets must be in [1, {2**num_mod - 1}] for {num_mod} modalities, got {num_subsets}."
             )
         if loss_function is None:
             loss_function = SubsetAugmentedLoss(
-                network.num_classes, network.proj_dim, prototype_weight=prototype_weight, temperature=temperature
+                net.num_classes, net.proj_dim, prototype_weight=prototype_weight, temperature=temperature
             )
         if not isinstance(loss_function, SubsetAugmentedLoss):
             raise ValueError(f"loss_function must be a SubsetAugmentedLoss, found {type(loss_function).__name__}.")
-        if (loss_function.num_classes, loss_function.proj_dim) != (network.num_classes, network.proj_dim):
+        if (loss_function.num_classes, loss_function.proj_dim) != (net.num_classes, net.proj_dim):
             raise ValueError(
                 f"loss_function is for {loss_function.num_classes} classes / proj_dim {loss_function.proj_dim}, the "
-                f"network has {network.num_classes} / {network.proj_dim}."
+                f"network has {net.num_classes} / {net.proj_dim}."
             )
         handlers = list(train_handlers) if train_handlers is not None else []
         if prototype_warmup_epochs is not None and not any(isinstance(h, PrototypeRefreshHandler) for h in handlers):
             handlers.insert(0, PrototypeRefreshHandler(warmup_epochs=prototype_warmup_epochs))
         if prepare_batch is None:
-            prepare_batch = PrepareDyMoBatch(network.modalities, label_key=label_key, present_key=present_key)
+            prepare_batch = PrepareDyMoBatch(net.modalities, label_key=label_key, present_key=present_key)
         # set before the handlers are attached by the parent constructor
         self.prototype_accumulator = (
-            accumulator if accumulator is not None else PrototypeAccumulator(network.num_classes, network.proj_dim)
+            accumulator if accumulator is not None else PrototypeAccumulator(net.num_classes, net.proj_dim)
         )
         self.num_subsets = int(num_subsets)
         self.subset_generator = torch.Generator()
@@ -276,7 +278,7 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
             targets = targets[:, 0]
         if targets.ndim != 1:
             raise ValueError(f"labels must be class indices [B] (or [B, 1]), found shape {tuple(targets.shape)}.")
-        num_mod = len(engine.network.modalities)
+        num_mod = len(unwrap(engine.network).modalities)
         subsets = sample_subsets(engine.num_subsets, num_mod, engine.subset_generator).to(targets.device)
         engine.state.output = {"subsets": subsets}
 
@@ -301,6 +303,8 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
             if out["logits"] is None:  # every sampled subset missed every patient's present modalities
                 zero = torch.zeros((), device=labels.device)
                 engine.state.output.update({Keys.LOSS: zero, "ce_loss": zero, "prototype_loss": zero})
+                if synced:  # this rank still takes part in the gradient reduction, with zero gradients
+                    engine.state.output[Keys.LOSS] = out["anchor"]
                 engine.fire_event(IterationEvents.LOSS_COMPLETED)
                 return False
             terms = engine.loss_function.compute(out["logits"], out["z"], labels, out["groups"])
@@ -311,6 +315,8 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
             engine.prototype_accumulator.update(out["z"].detach().float(), labels)
             return True
 
+        # under DistributedDataParallel every rank must run backward and step (the reduction is collective)
+        synced = isinstance(engine.network, torch.nn.parallel.DistributedDataParallel) and is_distributed()
         engine.network.train()
         if should_zero_grad:
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
@@ -318,20 +324,20 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         if engine.amp and engine.scaler is not None:
             with torch.autocast("cuda", **engine.amp_kwargs):
                 has_rows = _compute_pred_loss()
-            if has_rows:
+            if has_rows or synced:
                 loss = engine.state.output[Keys.LOSS]
                 engine.scaler.scale(loss / acc if acc > 1 else loss).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            if should_step and (has_rows or acc > 1):
+            if should_step and (has_rows or acc > 1 or synced):
                 engine.scaler.step(engine.optimizer)
                 engine.scaler.update()
         else:
             has_rows = _compute_pred_loss()
-            if has_rows:
+            if has_rows or synced:
                 loss = engine.state.output[Keys.LOSS]
                 (loss / acc if acc > 1 else loss).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            if should_step and (has_rows or acc > 1):
+            if should_step and (has_rows or acc > 1 or synced):
                 engine.optimizer.step()
         for key in (Keys.PRED, Keys.LOSS, "ce_loss", "prototype_loss"):
             if isinstance(engine.state.output.get(key), torch.Tensor):

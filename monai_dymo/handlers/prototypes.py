@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from monai_dymo.distributed import all_reduce_
 from monai_dymo.losses import PrototypeAccumulator, SubsetAugmentedLoss
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -24,7 +25,8 @@ class PrototypeRefreshHandler:
 
     With the default ``warmup_epochs=3`` epochs 1-3 train with cross-entropy only and epoch 4 onwards adds the
     prototype term, against the class means of the previous epoch's projections (all sampled subsets pooled). A class
-    absent from an epoch keeps its previous prototype (zeros before it is first seen).
+    absent from an epoch keeps its previous prototype (zeros before it is first seen). In distributed runs the
+    accumulated sums and counts are summed over the ranks first, so every rank gets the same prototypes.
 
     The loss and the accumulator default to the engine's ``loss_function`` and ``prototype_accumulator`` (as set by
     :class:`monai_dymo.engines.trainer.SubsetAugmentedTrainer`), looked up when the event fires.
@@ -85,6 +87,7 @@ class PrototypeRefreshHandler:
 
     def __call__(self, engine: Engine) -> None:
         loss, acc = self._resolve(engine)
+        all_reduce_(acc.sums, acc.counts)  # distributed runs: pool the projections of every rank
         if int(acc.counts.sum()) > 0:
             loss.set_prototypes(acc.compute(previous=loss.prototypes).to(loss.prototypes.device))
             unseen = (acc.counts == 0).nonzero().flatten().tolist()

@@ -324,7 +324,8 @@ class SelectionReportWriter:
     values such as names or birth dates are never read). With ``pseudonymize_key`` every patient id is replaced by a
     keyed pseudonym (the first 16 hex digits of HMAC-SHA256(key, id), stable for one key; see
     :mod:`monai_dymo.handlers.pseudonyms`), raw ids inside reasons / errors are replaced too and file paths are reduced
-    to their file names. In distributed runs the records of all ranks are gathered and only ``save_rank`` writes.
+    to their file names. In distributed runs the records of all ranks are gathered (and ordered by their datalist ``index`` when they carry
+    one, see :meth:`_gather`) and only ``save_rank`` writes.
 
     Args:
         output_dir: directory of the report files.
@@ -532,13 +533,24 @@ class SelectionReportWriter:
             self.records.append(rec)
 
     def _gather(self) -> list[dict[str, Any]]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            if world > 1:
-                gathered: list[Any] = [None] * world
-                torch.distributed.all_gather_object(gathered, self.records)
-                return [r for part in gathered for r in part]
-        return list(self.records)
+        """Records of every rank (ignite ``idist.all_gather`` of objects; this rank's in a single process).
+
+        When every record carries its datalist ``"index"`` (see :class:`~monai_dymo.engines.evaluator.DyMoEvaluator`)
+        they are sorted by it and a duplicated index (e.g. samples repeated by a padding ``DistributedSampler``) is
+        kept once, so the merged report has one row per datalist entry, in datalist order; otherwise the ranks'
+        records are concatenated in rank order.
+        """
+        records = list(self.records)
+        if idist.get_world_size() > 1:
+            gathered = idist.all_gather(records)
+            records = [r for part in gathered for r in part]
+        key = str(DyMoKeys.INDEX)
+        if not records or any(r.get(key) is None for r in records):
+            return records
+        merged: dict[int, dict[str, Any]] = {}
+        for rec in records:
+            merged.setdefault(int(rec[key]), rec)
+        return [merged[i] for i in sorted(merged)]
 
     def write(self, records: Sequence[Mapping[str, Any]] | None = None) -> dict[str, str]:
         """Write the report files for ``records`` (default: those collected) and return their paths."""

@@ -270,11 +270,74 @@ class DynamicFusionTransformer(nn.Module):
             x = block(x, src_key_padding_mask=~visible)
         return self._head(x[:, 0])
 
+    def fuse_subsets(
+        self, tokens: Mapping[str, torch.Tensor], subsets: torch.Tensor, present: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor | None]:
+        """Fuse every (subset, sample) row of embedded tokens (from :meth:`encode`) in one batched call.
+
+        Row ``(k, b)`` uses subset ``subsets[k]``, restricted to ``present[b]`` when ``present`` is given; rows whose
+        restricted subset is empty are skipped.
+
+        Args:
+            tokens: ``{name: [B, n_m, dim]}``.
+            subsets: BoolTensor ``[K, M]``.
+            present: optional BoolTensor ``[B, M]`` of observed modalities.
+
+        Returns:
+            ``{"logits": [N, C], "z": [N, D], "rows": [N] sample index, "groups": [N] subset index k,
+            "subset": [N, M] the subset each row was fused with}``, rows ordered subset-major. With no row left,
+            ``logits`` and ``z`` are None and ``"anchor"`` is a zero scalar depending on every parameter (a backward
+            through it gives zero gradients, e.g. to take part in a distributed gradient reduction).
+        """
+        batch = self._check_tokens(tokens)
+        num_mod = len(self.modalities)
+        if not isinstance(subsets, torch.Tensor) or subsets.dtype != torch.bool or subsets.ndim != 2 or (
+            subsets.shape[1] != num_mod
+        ):
+            found = f"{subsets.dtype} {tuple(subsets.shape)}" if isinstance(subsets, torch.Tensor) else type(subsets)
+            raise ValueError(f"subsets must be a bool tensor [K, {num_mod}], found {found}.")
+        device = self.cls_token.device
+        subsets = subsets.to(device)
+        per_row = subsets.unsqueeze(1).expand(-1, batch, -1)
+        if present is not None:
+            if tuple(present.shape) != (batch, num_mod):
+                raise ValueError(f"present must have shape [B, M] = {(batch, num_mod)}, found {tuple(present.shape)}.")
+            per_row = per_row & present.to(device=device, dtype=torch.bool).unsqueeze(0)
+        flat = per_row.reshape(-1, num_mod)
+        keep = flat.any(1).nonzero().flatten()
+        rows, groups = keep % batch, torch.div(keep, batch, rounding_mode="floor")
+        if keep.numel() == 0:
+            anchor = sum(p.sum() for p in self.parameters()) * 0.0
+            anchor = anchor + sum(t.sum() for t in tokens.values()) * 0.0
+            return {"logits": None, "z": None, "rows": rows, "groups": groups, "subset": flat[:0], "anchor": anchor}
+        if keep.numel() == flat.shape[0]:
+            tok = {m: t.repeat(subsets.shape[0], *([1] * (t.ndim - 1))) for m, t in tokens.items()}
+        else:
+            tok = {m: t.index_select(0, rows) for m, t in tokens.items()}
+        logits, z = self.fuse(tok, flat[keep])
+        return {"logits": logits, "z": z, "rows": rows, "groups": groups, "subset": flat[keep]}
+
     def forward(
-        self, inputs: Mapping[str, torch.Tensor], subset: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``fuse(encode(inputs), subset)``; ``subset=None`` uses all modalities -> ``(logits [B, C], z [B, D])``."""
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        subset: torch.Tensor | None = None,
+        subsets: torch.Tensor | None = None,
+        present: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor | None]:
+        """Two modes, both through ``forward`` so that a ``DistributedDataParallel`` wrapper sees the computation:
+
+        - ``subsets=None`` (default): ``fuse(encode(inputs), subset)``, one subset per sample (``subset [B, M]`` or
+          ``[M]``; None = all modalities) -> ``(logits [B, C], z [B, D])``.
+        - ``subsets [K, M]`` (subset-augmented training): ``fuse_subsets(encode(inputs), subsets, present)`` -> the
+          dict of :meth:`fuse_subsets` (every sample encoded once, fused with every subset).
+        """
         tokens = self.encode(inputs)
+        if subsets is not None:
+            if subset is not None:
+                raise ValueError("give either `subset` (one per sample) or `subsets` (K subsets for every sample).")
+            return self.fuse_subsets(tokens, subsets, present)
+        if present is not None:
+            raise ValueError("`present` is only used with `subsets`; restrict `subset` to the observed modalities.")
         if subset is None:
             batch = next(iter(tokens.values())).shape[0]
             subset = torch.ones(batch, len(self.modalities), dtype=torch.bool, device=self.cls_token.device)

@@ -226,18 +226,32 @@ class RecoveryNetwork(nn.Module):
         """
 
     def forward(
-        self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor, strict: bool = True
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        present: torch.Tensor,
+        strict: bool = True,
+        elbo: bool = False,
+        generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Recover the missing modalities.
+        """Recover the missing modalities, or (``elbo=True``) compute the training loss.
 
         Args:
             inputs: modality name -> ``Tensor[B, *shape]`` (zero placeholders or absent for missing modalities).
             present: ``BoolTensor[B, M]``.
             strict: if False, keys of ``inputs`` that are not modalities (e.g. a whole batch dict) are ignored.
+            elbo: return ``self.elbo(inputs, present, generator=generator)`` (the loss terms) instead: training goes
+                through ``forward`` so that a ``DistributedDataParallel`` wrapper synchronises the gradients.
+            generator: RNG of the ELBO's random draws (``elbo=True`` only).
 
         Returns:
-            name -> ``Tensor[B, *shape]`` for every modality; observed rows unchanged.
+            name -> ``Tensor[B, *shape]`` for every modality, observed rows unchanged; with ``elbo=True`` the dict of
+            loss terms of the subclass's ``elbo``.
         """
+        if elbo:
+            loss = getattr(self, "elbo", None)
+            if not callable(loss):
+                raise ValueError(f"{type(self).__name__} has no `elbo(inputs, present)`: it cannot be trained so.")
+            return loss(inputs, present, generator=generator)
         tensors, present_b = check_recovery_inputs(
             inputs, present, self.modalities, self.modality_shapes, strict=strict, allow_nonfinite=self.nan_tolerant
         )
