@@ -19,7 +19,16 @@ import torch.distributed as dist
 
 from monai.utils import optional_import
 
-__all__ = ["backend_for", "local_device", "init_distributed", "is_distributed", "wrap_ddp", "unwrap", "all_reduce_"]
+__all__ = [
+    "backend_for",
+    "local_device",
+    "init_distributed",
+    "is_distributed",
+    "wrap_ddp",
+    "unwrap",
+    "all_reduce_",
+    "gather_rows",
+]
 
 
 def is_distributed() -> bool:
@@ -101,3 +110,17 @@ def all_reduce_(*tensors: torch.Tensor | None) -> None:
     for t in tensors:
         if t is not None:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def gather_rows(rows: list[dict], index_key: str = "index") -> list[dict]:
+    """Every rank's rows (dicts carrying ``index_key``), gathered on every rank, sorted by that index, one row per index
+    (a padding sampler's repeated samples are dropped); in a single process: ``rows`` sorted the same way."""
+    if is_distributed():
+        import ignite.distributed as idist
+
+        gathered = idist.all_gather(list(rows))
+        rows = [r for part in gathered for r in (part if isinstance(part, list) else [part])]
+    unique = {}
+    for r in rows:
+        unique.setdefault(int(r[index_key]), r)
+    return [unique[k] for k in sorted(unique)]

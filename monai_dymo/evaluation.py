@@ -335,8 +335,11 @@ def compare_on_natural_missingness(
         network, calibration, recovery, temperature, device: as :func:`compare_methods`.
         loader: batches with one tensor per modality (placeholders where missing), ``present`` and ``label``.
 
+    Under ``torchrun`` (a ``DistributedSampler`` in the loader) each rank compares its shard and the rows of every
+    rank are gathered in datalist order (``index``).
+
     Returns:
-        One row per patient: ``patient_id``, ``label``, ``observed`` / ``accepted`` (``;``-joined names),
+        One row per patient: ``index`` (datalist position), ``patient_id``, ``label``, ``observed`` / ``accepted`` (``;``-joined names),
         ``complete`` (nothing missing), ``pred_<method>`` for :data:`NATURAL_METHODS` (``-1`` for a patient with
         nothing observed, who is kept with ``error``), ``calibration_fallback``.
     """
@@ -356,6 +359,8 @@ def compare_on_natural_missingness(
         labels = labels.reshape(-1)
         ids = batch.get(patient_id_key)
         ids = [str(i) for i in ids] if ids is not None else [str(len(rows) + b) for b in range(labels.shape[0])]
+        index = batch.get(DyMoKeys.INDEX)
+        index = [int(i) for i in index] if index is not None else [len(rows) + b for b in range(labels.shape[0])]
         valid = present.any(1)
         preds = {m: torch.full_like(labels, -1) for m in NATURAL_METHODS}
         accepted = torch.zeros_like(present)
@@ -376,6 +381,7 @@ def compare_on_natural_missingness(
         for b in range(labels.shape[0]):
             rows.append(
                 {
+                    "index": index[b],
                     "patient_id": ids[b],
                     "label": int(labels[b]),
                     "observed": ";".join(m for i, m in enumerate(modalities) if present[b, i]),
@@ -386,6 +392,9 @@ def compare_on_natural_missingness(
                     "error": "" if bool(valid[b]) else "no modality observed",
                 }
             )
+    from monai_dymo.distributed import gather_rows
+
+    rows = gather_rows(rows)  # torchrun: every rank's shard, in datalist order
     if not rows:
         raise ValueError("the loader gave no patients.")
     return pd.DataFrame(rows)

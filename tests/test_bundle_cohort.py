@@ -181,3 +181,47 @@ def test_shipped_default_weights_fit_the_default_configuration():
         p.stat().st_size for p in BUNDLE.rglob("*") if p.is_file() and "runs" not in p.parts and p.parent != SHIPPED
     )
     assert size < 10 * 2**20, f"the bundle is {size / 2**20:.1f} MiB"
+
+
+def run_torchrun(configs: list[str], cohort_file: Path, bundle_root: Path, *args: str) -> None:
+    files = [str(BUNDLE / "configs" / c) for c in configs] + [str(cohort_file)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+           "run", "--config_file", json.dumps(files), "--bundle_root", str(bundle_root),
+           "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
+           "--logging_file", str(BUNDLE / "configs" / "logging.conf"), *SMALL, *args]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+@pytest.mark.slow
+def test_torchrun_calibration_inference_and_evaluation_equal_single_process(trained, tmp_path):
+    """2 CPU processes (gloo): the calibration, the merged report and the evaluation equal the single-process ones."""
+    import torch
+
+    from monai_dymo import SubsetCalibration
+
+    cfg, cohort_file, out, _ = trained
+    models = out / "models" / "tiny"
+    calib = tmp_path / "calibration_ddp.pt"
+    run_torchrun(["common.yaml", "calibrate.yaml", "multi_gpu_calibrate.yaml"], cohort_file, out,
+                 "--calibration_file", str(calib))
+    single, ddp = SubsetCalibration.load(models / "calibration.pt"), SubsetCalibration.load(calib)
+    assert torch.equal(single.fallback, ddp.fallback)
+    assert torch.allclose(single.prototypes.nan_to_num(), ddp.prototypes.nan_to_num(), atol=1e-6)
+    assert torch.allclose(single.sigma.nan_to_num(), ddp.sigma.nan_to_num(), rtol=1e-5)
+
+    run_stage("inference", cohort_file, out, "--report_dir", str(tmp_path / "single"))
+    run_torchrun(["common.yaml", "inference.yaml", "multi_gpu_inference.yaml"], cohort_file, out,
+                 "--report_dir", str(tmp_path / "ddp"))
+    a = pd.read_csv(tmp_path / "single" / "dymo_report.csv", keep_default_na=False)
+    b = pd.read_csv(tmp_path / "ddp" / "dymo_report.csv", keep_default_na=False)
+    datalist = json.loads(Path(cfg["datalist"]).read_text())["testing"]
+    assert list(b["patient_id"]) == [e["patient_id"] for e in datalist]  # one row per entry, in datalist order
+    for column in ("prediction", "observed", "recovered", "accepted", "rejected", "ct_reason", "clinical_reason"):
+        assert list(a[column]) == list(b[column]), column
+
+    run_torchrun(["common.yaml", "evaluate.yaml", "multi_gpu_evaluate.yaml"], cohort_file, out,
+                 "--eval_dir", str(tmp_path / "eval_ddp"))
+    rows = pd.read_csv(tmp_path / "eval_ddp" / "per_patient.csv")
+    assert list(rows["patient_id"]) == [e["patient_id"] for e in datalist]
