@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ class DyMoInferer(Inferer):
         temperature: ``tau`` of the quality score.
         on_empty: what to do with a patient with no modality observed: ``"report"`` leaves it out of the selection,
             gives it NaN logits and a record with ``error = "no modality observed"``; ``"raise"`` raises ``ValueError``.
+        margin: reward margin of the selection (:func:`~monai_dymo.selection.select_modalities`): a recovered
+            modality is accepted only if its reward is ``> margin``; 0 is the method page's rule.
 
     After each call, :attr:`last_result` holds the :class:`~monai_dymo.selection.SelectionResult` of the batch (one
     row per input patient) and :meth:`last_records` turns it into per-patient reliability records
@@ -50,6 +53,7 @@ class DyMoInferer(Inferer):
         recovery: Callable[[Mapping[str, torch.Tensor], torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
         temperature: float = 0.1,
         on_empty: str = "report",
+        margin: float = 0.0,
     ) -> None:
         super().__init__()
         if not isinstance(calibration, SubsetCalibration):
@@ -60,7 +64,10 @@ class DyMoInferer(Inferer):
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.calibration = calibration
         self.recovery = recovery
+        if not (math.isfinite(margin) and margin >= 0):
+            raise ValueError(f"margin must be a finite number >= 0, got {margin}.")
         self.temperature = float(temperature)
+        self.margin = float(margin)
         self.on_empty = on_empty
         self.last_result: SelectionResult | None = None
         self.last_modalities: tuple[str, ...] | None = None
@@ -181,7 +188,13 @@ class DyMoInferer(Inferer):
                     x_v = self._recover(x_v, present_v, modalities)
                 tokens = net.encode(x_v, *args, **kwargs)
                 result = select_modalities(
-                    net.fuse, tokens, present_v, calib, temperature=self.temperature, modalities=modalities
+                    net.fuse,
+                    tokens,
+                    present_v,
+                    calib,
+                    temperature=self.temperature,
+                    modalities=modalities,
+                    margin=self.margin,
                 )
                 if index is not None:
                     result = result.expand(index, batch_size, present_t, NO_MODALITY_ERROR)
