@@ -10,6 +10,9 @@ compared without touching the test split the bundle's results table uses) and a 
   recoveries it accepted;
 - with ``--margins``, the same for several reward margins ``delta`` (accept a recovery only if its reward is
   ``> delta``; 0 is the method page's rule), one row per margin, from the same recoveries;
+- with ``--recovered-calibration N``, the same with a calibration fitted on the first ``N`` training samples with
+  recovered modalities in place (a seeded missing pattern at ``--rate`` on the training split, each missing modality
+  recovered from the observed ones; every subset then mixes acquired and recovered inputs as at inference);
 - with ``--readability``, the fusion network's accuracy on a single modality recovered from one observed modality
   (rows: the observed modality; diagonal: the observed modality itself), i.e. how well the fusion network reads
   recoveries.
@@ -37,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from monai_dymo import SubsetCalibration  # noqa: E402
+from monai_dymo.calibration import fit_calibration  # noqa: E402
 from monai_dymo.data import PolyMNISTDataset, generate_pattern_files, load_polymnist_npz, pattern_filename  # noqa: E402
 from monai_dymo.evaluation import hide_missing  # noqa: E402
 from monai_dymo.selection import select_modalities  # noqa: E402
@@ -112,6 +116,31 @@ def compare(fusion, recovery, calibration, loader, oracle: bool, margins=(0.0,))
 
 
 @torch.no_grad()
+def recovered_calibration(fusion, recovery, npz: Path, rate: float, num_samples: int, metric: str):
+    """Calibration fitted on ``num_samples`` training samples whose missing modalities (seeded pattern at ``rate``)
+    are replaced by their recoveries."""
+    mods = list(fusion.modalities)
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_pattern_files(num_samples, mods, [rate], [1000], tmp)
+        dataset = PolyMNISTDataset(
+            npz, modalities=mods, pattern_csv=str(Path(tmp) / pattern_filename(rate, 1000)),
+            max_samples=num_samples, missing_value=None,
+        )
+        items = []
+        for batch in DataLoader(dataset, batch_size=500):
+            true = {m: batch[m].as_subclass(torch.Tensor) for m in mods}
+            present = batch["present"].as_subclass(torch.Tensor).bool()
+            recovered = recovery(hide_missing(true, present), present)
+            labels = batch["label"].as_subclass(torch.Tensor).long().reshape(-1)
+            for i in range(labels.shape[0]):
+                items.append({**{m: recovered[m][i] for m in mods}, "label": labels[i]})
+    return fit_calibration(
+        fusion.encode, fusion.fuse, DataLoader(items, batch_size=500), modalities=mods,
+        num_classes=fusion.num_classes, present_key=None, metric=metric, progress=False,
+    )
+
+
+@torch.no_grad()
 def readability(fusion, recovery, npz: Path, max_samples: int) -> torch.Tensor:
     """``[M, M]`` accuracy (%) of the fusion network on one modality recovered from one observed modality."""
     data = load_polymnist_npz(npz, max_samples=max_samples)
@@ -147,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--oracle", action="store_true", help="also the best-superset upper bound (31 fusion passes)")
     ap.add_argument("--readability", action="store_true", help="also the single-recovered-modality accuracy table")
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0], help="reward margins delta (0: the paper)")
+    ap.add_argument("--recovered-calibration", type=int, default=0, metavar="N",
+                    help="calibrate on N training samples with recovered modalities in place (0: the given file)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -156,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{npz} not found; build PolyMNIST first (monai-dymo demo, or python -m monai_dymo.data polymnist).")
     fusion, recovery, calibration = build_networks(args)
     mods = list(fusion.modalities)
+    if args.recovered_calibration:
+        train_npz = Path(args.dataset_dir) / "polymnist_train.npz"
+        calibration = recovered_calibration(
+            fusion, recovery, train_npz, args.rate, args.recovered_calibration, calibration.metric
+        )
     with tempfile.TemporaryDirectory() as tmp:
         pattern = args.pattern
         if pattern is None:
