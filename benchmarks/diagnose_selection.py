@@ -8,6 +8,11 @@ compared without touching the test split the bundle's results table uses) and a 
   ones added, classified correctly; label used, so an upper bound, not a method);
 - how many patients DyMo *fixed* (observed-only wrong, DyMo right) and *broke* (the reverse), and the mean number of
   recoveries it accepted;
+- with ``--margins``, the same for several reward margins ``delta`` (accept a recovery only if its reward is
+  ``> delta``; 0 is the method page's rule), one row per margin, from the same recoveries;
+- with ``--recovered-calibration N``, the same with a calibration fitted on the first ``N`` training samples with
+  recovered modalities in place (a seeded missing pattern at ``--rate`` on the training split, each missing modality
+  recovered from the observed ones; every subset then mixes acquired and recovered inputs as at inference);
 - with ``--readability``, the fusion network's accuracy on a single modality recovered from one observed modality
   (rows: the observed modality; diagonal: the observed modality itself), i.e. how well the fusion network reads
   recoveries.
@@ -22,6 +27,7 @@ Usage (from the project root)::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from monai_dymo import SubsetCalibration  # noqa: E402
+from monai_dymo.calibration import fit_calibration  # noqa: E402
 from monai_dymo.data import PolyMNISTDataset, generate_pattern_files, load_polymnist_npz, pattern_filename  # noqa: E402
 from monai_dymo.evaluation import hide_missing  # noqa: E402
 from monai_dymo.selection import select_modalities  # noqa: E402
@@ -46,6 +53,10 @@ def build_networks(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "common.yaml"))
     parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')"})
+    calibration = SubsetCalibration.load(args.calibration)
+    parser["network_def"]["metric"] = calibration.metric  # the projection follows the calibration's metric
+    for key, value in json.loads(args.fusion_def).items():  # e.g. the reference recipe's network
+        parser["network_def"][key] = value
     fusion = parser.get_parsed_content("network")
     fusion.load_state_dict(torch.load(args.fusion, map_location="cpu", weights_only=True))
     state = torch.load(args.recovery, map_location="cpu", weights_only=True)
@@ -53,14 +64,17 @@ def build_networks(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.
         parser["recovery_network_def"]["expert_parametrization"] = "natural"
     recovery = parser.get_parsed_content("recovery_network")
     recovery.load_state_dict(state)
-    return fusion.eval(), recovery.eval(), SubsetCalibration.load(args.calibration)
+    return fusion.eval(), recovery.eval(), calibration
 
 
 @torch.no_grad()
-def compare(fusion, recovery, calibration, loader, oracle: bool) -> dict[str, float]:
+def compare(fusion, recovery, calibration, loader, oracle: bool, margins=(0.0,)) -> list[dict[str, float]]:
+    """One result row per reward margin (the baselines repeat on every row)."""
     mods = tuple(fusion.modalities)
-    counts = dict.fromkeys(("observed_only", "all_recovered", "dymo", "complete", "oracle", "fixed", "broke"), 0)
-    accepted, total = 0.0, 0
+    keys = ("observed_only", "all_recovered", "dymo", "complete", "oracle", "fixed", "broke")
+    per_margin = {d: dict.fromkeys(keys, 0) for d in margins}
+    accepted = dict.fromkeys(margins, 0.0)
+    total = 0
     subsets = all_subset_masks(len(mods))  # [2^M - 1, M], every non-empty subset
     for batch in loader:
         true = {m: batch[m].as_subclass(torch.Tensor) for m in mods}
@@ -68,25 +82,62 @@ def compare(fusion, recovery, calibration, loader, oracle: bool) -> dict[str, fl
         labels = batch["label"].as_subclass(torch.Tensor).long().reshape(-1)
         tokens = fusion.encode(recovery(hide_missing(true, present), present))
         observed = fusion.fuse(tokens, present)[0].argmax(-1) == labels
-        result = select_modalities(fusion.fuse, tokens, present, calibration, modalities=mods)
-        dymo = result.logits.argmax(-1) == labels
-        counts["observed_only"] += int(observed.sum())
-        counts["dymo"] += int(dymo.sum())
-        counts["all_recovered"] += int((fusion.fuse(tokens, torch.ones_like(present))[0].argmax(-1) == labels).sum())
-        counts["complete"] += int((fusion(true)[0].argmax(-1) == labels).sum())
-        counts["fixed"] += int((~observed & dymo).sum())
-        counts["broke"] += int((observed & ~dymo).sum())
-        accepted += float(result.accepted.sum())
-        total += labels.shape[0]
+        all_rec = int((fusion.fuse(tokens, torch.ones_like(present))[0].argmax(-1) == labels).sum())
+        complete = int((fusion(true)[0].argmax(-1) == labels).sum())
+        best_superset = 0
         if oracle:
             right = torch.stack([fusion.fuse(tokens, s.expand_as(present))[0].argmax(-1) == labels for s in subsets], 1)
             superset = (subsets[None] | present[:, None]).eq(subsets[None]).all(-1)  # subset contains the observed
-            counts["oracle"] += int((right & superset).any(1).sum())
-    out = {k: 100.0 * v / total for k, v in counts.items() if k not in ("fixed", "broke")}
-    out.update(fixed=counts["fixed"], broke=counts["broke"], accepted_per_patient=accepted / total, patients=total)
-    if not oracle:
-        out.pop("oracle")
-    return out
+            best_superset = int((right & superset).any(1).sum())
+        for delta in margins:
+            counts = per_margin[delta]
+            result = select_modalities(fusion.fuse, tokens, present, calibration, modalities=mods, margin=delta)
+            dymo = result.logits.argmax(-1) == labels
+            counts["observed_only"] += int(observed.sum())
+            counts["dymo"] += int(dymo.sum())
+            counts["all_recovered"] += all_rec
+            counts["complete"] += complete
+            counts["oracle"] += best_superset
+            counts["fixed"] += int((~observed & dymo).sum())
+            counts["broke"] += int((observed & ~dymo).sum())
+            accepted[delta] += float(result.accepted.sum())
+        total += labels.shape[0]
+    rows = []
+    for delta in margins:
+        counts = per_margin[delta]
+        out = {"margin": delta}
+        out.update({k: 100.0 * v / total for k, v in counts.items() if k not in ("fixed", "broke")})
+        out.update(fixed=counts["fixed"], broke=counts["broke"], accepted_per_patient=accepted[delta] / total)
+        out["patients"] = total
+        if not oracle:
+            out.pop("oracle")
+        rows.append(out)
+    return rows
+
+
+@torch.no_grad()
+def recovered_calibration(fusion, recovery, npz: Path, rate: float, num_samples: int, metric: str):
+    """Calibration fitted on ``num_samples`` training samples whose missing modalities (seeded pattern at ``rate``)
+    are replaced by their recoveries."""
+    mods = list(fusion.modalities)
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_pattern_files(num_samples, mods, [rate], [1000], tmp)
+        dataset = PolyMNISTDataset(
+            npz, modalities=mods, pattern_csv=str(Path(tmp) / pattern_filename(rate, 1000)),
+            max_samples=num_samples, missing_value=None,
+        )
+        items = []
+        for batch in DataLoader(dataset, batch_size=500):
+            true = {m: batch[m].as_subclass(torch.Tensor) for m in mods}
+            present = batch["present"].as_subclass(torch.Tensor).bool()
+            recovered = recovery(hide_missing(true, present), present)
+            labels = batch["label"].as_subclass(torch.Tensor).long().reshape(-1)
+            for i in range(labels.shape[0]):
+                items.append({**{m: recovered[m][i] for m in mods}, "label": labels[i]})
+    return fit_calibration(
+        fusion.encode, fusion.fuse, DataLoader(items, batch_size=500), modalities=mods,
+        num_classes=fusion.num_classes, present_key=None, metric=metric, progress=False,
+    )
 
 
 @torch.no_grad()
@@ -113,6 +164,7 @@ def readability(fusion, recovery, npz: Path, max_samples: int) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fusion", default=str(BUNDLE / "models" / "fusion.pt"))
+    ap.add_argument("--fusion-def", default="{}", help="JSON overrides of the bundle's fusion_network_def")
     ap.add_argument("--recovery", default=str(BUNDLE / "models" / "recovery.pt"))
     ap.add_argument("--calibration", default=str(BUNDLE / "models" / "calibration.pt"))
     ap.add_argument("--dataset-dir", default=str(ROOT / "outputs" / "polymnist"), help="built PolyMNIST (demo / bundle)")
@@ -123,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-samples", type=int, default=None)
     ap.add_argument("--oracle", action="store_true", help="also the best-superset upper bound (31 fusion passes)")
     ap.add_argument("--readability", action="store_true", help="also the single-recovered-modality accuracy table")
+    ap.add_argument("--margins", type=float, nargs="+", default=[0.0], help="reward margins delta (0: the paper)")
+    ap.add_argument("--recovered-calibration", type=int, default=0, metavar="N",
+                    help="calibrate on N training samples with recovered modalities in place (0: the given file)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -132,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{npz} not found; build PolyMNIST first (monai-dymo demo, or python -m monai_dymo.data polymnist).")
     fusion, recovery, calibration = build_networks(args)
     mods = list(fusion.modalities)
+    if args.recovered_calibration:
+        train_npz = Path(args.dataset_dir) / "polymnist_train.npz"
+        calibration = recovered_calibration(
+            fusion, recovery, train_npz, args.rate, args.recovered_calibration, calibration.metric
+        )
     with tempfile.TemporaryDirectory() as tmp:
         pattern = args.pattern
         if pattern is None:
@@ -141,11 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         dataset = PolyMNISTDataset(
             npz, modalities=mods, pattern_csv=pattern, max_samples=args.max_samples, missing_value=None
         )
-        result = compare(fusion, recovery, calibration, DataLoader(dataset, batch_size=500), args.oracle)
+        loader = DataLoader(dataset, batch_size=500)
+        rows = compare(fusion, recovery, calibration, loader, args.oracle, tuple(args.margins))
     print(f"{args.split} split, pattern {Path(pattern).name if args.pattern else f'rate {args.rate} seed {args.seed}'}")
-    print("| " + " | ".join(result) + " |")
-    print("|" + "---|" * len(result))
-    print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in result.values()) + " |")
+    print("| " + " | ".join(rows[0]) + " |")
+    print("|" + "---|" * len(rows[0]))
+    for result in rows:
+        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in result.values()) + " |")
     if args.readability:
         table = readability(fusion, recovery, npz, args.max_samples or 2000)
         print("\nfusion accuracy (%) on one modality recovered from one observed modality (row: observed)")

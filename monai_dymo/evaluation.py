@@ -75,6 +75,7 @@ def compare_methods(
     *,
     recovery: Callable[[Mapping[str, torch.Tensor], torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
     temperature: float = 0.1,
+    margin: float = 0.0,
     device: torch.device | str | None = None,
     present_key: str = DyMoKeys.PRESENT,
     label_key: str = DyMoKeys.LABEL,
@@ -91,6 +92,7 @@ def compare_methods(
         recovery: ``recovery(inputs, present) -> inputs`` filling the missing modalities (None: the zeroed placeholders
             are used as "recoveries").
         temperature: DyMo's temperature ``τ``.
+        margin: DyMo's reward margin (:func:`~monai_dymo.selection.select_modalities`; 0 is the method page's rule).
         device: where to run (default: the network's device).
 
     Returns:
@@ -127,7 +129,9 @@ def compare_methods(
         correct["observed_only"] += int((logits.argmax(-1) == labels).sum())
         logits, _ = network.fuse(tokens, everything)
         correct["all_recovered"] += int((logits.argmax(-1) == labels).sum())
-        result = select_modalities(network.fuse, tokens, present, cal, temperature=temperature, modalities=modalities)
+        result = select_modalities(
+            network.fuse, tokens, present, cal, temperature=temperature, modalities=modalities, margin=margin
+        )
         correct["dymo"] += int((result.logits.argmax(-1) == labels).sum())
 
         accepted += float(result.accepted.sum())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,8 @@ class DyMoInferer(Inferer):
         keep_inputs: keep, in :attr:`last_inputs`, the inputs of the last call as the network saw them (``{name:
             Tensor[B, ...]}``, recovered modalities filled in, detached): for report pictures. Off by default, as it
             holds one batch of inputs (on their device) until the next call.
+        margin: reward margin of the selection (:func:`~monai_dymo.selection.select_modalities`): a recovered
+            modality is accepted only if its reward is ``> margin``; 0 is the method page's rule.
 
     After each call, :attr:`last_result` holds the :class:`~monai_dymo.selection.SelectionResult` of the batch (one
     row per input patient) and :meth:`last_records` turns it into per-patient reliability records
@@ -54,6 +57,7 @@ class DyMoInferer(Inferer):
         temperature: float = 0.1,
         on_empty: str = "report",
         keep_inputs: bool = False,
+        margin: float = 0.0,
     ) -> None:
         super().__init__()
         if not isinstance(calibration, SubsetCalibration):
@@ -64,7 +68,10 @@ class DyMoInferer(Inferer):
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.calibration = calibration
         self.recovery = recovery
+        if not (math.isfinite(margin) and margin >= 0):
+            raise ValueError(f"margin must be a finite number >= 0, got {margin}.")
         self.temperature = float(temperature)
+        self.margin = float(margin)
         self.on_empty = on_empty
         self.keep_inputs = bool(keep_inputs)
         self.last_inputs: dict[str, torch.Tensor] | None = None
@@ -186,7 +193,13 @@ class DyMoInferer(Inferer):
                     x_v = self._recover(x_v, present_v, modalities)
                 tokens = net.encode(x_v, *args, **kwargs)
                 result = select_modalities(
-                    net.fuse, tokens, present_v, calib, temperature=self.temperature, modalities=modalities
+                    net.fuse,
+                    tokens,
+                    present_v,
+                    calib,
+                    temperature=self.temperature,
+                    modalities=modalities,
+                    margin=self.margin,
                 )
                 if index is not None:
                     result = result.expand(index, batch_size, present_t, NO_MODALITY_ERROR)

@@ -1,6 +1,7 @@
 """Losses of DyMo's robust representation learning (method section 2).
 
-- :class:`PrototypeLoss`: ``CE(softmax(z · Pᵀ / τ), y)`` against given class prototypes ``P [C, D]``.
+- :class:`PrototypeLoss`: ``CE(softmax(z · Pᵀ / τ), y)`` against given class prototypes ``P [C, D]`` (cosine metric),
+  or ``CE(softmax(-‖z - P_c‖² / τ), y)`` (Euclidean variant: squared distances, unnormalised ``z``).
 - :class:`SubsetAugmentedLoss`: cross-entropy on the logits plus ``λ`` times the prototype loss (once switched on),
   each averaged within a sampled subset and then over the subsets. It owns the current prototypes as buffers, so
   saving it (or :class:`monai_dymo.handlers.prototypes.PrototypeRefreshHandler`) with MONAI's ``CheckpointSaver``
@@ -52,33 +53,56 @@ def _group_mean(values: torch.Tensor, groups: torch.Tensor | None) -> torch.Tens
     return (sums[used] / counts[used]).mean()
 
 
-def prototype_logits(z: torch.Tensor, prototypes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """``z [N, D]``, ``prototypes [C, D]`` -> ``z · Pᵀ / τ`` ``[N, C]``."""
+METRICS = ("cosine", "euclidean")
+
+
+def _check_metric(metric: str) -> str:
+    metric = str(metric).lower()
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
+    return metric
+
+
+def prototype_logits(
+    z: torch.Tensor, prototypes: torch.Tensor, temperature: float = 0.1, metric: str = "cosine"
+) -> torch.Tensor:
+    """``z [N, D]``, ``prototypes [C, D]`` -> ``[N, C]``: ``z · Pᵀ / τ`` (cosine) or ``-‖z - P_c‖² / τ`` (Euclidean)."""
     if z.ndim != 2 or prototypes.ndim != 2 or z.shape[1] != prototypes.shape[1]:
         raise ValueError(
             f"expected z [N, D] and prototypes [C, D] of the same D, "
             f"found {tuple(z.shape)} and {tuple(prototypes.shape)}."
         )
-    return z @ prototypes.to(z.dtype).t() / temperature
+    protos = prototypes.to(z.dtype)
+    if _check_metric(metric) == "cosine":
+        return z @ protos.t() / temperature
+    return -((z[:, None, :] - protos[None]) ** 2).sum(-1) / temperature
 
 
 class PrototypeLoss(_Loss):
-    """Prototype cross-entropy ``CE(softmax(z · Pᵀ / τ), y)``.
+    """Prototype cross-entropy ``CE(softmax(z · Pᵀ / τ), y)`` (cosine) or ``CE(softmax(-‖z - P_c‖² / τ), y)``
+    (Euclidean).
 
     Args:
         temperature: ``τ`` (0.1 in DyMo).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-row losses ``[N]``).
+        metric: ``"cosine"`` or ``"euclidean"``.
     """
 
-    def __init__(self, temperature: float = 0.1, reduction: LossReduction | str = LossReduction.MEAN) -> None:
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        reduction: LossReduction | str = LossReduction.MEAN,
+        metric: str = "cosine",
+    ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}.")
         self.temperature = float(temperature)
+        self.metric = _check_metric(metric)
 
     def forward(self, z: torch.Tensor, target: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-        """``z [N, D]`` (L2-normalised projections), ``target [N]`` class indices, ``prototypes [C, D]``."""
-        logits = prototype_logits(z, prototypes, self.temperature)
+        """``z [N, D]`` (L2-normalised for cosine), ``target [N]`` class indices, ``prototypes [C, D]``."""
+        logits = prototype_logits(z, prototypes, self.temperature, self.metric)
         target = _check_targets(target, z.shape[0], prototypes.shape[0])
         return F.cross_entropy(logits, target, reduction=self.reduction)
 
@@ -87,6 +111,7 @@ class SubsetAugmentedLoss(nn.Module):
     """DyMo training loss over the rows of several sampled subsets.
 
     ``loss = mean_k [ mean_{rows of k} CE(logits, y) + λ · active · mean_{rows of k} CE(z·Pᵀ/τ, y) ]`` over subsets k
+    (Euclidean metric: ``-‖z - P_c‖² / τ`` in place of ``z·Pᵀ/τ``)
 
     Buffers (saved in ``state_dict``): ``prototypes [C, D]`` (zeros until first refreshed) and ``prototype_active``
     (bool scalar; the prototype term is added only when True, set by
@@ -97,22 +122,32 @@ class SubsetAugmentedLoss(nn.Module):
         proj_dim: ``D``.
         prototype_weight: ``λ`` (1 in DyMo).
         temperature: ``τ`` (0.1 in DyMo).
+        metric: ``"cosine"`` or ``"euclidean"`` (the fusion network's metric), see :class:`PrototypeLoss`.
     """
 
     def __init__(
-        self, num_classes: int, proj_dim: int, prototype_weight: float = 1.0, temperature: float = 0.1
+        self,
+        num_classes: int,
+        proj_dim: int,
+        prototype_weight: float = 1.0,
+        temperature: float = 0.1,
+        metric: str = "cosine",
     ) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
         self.proj_dim = int(proj_dim)
         self.prototype_weight = float(prototype_weight)
-        self.prototype_loss = PrototypeLoss(temperature=temperature, reduction=LossReduction.NONE)
+        self.prototype_loss = PrototypeLoss(temperature=temperature, reduction=LossReduction.NONE, metric=metric)
         self.register_buffer("prototypes", torch.zeros(self.num_classes, self.proj_dim))
         self.register_buffer("prototype_active", torch.tensor(False))
 
     @property
     def temperature(self) -> float:
         return self.prototype_loss.temperature
+
+    @property
+    def metric(self) -> str:
+        return self.prototype_loss.metric
 
     @property
     def active(self) -> bool:

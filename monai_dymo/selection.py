@@ -44,9 +44,21 @@ _LOG2 = math.log(2.0)
 
 
 # ---------------------------------------------------------------------------------------------------- scores
-def quality_score(z: torch.Tensor, overall: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """``q(S) = max_c softmax_c(z . P_c^T / tau)``; ``z`` ``[R, D]``, ``overall`` ``[C, D]`` -> float64 ``[R]``."""
-    logits = z.to(torch.float64) @ overall.to(device=z.device, dtype=torch.float64).T / temperature
+def quality_score(
+    z: torch.Tensor, overall: torch.Tensor, temperature: float = 0.1, metric: str = "cosine"
+) -> torch.Tensor:
+    """Quality ``q(S)`` of projections ``z`` ``[R, D]`` against the overall prototypes ``[C, D]`` -> float64 ``[R]``.
+
+    Cosine: ``q = max_c softmax_c(z . P_c / tau)``; Euclidean: ``q = max_c softmax_c(-||z - P_c||^2 / tau)``.
+    """
+    z64 = z.to(torch.float64)
+    protos = overall.to(device=z.device, dtype=torch.float64)
+    if metric == "cosine":
+        logits = z64 @ protos.T / temperature
+    elif metric == "euclidean":
+        logits = -((z64[:, None, :] - protos[None]) ** 2).sum(-1) / temperature
+    else:
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}.")
     return torch.softmax(logits, dim=-1).amax(dim=-1)
 
 
@@ -423,12 +435,15 @@ def select_modalities(
     *,
     temperature: float = 0.1,
     modalities: Sequence[str] | None = None,
+    margin: float = 0.0,
 ) -> SelectionResult:
     """Greedy DyMo selection for a batch (method section 4).
 
     For each patient: ``S <- O``, ``Bad <- {}``; while candidates ``U \\ S \\ Bad`` remain, every candidate gets the
     reward ``r_u = q(S u {u}) * G_u - q(S)``; candidates with ``r_u < 0`` join ``Bad`` for good; if no reward is
-    ``> 0`` the patient stops, else the best candidate joins ``S``. No label is used.
+    ``> margin`` the patient stops, else the best candidate joins ``S``. No label is used. ``margin = 0`` is the method
+    page's rule; a positive margin (chosen on a validation split) accepts a recovered modality only when the evidence
+    for it is clear, while the rejection rule (``r_u < 0``) is unchanged.
 
     Args:
         fuse: ``fuse(tokens, subset[R, M]) -> (logits[R, C], z[R, D])`` (e.g. ``network.fuse``); rows independent.
@@ -438,6 +453,8 @@ def select_modalities(
         calibration: :class:`~monai_dymo.calibration.SubsetCalibration` (moved to ``present``'s device if needed).
         temperature: ``tau`` of the quality score.
         modalities: modality order (default: ``calibration.modalities``, else the order of ``tokens``).
+        margin: reward margin ``delta >= 0``: a candidate is accepted only if its reward is ``> delta`` (0: the
+            method page's rule).
 
     Returns:
         :class:`SelectionResult`.
@@ -447,8 +464,10 @@ def select_modalities(
             matching the modalities, ``fuse`` outputs not matching the calibration (classes, projection width), or
             non-finite ``fuse`` outputs.
     """
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin must be a finite number >= 0, got {margin}.")
     with torch.no_grad():
-        return _select(fuse, tokens, present, calibration, temperature, modalities)
+        return _select(fuse, tokens, present, calibration, temperature, modalities, float(margin))
 
 
 def _select(
@@ -458,6 +477,7 @@ def _select(
     calibration: SubsetCalibration,
     temperature: float,
     modalities: Sequence[str] | None,
+    margin: float = 0.0,
 ) -> SelectionResult:
     names = _resolve_modalities(tokens, calibration, modalities)
     M, C, D = len(names), calibration.num_classes, calibration.proj_dim
@@ -506,7 +526,7 @@ def _select(
                 f"the calibration has projection width {D}."
             )
         codes = mask_to_code(subset)
-        q = quality_score(z, calib.overall, temperature)
+        q = quality_score(z, calib.overall, temperature, calib.metric)
         log_p = log_ics_score(logits, z, codes, calib)
         finite = torch.isfinite(logits).all(-1) & torch.isfinite(z).all(-1)
         fell_back = calib.fallback[codes, logits.argmax(dim=-1)]
@@ -551,7 +571,7 @@ def _select(
         reject_step[p, u] = torch.where(negative, torch.full_like(p, t), reject_step[p, u])
 
         best_r, best_u = torch.where(cand, r_bm, neg_inf).max(dim=1)
-        accept = active & (best_r > 0)
+        accept = active & (best_r > margin)
         row_of = torch.full((B, M), -1, dtype=torch.long, device=device)
         row_of[p, u] = arange_k
         row = row_of[arange_b, best_u].clamp_min(0)  # rows of non-accepting patients are ignored below

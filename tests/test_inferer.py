@@ -101,6 +101,26 @@ def test_inferer_without_recovery_matches_select_modalities(net_and_calib):
     assert not logits.requires_grad
 
 
+def test_inferer_passes_the_reward_margin(net_and_calib):
+    net, calib = net_and_calib
+    x, present = _batch()
+    with torch.no_grad():
+        tokens = net.encode(x)
+        paper = select_modalities(net.fuse, tokens, present, calib)
+    assert paper.accepted.any()
+    # a margin just above the smallest accepted reward drops at least that acceptance
+    b, m = paper.accepted.nonzero(as_tuple=True)
+    margin = float(paper.rewards[paper.accept_step[b, m], b, m].min()) + 1e-9  # that patient stops at that step
+    inferer = DyMoInferer(calib, margin=margin)
+    logits = inferer(x, net, present=present)
+    with torch.no_grad():
+        ref = select_modalities(net.fuse, tokens, present, calib, margin=margin)
+    assert torch.equal(logits, ref.logits) and torch.equal(inferer.last_result.selected, ref.selected)
+    assert int(ref.accepted.sum()) < int(paper.accepted.sum())
+    with pytest.raises(ValueError, match="margin"):
+        DyMoInferer(calib, margin=-1.0)
+
+
 def test_inferer_with_recovery_fills_only_missing(net_and_calib):
     net, calib = net_and_calib
     x, present = _batch(seed=2)

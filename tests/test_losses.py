@@ -126,3 +126,43 @@ def test_prototype_accumulator_unseen_classes():
         acc.update(torch.zeros(1, 2), torch.tensor([5]))
     with pytest.raises(ValueError, match=r"z must have shape \[N, 2\]"):
         acc.update(torch.zeros(1, 3), torch.tensor([0]))
+
+
+# ------------------------------------------------------------------------------------------ Euclidean variant
+def _manual_sq_dist_ce(z, protos, y, tau):
+    out = []
+    for i in range(z.shape[0]):
+        scores = [-float(((z[i] - protos[c]) ** 2).sum()) / tau for c in range(protos.shape[0])]
+        m = max(scores)
+        log_norm = m + math.log(sum(math.exp(s - m) for s in scores))
+        out.append(log_norm - scores[int(y[i])])
+    return torch.tensor(out)
+
+
+def test_euclidean_prototype_loss_uses_squared_distances():
+    z, protos, _, y = _data(seed=5)
+    z = 1.7 * z + 0.3  # not normalised, as in the Euclidean variant
+    expected = _manual_sq_dist_ce(z, protos, y, 0.1)
+    torch.testing.assert_close(PrototypeLoss(0.1, metric="euclidean")(z, y, protos), expected.mean())
+    torch.testing.assert_close(
+        prototype_logits(z, protos, 0.1, "euclidean"),
+        -torch.cdist(z, protos) ** 2 / 0.1,
+    )
+    # not the dot-product loss, and not the plain (unsquared) distance
+    assert not torch.allclose(PrototypeLoss(0.1)(z, y, protos), expected.mean())
+    plain = F.cross_entropy(-torch.cdist(z, protos) / 0.1, y)
+    assert not torch.allclose(plain, expected.mean())
+    with pytest.raises(ValueError, match="metric"):
+        PrototypeLoss(0.1, metric="manhattan")
+
+
+def test_subset_augmented_loss_euclidean_prototype_term():
+    z, protos, logits, y = _data(seed=6)
+    z = 2.0 * z
+    loss = SubsetAugmentedLoss(3, 4, metric="euclidean")
+    assert loss.metric == "euclidean" and SubsetAugmentedLoss(3, 4).metric == "cosine"
+    loss.set_prototypes(protos)
+    loss.set_active(True)
+    terms = loss.compute(logits, z, y)
+    torch.testing.assert_close(terms["prototype_loss"], _manual_sq_dist_ce(z, protos, y, 0.1).mean())
+    torch.testing.assert_close(terms["loss"], F.cross_entropy(logits, y) + terms["prototype_loss"])

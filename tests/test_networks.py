@@ -362,6 +362,40 @@ def test_builders():
     assert logits.shape == (2, 2) and z.shape == (2, 64)
 
 
+def test_reference_recipe_encoder_gives_four_max_pooled_tokens():
+    # method page section 7: three stride-2 convolutions (32, 64, 128, ReLU, no norm), 1x1 conv, 2x2 max-pool
+    enc = ImageTokenEncoder(2, 3, 16, channels=(4, 8, 8), strides=(2, 2, 2), norm=None, act="RELU", pool_size=2,
+                            pool_mode="max")
+    assert enc.num_tokens == 4
+    x = torch.rand(2, 3, 28, 28)
+    tokens = enc(x)
+    assert tokens.shape == (2, 4, 16)
+    feat = enc.features(x)  # [2, 16, 4, 4]
+    assert feat.shape[-2:] == (4, 4)
+    torch.testing.assert_close(tokens, torch.nn.functional.max_pool2d(feat, 2).flatten(2).transpose(1, 2))
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d)) for m in enc.modules())
+    with pytest.raises(ValueError, match="pool_mode"):
+        ImageTokenEncoder(2, 3, 16, pool_mode="median")
+    net = build_polymnist_fusion(dim=32, channels=(4, 8, 8), strides=(2, 2, 2), norm=None, act="RELU", pool_size=2,
+                                 pool_mode="max", mlp_ratio=4)
+    assert net.num_tokens == {m: 4 for m in net.modalities}
+
+
+def test_euclidean_projection_is_not_normalised():
+    cos = build_polymnist_fusion(dim=16, proj_dim=8).eval()
+    euc = build_polymnist_fusion(dim=16, proj_dim=8, metric="euclidean").eval()
+    assert (cos.metric, euc.metric) == ("cosine", "euclidean")
+    euc.load_state_dict(cos.state_dict())  # same parameters: only the head's normalisation differs
+    x = {m: torch.rand(3, 3, 28, 28) for m in cos.modalities}
+    with torch.no_grad():
+        (l_cos, z_cos), (l_euc, z_euc) = cos(x), euc(x)
+    torch.testing.assert_close(l_cos, l_euc)
+    torch.testing.assert_close(z_cos, torch.nn.functional.normalize(z_euc, dim=-1))
+    assert not torch.allclose(z_euc.norm(dim=-1), torch.ones(3))
+    with pytest.raises(ValueError, match="metric"):
+        build_polymnist_fusion(metric="dot")
+
+
 def test_constructible_from_bundle_config():
     from monai.bundle import ConfigParser
 

@@ -30,7 +30,8 @@ class TableCase:
     """One patient whose fusion output for each subset is hand-built to give a chosen ``(q, p)``.
 
     Two classes, ``D = 2``, overall prototypes = identity, the classifier always predicts class 0 and
-    ``mu_{S,0} = (1, 0)``. ``z(S) = (cos t, sin t)`` with ``cos t - sin t = tau * logit(q)`` gives ``q(S) = q``;
+    ``mu_{S,0} = (1, 0)``. ``z(S) = (cos t, sin t)`` with ``cos t - sin t = tau * logit(q)`` (cosine; half that for
+    the Euclidean quality) gives ``q(S) = q``;
     ``sigma_S`` is chosen so that ``2 * (1 - Phi(d / sigma_S)) = p``. The fuse raises on a subset missing from the
     table and logs every subset code it is asked for.
     """
@@ -46,7 +47,8 @@ class TableCase:
         sigma = torch.ones(rows, 2, dtype=torch.float64)
         for subset, (q, p) in table.items():
             code = _code(subset)
-            v = TAU * math.log(q / (1 - q)) / math.sqrt(2)
+            # cosine: q = sigmoid((z0 - z1) / tau); Euclidean, with |z| = 1: -|z - e_c|^2 = 2 z_c - 2, so twice that
+            v = TAU * math.log(q / (1 - q)) / math.sqrt(2) / (1 if metric == "cosine" else 2)
             t = -math.pi / 4 - math.acos(v)
             z = torch.tensor([math.cos(t), math.sin(t)], dtype=torch.float64)
             self.z[code] = z
@@ -88,13 +90,14 @@ def _expected_reward(q_s, p_s, q_u, p_u, metric="cosine"):
 class MLPFuse:
     """Small random MLP-like fusion with row-independent outputs, float64; counts rows and calls."""
 
-    def __init__(self, names, num_classes, proj_dim, token_dim=4, hidden=16, seed=0):
+    def __init__(self, names, num_classes, proj_dim, token_dim=4, hidden=16, seed=0, normalize=True):
         g = torch.Generator().manual_seed(seed)
         self.names = list(names)
         self.w = {n: torch.randn(token_dim, hidden, generator=g, dtype=torch.float64) for n in names}
         self.bias = torch.randn(hidden, generator=g, dtype=torch.float64) * 0.1
         self.head = torch.randn(hidden, num_classes, generator=g, dtype=torch.float64)
         self.proj = torch.randn(hidden, proj_dim, generator=g, dtype=torch.float64)
+        self.normalize = normalize
         self.rows = 0
         self.calls = 0
 
@@ -105,7 +108,8 @@ class MLPFuse:
         for i, n in enumerate(self.names):
             h = h + (tokens[n].mean(1) @ self.w[n]) * subset[:, i : i + 1].to(torch.float64)
         h = torch.tanh(h)
-        return h @ self.head, F.normalize(h @ self.proj, dim=-1)
+        z = h @ self.proj
+        return h @ self.head, F.normalize(z, dim=-1) if self.normalize else z  # Euclidean: z not normalised
 
 
 def _random_problem(M, seed, B=24, C=3, D=6, missing=0.6, metric="cosine"):
@@ -117,12 +121,13 @@ def _random_problem(M, seed, B=24, C=3, D=6, missing=0.6, metric="cosine"):
     protos = F.normalize(torch.randn(2**M, C, D, generator=g, dtype=torch.float64), dim=-1) * 0.9
     sigma = 0.05 + 0.4 * torch.rand(2**M, C, generator=g, dtype=torch.float64)
     calib = SubsetCalibration(protos, sigma, metric=metric, modalities=names)
-    fuse = MLPFuse(names, C, D, seed=seed)
+    fuse = MLPFuse(names, C, D, seed=seed, normalize=metric == "cosine")
     return names, tokens, present, calib, fuse
 
 
-def reference_selection(fuse, tokens, present, calib, temperature=TAU):
-    """Straightforward per-patient implementation of method section 4 (scores recomputed from scratch)."""
+def reference_selection(fuse, tokens, present, calib, temperature=TAU, margin=0.0):
+    """Straightforward per-patient implementation of method section 4 and of "The Euclidean variant, end to end"
+    (scores recomputed from scratch); ``margin``: accept only rewards ``> margin`` (0: the method page)."""
     names = list(calib.modalities)
     M = len(names)
 
@@ -131,11 +136,15 @@ def reference_selection(fuse, tokens, present, calib, temperature=TAU):
         mask[0, sorted(subset)] = True
         logits, z = fuse({n: tokens[n][b : b + 1] for n in names}, mask)
         logits, z = logits[0], z[0].double()
-        q = torch.softmax(z @ calib.overall.T / temperature, -1).max().item()
+        if calib.metric == "cosine":  # q(S) = max_c softmax_c(z . P_c / tau)
+            q = torch.softmax(z @ calib.overall.T / temperature, -1).max().item()
+        else:  # q(S) = max_c softmax_c(-||z - P_c||^2 / tau), squared distances
+            sq = torch.stack([((z - p) ** 2).sum() for p in calib.overall.double()])
+            q = torch.softmax(-sq / temperature, -1).max().item()
         c = int(logits.argmax())
         code = _code(subset)
         mu, sigma = calib.prototypes[code, c], calib.sigma[code, c]
-        d = 1 - z @ mu if calib.metric == "cosine" else (z - mu).norm()
+        d = 1 - z @ mu if calib.metric == "cosine" else (z - mu).norm()  # ICS: plain (not squared) distance
         log_p = math.log(2) + torch.special.log_ndtr(-d / sigma).item()
         return q, log_p, logits
 
@@ -162,7 +171,7 @@ def reference_selection(fuse, tokens, present, calib, temperature=TAU):
                 if r < 0:
                     bad.add(u)
                     rejected.append((u, step))
-                if r > 0 and (best is None or r > best_r):
+                if r > margin and (best is None or r > best_r):
                     best, best_r = u, r
             if best is None:
                 break
@@ -321,15 +330,72 @@ def test_quality_score_matches_definition():
     q = quality_score(z, overall, 0.1)
     expected = torch.softmax(z.double() @ overall.T / 0.1, dim=-1).max(-1).values
     assert torch.allclose(q, expected)
+    assert torch.equal(quality_score(z, overall, 0.1, "cosine"), q)
+
+
+def test_quality_score_euclidean_uses_squared_distances():
+    g = torch.Generator().manual_seed(4)
+    z = 2.0 * torch.randn(5, 4, generator=g)  # not normalised
+    overall = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    q = quality_score(z, overall, 0.1, "euclidean")
+    sq = torch.tensor([[float(((z[r].double() - overall[c]) ** 2).sum()) for c in range(3)] for r in range(5)])
+    expected = torch.softmax(-sq.double() / 0.1, dim=-1).max(-1).values
+    assert torch.allclose(q, expected)
+    # neither the dot product nor the plain distance
+    assert not torch.allclose(q, quality_score(z, overall, 0.1, "cosine"))
+    plain = torch.softmax(-sq.double().sqrt() / 0.1, dim=-1).max(-1).values
+    assert not torch.allclose(q, plain)
+    with pytest.raises(ValueError, match="metric"):
+        quality_score(z, overall, 0.1, "manhattan")
+
+
+def test_euclidean_quality_enters_the_reward():
+    # with |z| = 1 and P = I, the Euclidean logits are twice the cosine ones: the same z gives different rewards
+    table = {(0,): (0.7, 0.5), (0, 1): (0.9, 0.8)}
+    euc = TableCase(2, table, metric="euclidean")
+    res = euc.run([0])
+    assert res.rewards[0, 0, 1].item() == pytest.approx(0.9 - 0.7, abs=1e-9)
+    assert res.accepted[0, 1] and res.quality[0].item() == pytest.approx(0.9, abs=1e-9)
+    z = torch.stack([euc.z[1], euc.z[3]])
+    cos_q = quality_score(z, euc.calibration.overall, TAU, "cosine")
+    assert cos_q[0].item() != pytest.approx(0.7, abs=1e-3)  # the dot-product quality would score these z otherwise
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_margin_accepts_only_rewards_above_it(metric):
+    # q: .7 -> .9 (r = .2 with G = 1); rejected rule unchanged: r < 0 still joins Bad
+    table = {(0,): (0.7, 0.5), (0, 1): (0.9, 0.8), (0, 2): (0.6, 0.8)}
+    case = TableCase(3, table, metric=metric)
+    present = torch.tensor([[True, False, False]])
+    for margin, accepted in ((0.0, True), (0.19, True), (0.21, False)):
+        res = select_modalities(case.fuse, case.tokens(), present, case.calibration, temperature=TAU, margin=margin)
+        assert res.accepted[0, 1].item() is accepted, margin
+        assert res.rejected[0, 2] and not res.rejected[0, 1]  # 0 < r <= margin: neither accepted nor rejected
+        assert res.unused[0, 1].item() is (not accepted)
+    with pytest.raises(ValueError, match="margin"):
+        select_modalities(case.fuse, case.tokens(), present, case.calibration, margin=-0.1)
 
 
 # ---------------------------------------------------------------------------------------------------- batched
-@pytest.mark.parametrize("M, seed, metric", [(3, 0, "cosine"), (3, 1, "euclidean"), (4, 2, "cosine"),
-                                             (4, 3, "cosine"), (5, 4, "cosine"), (5, 5, "euclidean")])
-def test_batched_equals_per_patient_reference(M, seed, metric):
+@pytest.mark.parametrize(
+    "M, seed, metric, margin",
+    [
+        (3, 0, "cosine", 0.0),
+        (3, 1, "euclidean", 0.0),
+        (4, 2, "cosine", 0.0),
+        (4, 3, "cosine", 0.0),
+        (5, 4, "cosine", 0.0),
+        (5, 5, "euclidean", 0.0),
+        (4, 6, "euclidean", 0.0),
+        (5, 7, "euclidean", 0.0),
+        (5, 4, "cosine", 0.05),
+        (5, 5, "euclidean", 0.05),
+    ],
+)
+def test_batched_equals_per_patient_reference(M, seed, metric, margin):
     names, tokens, present, calib, fuse = _random_problem(M, seed, metric=metric)
-    res = select_modalities(fuse, tokens, present, calib, temperature=TAU)
-    ref = reference_selection(fuse, tokens, present, calib)
+    res = select_modalities(fuse, tokens, present, calib, temperature=TAU, margin=margin)
+    ref = reference_selection(fuse, tokens, present, calib, margin=margin)
     for b, r in enumerate(ref):
         assert res.selected[b].nonzero().squeeze(1).tolist() == sorted(r["S"]), f"patient {b}"
         assert res.steps[b].item() == len(r["accepted"])

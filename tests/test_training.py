@@ -11,8 +11,13 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Accuracy
 
 from monai.data import DataLoader
-from monai.handlers import CheckpointLoader, CheckpointSaver, StatsHandler, from_engine
-from monai_dymo.engines.trainer import PrepareDyMoBatch, SubsetAugmentedTrainer, subset_augmented_forward
+from monai.handlers import CheckpointLoader, CheckpointSaver, EarlyStopHandler, StatsHandler, ValidationHandler, from_engine
+from monai_dymo.engines.trainer import (
+    AllSubsetsEvaluator,
+    PrepareDyMoBatch,
+    SubsetAugmentedTrainer,
+    subset_augmented_forward,
+)
 from monai_dymo.handlers.prototypes import PrototypeRefreshHandler
 from monai_dymo.losses import PrototypeAccumulator, SubsetAugmentedLoss
 from monai_dymo.networks.encoders import ClinicalTokenEncoder, ImageTokenEncoder
@@ -31,14 +36,16 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def _net(seed: int = 0) -> DynamicFusionTransformer:
+def _net(seed: int = 0, metric: str = "cosine") -> DynamicFusionTransformer:
     torch.manual_seed(seed)
     encoders = {
         "a": ImageTokenEncoder(2, 1, 32, channels=(8,), strides=(2,), pool_size=2),
         "b": ClinicalTokenEncoder(3, [3], 32),
         "c": ImageTokenEncoder(2, 1, 32, channels=(8,), strides=(2,), pool_size=2),
     }
-    return DynamicFusionTransformer(MODALITIES, encoders, num_classes=3, dim=32, depth=1, num_heads=2, proj_dim=16)
+    return DynamicFusionTransformer(
+        MODALITIES, encoders, num_classes=3, dim=32, depth=1, num_heads=2, proj_dim=16, metric=metric
+    )
 
 
 def _toy(n: int, seed: int, missing_c: bool = False):
@@ -261,3 +268,85 @@ def test_trainer_progress_bar_shows_the_loss(capsys):
     err = capsys.readouterr().err
     assert "DyMo fusion training" in err and "loss=" in err and "[1/2]" in err  # iteration 1 of 2
     assert SubsetAugmentedTrainer("cpu", 1, loader, net, opt, num_subsets=2).progress_bar is None  # not a terminal
+
+
+def _pooled_accuracy(net, x, y, present=None) -> float:
+    """Accuracy over every (non-empty subset, sample) row, subsets restricted to the present modalities."""
+    net.eval()
+    right = total = 0
+    with torch.no_grad():
+        for subset in all_subset_masks(3):
+            sub = subset.expand(y.shape[0], -1) & (present if present is not None else True)
+            rows = sub.any(1).nonzero().flatten()
+            logits, _ = net({k: v[rows] for k, v in x.items()}, sub[rows])
+            right += int((logits.argmax(1) == y[rows]).sum())
+            total += rows.numel()
+    return right / total
+
+
+@pytest.mark.parametrize("missing_c", [False, True])
+def test_all_subsets_evaluator_pools_accuracy_over_subsets(missing_c):
+    samples, x, y, present = _toy(20, seed=5, missing_c=missing_c)
+    net = _net(seed=3)
+    evaluator = AllSubsetsEvaluator(
+        "cpu",
+        DataLoader(samples, batch_size=6),
+        net,
+        key_val_metric={"val_accuracy": Accuracy(output_transform=from_engine(["pred", "label"]))},
+    )
+    evaluator.run()
+    expected = _pooled_accuracy(net, x, y, present if missing_c else None)
+    assert evaluator.state.metrics["val_accuracy"] == pytest.approx(expected)
+    # the last batch (samples 18, 19): 7 subsets each, less subset {c} for sample 18 when it lacks c
+    assert evaluator.state.output["pred"].shape == (14 - int(missing_c), 3)
+    assert evaluator.state.output["label"].shape == (14 - int(missing_c),)
+
+
+def test_best_validation_checkpoint_and_early_stopping(tmp_path: Path):
+    train, _, _, _ = _toy(60, seed=6)
+    val, x_val, y_val, _ = _toy(30, seed=7)
+    net = _net(seed=1)
+    evaluator = AllSubsetsEvaluator(
+        "cpu",
+        DataLoader(val, batch_size=15),
+        net,
+        key_val_metric={"val_accuracy": Accuracy(output_transform=from_engine(["pred", "label"]))},
+    )
+    scores: list[float] = []
+    states: list[dict] = []
+
+    def record(engine):
+        scores.append(engine.state.metrics["val_accuracy"])
+        states.append({k: v.clone() for k, v in net.state_dict().items()})
+
+    evaluator.add_event_handler(Events.EPOCH_COMPLETED, record)
+    CheckpointSaver(str(tmp_path), {"model": net}, save_key_metric=True, key_metric_filename="best.pt").attach(
+        evaluator
+    )
+    stopper = EarlyStopHandler(patience=2, score_function=lambda e: e.state.metrics["val_accuracy"], epoch_level=True)
+    stopper.attach(evaluator)
+    # a learning rate so large that validation accuracy soon stops improving
+    trainer = SubsetAugmentedTrainer(
+        "cpu", 12, DataLoader(train, batch_size=20), net, torch.optim.SGD(net.parameters(), 5.0),
+        num_subsets=3, train_handlers=[ValidationHandler(interval=1, validator=evaluator, epoch_level=True)],
+    )
+    stopper.set_trainer(trainer)
+    trainer.run()
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # the first epoch reaching the best score
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)
+    for k, v in states[best].items():
+        torch.testing.assert_close(saved[k], v)
+    if trainer.state.epoch < 12:  # stopped early: no improvement in the last `patience` validations
+        assert len(scores) - 1 - best >= 2
+
+
+def test_trainer_loss_follows_the_network_metric():
+    samples, _, _, _ = _toy(8, seed=4)
+    loader = DataLoader(samples, batch_size=4)
+    net = _net(metric="euclidean")
+    trainer = SubsetAugmentedTrainer("cpu", 1, loader, net, torch.optim.SGD(net.parameters(), 0.01))
+    assert trainer.loss_function.metric == "euclidean"
+    with pytest.raises(ValueError, match="metric"):
+        SubsetAugmentedTrainer(
+            "cpu", 1, loader, net, torch.optim.SGD(net.parameters(), 0.01), loss_function=SubsetAugmentedLoss(3, 16)
+        )

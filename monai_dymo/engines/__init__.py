@@ -11,9 +11,10 @@ from .recovery_trainer import (
     recovery_loss_terms,
     simulate_missing,
 )
-from .trainer import PrepareDyMoBatch, SubsetAugmentedTrainer, subset_augmented_forward
+from .trainer import AllSubsetsEvaluator, PrepareDyMoBatch, SubsetAugmentedTrainer, subset_augmented_forward
 
 __all__ = [
+    "AllSubsetsEvaluator",
     "DyMoEvaluator",
     "PrepareDyMoBatch",
     "PrepareDyMoEvalBatch",

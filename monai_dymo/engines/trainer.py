@@ -9,7 +9,7 @@ import torch
 from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
-from monai.engines import SupervisedTrainer
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn
 from monai.transforms import Transform
 from monai.utils import IgniteInfo, convert_to_tensor, min_version, optional_import
@@ -21,7 +21,7 @@ from monai_dymo.handlers.prototypes import PrototypeRefreshHandler
 from monai_dymo.keys import DyMoKeys
 from monai_dymo.presence import align_present
 from monai_dymo.losses import PrototypeAccumulator, SubsetAugmentedLoss
-from monai_dymo.subsets import sample_subsets
+from monai_dymo.subsets import all_subset_masks, sample_subsets
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, EventEnum
@@ -31,7 +31,7 @@ else:
     Metric, _ = optional_import("ignite.metrics", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Metric")
     EventEnum, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "EventEnum")
 
-__all__ = ["PrepareDyMoBatch", "subset_augmented_forward", "SubsetAugmentedTrainer"]
+__all__ = ["PrepareDyMoBatch", "subset_augmented_forward", "SubsetAugmentedTrainer", "AllSubsetsEvaluator"]
 
 
 class PrepareDyMoBatch:
@@ -209,12 +209,19 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
             raise ValueError(
                 f"num_subsets must be in [1, {2**num_mod - 1}] for {num_mod} modalities, got {num_subsets}."
             )
+        metric = getattr(net, "metric", "cosine")
         if loss_function is None:
             loss_function = SubsetAugmentedLoss(
-                net.num_classes, net.proj_dim, prototype_weight=prototype_weight, temperature=temperature
+                net.num_classes,
+                net.proj_dim,
+                prototype_weight=prototype_weight,
+                temperature=temperature,
+                metric=metric,
             )
         if not isinstance(loss_function, SubsetAugmentedLoss):
             raise ValueError(f"loss_function must be a SubsetAugmentedLoss, found {type(loss_function).__name__}.")
+        if loss_function.metric != metric:
+            raise ValueError(f"loss_function uses the {loss_function.metric} metric, the network {metric}.")
         if (loss_function.num_classes, loss_function.proj_dim) != (net.num_classes, net.proj_dim):
             raise ValueError(
                 f"loss_function is for {loss_function.num_classes} classes / proj_dim {loss_function.proj_dim}, the "
@@ -342,5 +349,53 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         for key in (Keys.PRED, Keys.LOSS, "ce_loss", "prototype_loss"):
             if isinstance(engine.state.output.get(key), torch.Tensor):
                 engine.state.output[key] = engine.state.output[key].detach()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+class AllSubsetsEvaluator(SupervisedEvaluator):
+    """Validation of the fusion network pooled over every non-empty modality subset (method page section 7).
+
+    Per iteration the batch is encoded once and fused with all ``2**M - 1`` subsets (restricted to ``present`` when
+    the batch has it); ``engine.state.output`` holds ``pred`` logits ``[N, C]`` and ``label`` ``[N]`` for the ``N``
+    (subset, sample) rows, so a metric such as ``ignite.metrics.Accuracy`` with
+    ``output_transform=monai.handlers.from_engine(["pred", "label"])`` gives the accuracy pooled over subsets, the
+    early-stopping / best-checkpoint criterion of the reference's recipe (use it with MONAI's ``ValidationHandler``,
+    ``CheckpointSaver(save_key_metric=True)`` and ``EarlyStopHandler``). Outputs are not per-patient, so ``decollate``
+    is False. Other arguments as in :class:`monai.engines.SupervisedEvaluator`.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        val_data_loader: Iterable | DataLoader,
+        network: torch.nn.Module,
+        label_key: str = DyMoKeys.LABEL,
+        present_key: str | None = DyMoKeys.PRESENT,
+        prepare_batch: Callable | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for attr in ("encode", "fuse", "modalities"):
+            if not hasattr(network, attr):
+                raise ValueError(f"network must be a DynamicFusionTransformer-like module; it has no '{attr}'.")
+        if prepare_batch is None:
+            prepare_batch = PrepareDyMoBatch(network.modalities, label_key=label_key, present_key=present_key)
+        kwargs.setdefault("decollate", False)
+        super().__init__(
+            device=device, val_data_loader=val_data_loader, network=network, prepare_batch=prepare_batch, **kwargs
+        )
+        self.subsets = all_subset_masks(len(network.modalities))  # [2^M - 1, M]
+
+    def _iteration(self, engine: AllSubsetsEvaluator, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        inputs, targets, _, kwargs = engine.prepare_batch(
+            batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
+        )
+        targets = convert_to_tensor(targets, track_meta=False, wrap_sequence=True).reshape(-1)
+        with engine.mode(engine.network):
+            out = subset_augmented_forward(engine.network, inputs, engine.subsets, kwargs.get("present"))
+        engine.state.output = {Keys.PRED: out["logits"], Keys.LABEL: targets.to(out["rows"].device)[out["rows"]]}
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

@@ -31,8 +31,9 @@ class ImageTokenEncoder(nn.Module):
     The image ``[B, in_channels, *spatial]`` goes through a stack of MONAI ``Convolution`` blocks (or ``ResidualUnit``
     blocks when ``num_res_units > 0``), one per entry of ``channels``/``strides``, then a 1x1 convolution to ``dim``
     channels. If ``pool_size`` is given the feature map is adaptive-average-pooled to that fixed grid, so the number of
-    tokens is ``prod(pool_size)`` whatever the input size; otherwise every position of the final feature map is a token
-    and ``num_tokens`` is known only when ``spatial_size`` (the input size) is given.
+    tokens is ``prod(pool_size)`` whatever the input size (``pool_mode="max"``: adaptive max-pooling instead, as in the
+    reference's PolyMNIST encoder: three stride-2 convolutions, 1x1 convolution, 2x2 max-pool); otherwise every position
+    of the final feature map is a token and ``num_tokens`` is known only when ``spatial_size`` (the input size) is given.
 
     Args:
         spatial_dims: 2 or 3.
@@ -43,6 +44,7 @@ class ImageTokenEncoder(nn.Module):
         kernel_size: convolution kernel size.
         num_res_units: 0 for plain ``Convolution`` blocks, otherwise the number of sub-units of each ``ResidualUnit``.
         pool_size: fixed token grid (int or one value per spatial dim); ``None`` keeps the whole feature map.
+        pool_mode: ``"avg"`` (adaptive average) or ``"max"`` (adaptive max) pooling to ``pool_size``.
         spatial_size: input spatial size, only used to compute ``num_tokens`` when ``pool_size`` is None.
         act, norm, dropout: as in :class:`monai.networks.blocks.Convolution`.
 
@@ -65,8 +67,11 @@ class ImageTokenEncoder(nn.Module):
         act: tuple | str | None = "PRELU",
         norm: tuple | str | None = "BATCH",
         dropout: float | None = None,
+        pool_mode: str = "avg",
     ) -> None:
         super().__init__()
+        if pool_mode not in ("avg", "max"):
+            raise ValueError(f"pool_mode must be 'avg' or 'max', got {pool_mode!r}.")
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if len(channels) == 0 or len(channels) != len(strides):
@@ -118,7 +123,8 @@ class ImageTokenEncoder(nn.Module):
             self.pool_size = tuple(int(p) for p in ensure_tuple_rep(pool_size, spatial_dims))
             if any(p < 1 for p in self.pool_size):
                 raise ValueError(f"pool_size must be positive, got {self.pool_size}.")
-            self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](self.pool_size)
+            pool_type = Pool.ADAPTIVEAVG if pool_mode == "avg" else Pool.ADAPTIVEMAX
+            self.pool = Pool[pool_type, spatial_dims](self.pool_size)
 
         grid: tuple[int, ...] | None = self.pool_size
         if grid is None and spatial_size is not None:

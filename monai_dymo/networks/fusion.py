@@ -23,7 +23,8 @@ class DynamicFusionTransformer(nn.Module):
     prepended, learned positional embeddings are added over the whole sequence
     ``[CLS, tokens of modality 0, ..., tokens of modality M-1]``, and pre-norm transformer blocks run with an attention
     mask hiding the tokens of modalities outside ``S`` (CLS always visible). The final CLS state feeds a linear
-    classifier (logits ``[B, C]``) and a linear projection head (``z [B, proj_dim]``, L2-normalised).
+    classifier (logits ``[B, C]``) and a linear projection head (``z [B, proj_dim]``, L2-normalised for the cosine
+    metric, not normalised for the Euclidean variant).
 
     It is split so that a sample is encoded once and then fused with many subsets:
 
@@ -56,6 +57,8 @@ class DynamicFusionTransformer(nn.Module):
         proj_dim: width ``D`` of the projection ``z``.
         dropout: dropout inside the transformer blocks (off in eval mode).
         num_tokens: tokens per modality; defaults to each encoder's ``num_tokens`` attribute.
+        metric: ``"cosine"`` (``z`` L2-normalised) or ``"euclidean"`` (``z`` as projected: the method page's
+            Euclidean variant); the prototype loss, calibration and selection must use the same metric.
     """
 
     def __init__(
@@ -70,8 +73,12 @@ class DynamicFusionTransformer(nn.Module):
         proj_dim: int = 64,
         dropout: float = 0.0,
         num_tokens: Mapping[str, int] | None = None,
+        metric: str = "cosine",
     ) -> None:
         super().__init__()
+        if metric not in ("cosine", "euclidean"):
+            raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}.")
+        self.metric = metric
         if isinstance(modalities, str):
             raise ValueError("modalities must be a sequence of names, not a single string.")
         self.modalities: tuple[str, ...] = tuple(str(m) for m in modalities)
@@ -502,7 +509,8 @@ class DynamicFusionTransformer(nn.Module):
     def _head(self, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Final CLS states ``[R, dim]`` -> ``(logits [R, C], z [R, proj_dim])``."""
         cls = self.norm(cls)
-        return self.classifier(cls), F.normalize(self.projection(cls), dim=-1)
+        z = self.projection(cls)
+        return self.classifier(cls), F.normalize(z, dim=-1) if self.metric == "cosine" else z
 
 
 def build_image_fusion(
@@ -522,10 +530,12 @@ def build_image_fusion(
     pool_size: Sequence[int] | int | None = None,
     norm: tuple | str | None = "INSTANCE",
     act: tuple | str | None = "PRELU",
+    pool_mode: str = "avg",
+    metric: str = "cosine",
 ) -> DynamicFusionTransformer:
     """Fusion network with one :class:`ImageTokenEncoder` per image modality (e.g. MRI volumes ``[B, 1, 64, 64, 64]``).
 
-    ``pool_size`` defaults to a 4x4 token grid in 2D and 2x2x2 in 3D.
+    ``pool_size`` defaults to a 4x4 token grid in 2D and 2x2x2 in 3D; ``pool_mode`` is ``"avg"`` or ``"max"``.
     """
     if pool_size is None:
         pool_size = 4 if spatial_dims == 2 else 2
@@ -540,6 +550,7 @@ def build_image_fusion(
             pool_size=pool_size,
             norm=norm,
             act=act,
+            pool_mode=pool_mode,
         )
         for m in modalities
     }
@@ -553,6 +564,7 @@ def build_image_fusion(
         mlp_ratio=mlp_ratio,
         proj_dim=proj_dim,
         dropout=dropout,
+        metric=metric,
     )
 
 
@@ -570,8 +582,16 @@ def build_polymnist_fusion(
     strides: Sequence[int] = (2, 2),
     pool_size: Sequence[int] | int = 4,
     norm: tuple | str | None = "BATCH",
+    act: tuple | str | None = "PRELU",
+    pool_mode: str = "avg",
+    metric: str = "cosine",
 ) -> DynamicFusionTransformer:
-    """Small fusion network for PolyMNIST (modalities ``m0..m{M-1}``, each ``[B, 3, 28, 28]``, 16 tokens each)."""
+    """Small fusion network for PolyMNIST (modalities ``m0..m{M-1}``, each ``[B, 3, 28, 28]``, 16 tokens each).
+
+    The defaults are this project's first network (dim 64, two convolutions with batch norm, 4x4 average-pooled
+    tokens). The reference's recipe (method page section 7) is ``dim=128, mlp_ratio=4, channels=(32, 64, 128),
+    strides=(2, 2, 2), norm=None, act="RELU", pool_size=2, pool_mode="max"`` (4 tokens per modality).
+    """
     names = tuple(modalities) if modalities is not None else tuple(f"m{i}" for i in range(num_modalities))
     return build_image_fusion(
         names,
@@ -588,4 +608,7 @@ def build_polymnist_fusion(
         strides=strides,
         pool_size=pool_size,
         norm=norm,
+        act=act,
+        pool_mode=pool_mode,
+        metric=metric,
     )
