@@ -72,11 +72,13 @@ def build_cohort_fusion(
     channels_2d: Sequence[int] = (16, 32, 64),
     pool_3d: int = 2,
     pool_2d: int = 2,
+    pool_mode: str = "max",
     norm: str = "INSTANCE",
 ) -> DynamicFusionTransformer:
     """DyMo fusion network over the cohort's modalities (in the spec's order).
 
-    - ``image3d``: :class:`ImageTokenEncoder` (3D, 1 channel, ``channels_3d`` stride-2 stages, ``pool_3d**3`` tokens);
+    - ``image3d``: :class:`ImageTokenEncoder` (3D, 1 channel, ``channels_3d`` stride-2 stages, ``pool_3d**3`` tokens,
+      max-pooled by default: a small lesion anywhere in its region should reach the token, not be averaged away);
     - ``image2d``: the same in 2D (``pool_2d**2`` tokens);
     - ``clinical``: :class:`ClinicalTokenEncoder` (one token per field, cardinalities from the statistics).
     """
@@ -95,6 +97,7 @@ def build_cohort_fusion(
                 channels=channels,
                 strides=(2,) * len(channels),
                 pool_size=pool_3d if m.kind == "image3d" else pool_2d,
+                pool_mode=pool_mode,
                 norm=norm,
             )
     return DynamicFusionTransformer(
