@@ -196,9 +196,9 @@ def test_demo_command_writes_a_report_with_the_shipped_weights(tiny_polymnist, t
     assert (tiny_polymnist / "patterns" / "missing_rate0.55_seed17.csv").is_file()
     records = json.loads((tmp_path / "inference_rate0.55_seed17" / "dymo_report.json").read_text())
     assert len(records) == 120 and all(set(r["selected"]) >= set(r["observed"]) for r in records)
-    html = (tmp_path / "inference_rate0.6_seed0" / "dymo_report.html").read_text()
-    pages = list((tmp_path / "inference_rate0.6_seed0" / "dymo_report_files" / "patients").glob("*.html"))
-    pictures = list((tmp_path / "inference_rate0.6_seed0" / "dymo_report_files" / "img").glob("*.png"))
+    html = (tmp_path / "inference_rate0.55_seed17" / "dymo_report.html").read_text()
+    pages = list((tmp_path / "inference_rate0.55_seed17" / "dymo_report_files" / "patients").glob("*.html"))
+    pictures = list((tmp_path / "inference_rate0.55_seed17" / "dymo_report_files" / "img").glob("*.png"))
     assert "Legend" in html and len(pages) == 100 and len(pictures) == 5 * 100  # 5 modalities per page, 2D each
 
 
