@@ -225,3 +225,17 @@ def test_torchrun_calibration_inference_and_evaluation_equal_single_process(trai
                  "--eval_dir", str(tmp_path / "eval_ddp"))
     rows = pd.read_csv(tmp_path / "eval_ddp" / "per_patient.csv")
     assert list(rows["patient_id"]) == [e["patient_id"] for e in datalist]
+
+
+def test_large_files_list_every_shipped_file_with_its_sha256():
+    import hashlib
+
+    from monai.bundle import ConfigParser
+
+    large = ConfigParser.load_config_file(str(BUNDLE / "large_files.yml"))["large_files"]
+    listed = {entry["path"] for entry in large}
+    assert listed == {f"models/brain_mri_demo/{p.name}" for p in SHIPPED.iterdir()}
+    for entry in large:
+        path = BUNDLE / entry["path"]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entry["hash_type"] == "sha256" and entry["hash_val"] == digest, f"{path}: update large_files.yml"

@@ -123,3 +123,19 @@ def test_wheel_data_files_ship_what_the_demo_needs():
     ]
     for name in needed:
         assert shipped.get(f"polymnist_dymo/{name}") == f"share/monai_dymo/bundles/polymnist_dymo/{name}", name
+    cohort_needed = [
+        "configs/common.yaml", "configs/inference.yaml", "configs/logging.conf", "configs/metadata.json",
+        "models/brain_mri_demo/fusion.pt", "models/brain_mri_demo/recovery.pt", "models/brain_mri_demo/calibration.pt",
+        "models/brain_mri_demo/clinical_stats.json", "LICENSE", "large_files.yml", "docs/data_license.txt",
+    ]
+    for name in cohort_needed:
+        assert shipped.get(f"cohort_dymo/{name}") == f"share/monai_dymo/bundles/cohort_dymo/{name}", name
+
+
+def test_cohort_demo_help_and_missing_bundle(tmp_path, monkeypatch, capsys):
+    assert "brain MRI + clinical cohort" in cli.build_parser().format_help()
+    monkeypatch.setattr(cli, "_project_root", lambda: tmp_path / "site-packages")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
+    assert cli.main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert "cohort bundle is not installed" in err and "--bundle" in err
