@@ -132,6 +132,30 @@ def test_fusion_training_blurs_each_modality_independently(tiny_polymnist):
     assert len({tuple(r.tolist()) for r in blurred}) > 1  # the modalities of a sample are drawn independently
 
 
+def test_metric_and_margin_settings_flow_through_the_configs(tiny_polymnist):
+    # one `metric` setting: fusion network projection, its training loss and the fitted calibration
+    parser = ConfigParser()
+    parser.read_config(_configs("train_fusion.yaml"))
+    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tiny_polymnist), "max_samples": 20})
+    parser["metric"] = "euclidean"
+    net = parser.get_parsed_content("network")
+    assert net.metric == "euclidean"
+    assert parser.get_parsed_content("train#trainer").loss_function.metric == "euclidean"
+    parser = ConfigParser()
+    parser.read_config(_configs("calibrate.yaml"))
+    parser.update(
+        {"bundle_root": str(BUNDLE), "dataset_dir": str(tiny_polymnist), "max_samples": 20, "metric": "euclidean"}
+    )
+    assert parser.get_parsed_content("fitted_calibration").metric == "euclidean"
+    # the reward margin: the shipped default and the paper's rule (0)
+    parser = ConfigParser()
+    parser.read_config(_configs("inference.yaml"))
+    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tiny_polymnist)})
+    assert parser.get_parsed_content("inferer").margin == pytest.approx(0.15)
+    parser["margin"] = 0.0
+    assert parser.get_parsed_content("inferer", lazy=False).margin == 0.0
+
+
 def test_every_config_runs_at_ci_size(tiny_polymnist, tmp_path):
     common = {
         "dataset_dir": str(tiny_polymnist),

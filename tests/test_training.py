@@ -11,7 +11,14 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Accuracy
 
 from monai.data import DataLoader
-from monai.handlers import CheckpointLoader, CheckpointSaver, EarlyStopHandler, StatsHandler, ValidationHandler, from_engine
+from monai.handlers import (
+    CheckpointLoader,
+    CheckpointSaver,
+    EarlyStopHandler,
+    StatsHandler,
+    ValidationHandler,
+    from_engine,
+)
 from monai_dymo.engines.trainer import (
     AllSubsetsEvaluator,
     PrepareDyMoBatch,

@@ -31,9 +31,10 @@ class ImageTokenEncoder(nn.Module):
     The image ``[B, in_channels, *spatial]`` goes through a stack of MONAI ``Convolution`` blocks (or ``ResidualUnit``
     blocks when ``num_res_units > 0``), one per entry of ``channels``/``strides``, then a 1x1 convolution to ``dim``
     channels. If ``pool_size`` is given the feature map is adaptive-average-pooled to that fixed grid, so the number of
-    tokens is ``prod(pool_size)`` whatever the input size (``pool_mode="max"``: adaptive max-pooling instead, as in the
-    reference's PolyMNIST encoder: three stride-2 convolutions, 1x1 convolution, 2x2 max-pool); otherwise every position
-    of the final feature map is a token and ``num_tokens`` is known only when ``spatial_size`` (the input size) is given.
+    tokens is ``prod(pool_size)`` whatever the input size (``pool_mode="max"``: adaptive max-pooling instead, as in
+    the reference's PolyMNIST encoder: three stride-2 convolutions, 1x1 convolution, 2x2 max-pool); otherwise every
+    position of the final feature map is a token and ``num_tokens`` is known only when ``spatial_size`` (the input
+    size) is given.
 
     Args:
         spatial_dims: 2 or 3.
