@@ -226,3 +226,14 @@ def test_builders_from_the_spec(tiny):
     imputer = build_cohort_recovery(CohortSpec.from_config(clinical_only), out["stats_file"])
     assert isinstance(imputer, IterativeImputerRecovery) and imputer.categorical == {"clinical": {1: 2}}
     assert np.isfinite(float(logits.sum()))
+
+
+def test_fresh_and_cached_patients_collate_together(tiny):
+    """A batch mixing freshly computed and disk-cached patients (a resumed run) has the same tensor types."""
+    cfg, spec, out, root = tiny
+    ds = cohort_dataset(spec, "validation", stats_file=out["stats_file"], cache="disk", cache_dir=root / "mixed")
+    cached = ds[0]
+    again = cohort_dataset(spec, "validation", stats_file=out["stats_file"], cache="disk", cache_dir=root / "mixed")
+    batch = list_data_collate([again[0], again[1]])  # patient 0 from the cache, patient 1 computed now
+    assert tuple(batch["clinical"].shape) == (2, 2) and present_modality_names(batch["present"]) == spec.modality_names
+    assert type(cached["clinical"]) is type(again[1]["clinical"])

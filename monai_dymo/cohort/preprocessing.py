@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from monai.transforms import Compose, NormalizeIntensityd, RandAffined, RandFlipd, ScaleIntensityd
 from monai.transforms.transform import Transform
+from monai.utils import convert_to_tensor
 
 from monai_dymo.cohort.spec import CohortSpec, ModalityEntry
 from monai_dymo.keys import DyMoKeys, Reason
@@ -88,13 +89,16 @@ class TolerantPreprocessing(Transform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Any:  # type: ignore[override]
         try:
-            return self.transform(data)
+            out = self.transform(data)
         except Exception as e:  # noqa: BLE001 - any failure of one patient becomes that patient's reason
             pid = get_patient_id(data)
             cause = e.__cause__ or e
             message = f"preprocessing failed: {type(cause).__name__}: {str(cause).splitlines()[0][:300]}"
             logger.warning("patient %s: %s", pid, message)
-            return self.failed_sample(data, message)
+            out = self.failed_sample(data, message)
+        # every tensor as a MetaTensor, exactly as MONAI's PersistentDataset stores it: a batch that mixes freshly
+        # computed and cached patients (e.g. a run resumed over a partly filled cache) then collates
+        return convert_to_tensor(out, convert_numeric=False, track_meta=True)
 
     def failed_sample(self, data: Mapping[Hashable, Any], message: str) -> dict[Hashable, Any]:
         """The entry with a placeholder for every modality, all marked unreadable, and ``error`` set."""
