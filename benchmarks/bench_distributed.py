@@ -79,7 +79,7 @@ def worker(rank: int, world: int, threads: int, args: argparse.Namespace, patter
         parser = ConfigParser()
         parser.read_config(str(BUNDLE / "configs" / "common.yaml"))
         parser["bundle_root"] = str(BUNDLE)
-        fusion = parser.get_parsed_content("fusion_network_def").to(device).eval()
+        fusion = parser.get_parsed_content("network_def").to(device).eval()
         recovery = parser.get_parsed_content("recovery_network_def").to(device).eval()
         models = BUNDLE / "models"
         fusion.load_state_dict(torch.load(models / "fusion.pt", map_location=device, weights_only=True))

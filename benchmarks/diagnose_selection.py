@@ -164,7 +164,7 @@ def readability(fusion, recovery, npz: Path, max_samples: int) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fusion", default=str(BUNDLE / "models" / "fusion.pt"))
-    ap.add_argument("--fusion-def", default="{}", help="JSON overrides of the bundle's fusion_network_def")
+    ap.add_argument("--fusion-def", default="{}", help="JSON overrides of the bundle's network_def")
     ap.add_argument("--recovery", default=str(BUNDLE / "models" / "recovery.pt"))
     ap.add_argument("--calibration", default=str(BUNDLE / "models" / "calibration.pt"))
     ap.add_argument("--dataset-dir", default=str(ROOT / "outputs" / "polymnist"), help="built PolyMNIST (demo / bundle)")
