@@ -200,6 +200,7 @@ def prepare_cohort(spec: CohortSpec, output_dir: str | Path, stats_file: str | P
             raise ValueError(f"datalist {spec.datalist} has no '{required}' list (it has {sorted(available)}).")
     rows, summary = [], []
     splits: dict[str, list[dict[str, Any]]] = {}
+    missing_test = {m.name: ClinicalFieldStats(sentinels=m.sentinels).is_missing for m in spec.clinical_modalities}
     for split in spec.splits():
         if split not in available:
             continue
@@ -211,13 +212,13 @@ def prepare_cohort(spec: CohortSpec, output_dir: str | Path, stats_file: str | P
                 row[m.name] = check_image_path(e[m.name])
             for m in spec.clinical_modalities:
                 preset = (e.get(DyMoKeys.REASONS) or {}).get(m.name)
+                blanks = [f for f in m.fields if missing_test[m.name](e.get(f))]
                 if preset is not None:
                     row[m.name] = preset
-                elif all(ClinicalFieldStats(sentinels=m.sentinels).is_missing(e.get(f)) for f in m.fields):
+                elif len(blanks) == len(m.fields):
                     row[m.name] = format_reason(Reason.FIELDS_MISSING, ", ".join(m.fields))
                 else:
                     row[m.name] = Reason.OBSERVED.value
-                blanks = [f for f in m.fields if ClinicalFieldStats(sentinels=m.sentinels).is_missing(e.get(f))]
                 row[f"{m.name}_missing_fields"] = ";".join(blanks)
             rows.append(row)
         for m in spec.modalities:

@@ -183,8 +183,6 @@ def load_recovery_weights(
         raise FileNotFoundError(f"recovery weights not found: {path}; train the recovery network first.")
     if isinstance(network, IterativeImputerRecovery):
         return IterativeImputerRecovery.load(path)
-    import torch
-
     from monai_dymo.checkpoints import load_weights
 
     load_weights(network, path, map_location=device)
