@@ -237,3 +237,18 @@ def test_fresh_and_cached_patients_collate_together(tiny):
     batch = list_data_collate([again[0], again[1]])  # patient 0 from the cache, patient 1 computed now
     assert tuple(batch["clinical"].shape) == (2, 2) and present_modality_names(batch["present"]) == spec.modality_names
     assert type(cached["clinical"]) is type(again[1]["clinical"])
+
+
+def test_missingness_summary_counts_each_patient_once_over_epochs(caplog):
+    """A trainer runs many epochs; the summary describes the data, so each patient is counted once."""
+    from monai.utils import optional_import
+
+    Engine, _ = optional_import("ignite.engine", name="Engine")
+    batches = [{"modality_reasons": {"ct": ["observed", "absent: x"]}}, {"modality_reasons": {"ct": ["observed"]}}]
+    engine = Engine(lambda e, b: None)
+    handler = MissingnessSummaryHandler(["ct"], name="training")
+    handler.attach(engine)
+    with caplog.at_level(logging.INFO, logger="monai_dymo.missingness"):
+        engine.run(batches, max_epochs=3)
+    assert handler.lines() == ["training / ct: 2 of 3 observed; missing: absent 1"]
+    assert caplog.text.count("training / ct:") == 1

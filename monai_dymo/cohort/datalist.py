@@ -17,7 +17,7 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -264,11 +264,3 @@ def prepare_cohort(spec: CohortSpec, output_dir: str | Path, stats_file: str | P
     )
     return result
 
-
-def label_counts(entries: Sequence[Mapping[str, Any]], num_classes: int) -> list[int]:
-    """Patients per class index."""
-    counts = [0] * num_classes
-    for e in entries:
-        if e.get(DyMoKeys.LABEL) is not None:
-            counts[int(e[DyMoKeys.LABEL])] += 1
-    return counts

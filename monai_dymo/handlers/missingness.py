@@ -25,11 +25,12 @@ def _reason_head(reason: Any) -> str:
 
 
 class MissingnessSummaryHandler:
-    """Count every batch's modality reasons during a run; at the end log one line per modality, e.g.
+    """Count the modality reasons of every batch of a run's first epoch (each patient once, however many epochs a
+    trainer runs); at the end of that epoch log one line per modality, e.g.
     ``flair: 41 of 60 observed; missing: absent 15, unreadable 4``, and keep the counts in :attr:`counts`.
 
     Reasons are read from ``engine.state.batch`` (collated ``{name: [reasons]}`` or, after MONAI's decollation, one
-    dict per patient). Counts restart at every ``STARTED`` event (each run; each validation run of a trainer).
+    dict per patient). Counts restart at every ``STARTED`` event (each run, e.g. each run of an evaluator).
 
     Args:
         modalities: modality names to report (default: every name seen).
@@ -54,7 +55,7 @@ class MissingnessSummaryHandler:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._count)
-        engine.add_event_handler(Events.COMPLETED, self._log)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._log)
 
     def _reset(self, _engine: Engine) -> None:
         self.counts = {}
@@ -73,7 +74,8 @@ class MissingnessSummaryHandler:
                 self.counts.setdefault(str(name), Counter()).update(_reason_head(v) for v in values)
 
     def _count(self, engine: Engine) -> None:
-        self.update(engine.state.batch)
+        if engine.state.epoch == 1:
+            self.update(engine.state.batch)
 
     def lines(self) -> list[str]:
         out = []
@@ -85,6 +87,8 @@ class MissingnessSummaryHandler:
             out.append(f"{self.name} / {name}: {observed} of {total} observed; missing: {detail}")
         return out
 
-    def _log(self, _engine: Engine) -> None:
+    def _log(self, engine: Engine) -> None:
+        if engine.state.epoch != 1:
+            return
         for line in self.lines():
             self.logger.info(line)
