@@ -171,6 +171,8 @@ def test_every_config_runs_at_ci_size(tiny_polymnist, tmp_path):
     _run("train_recovery.yaml", max_epochs=1, learning_rate=0.0, initial_weights=str(first), **again)
     start, end = torch.load(first, weights_only=True), torch.load(tmp_path / "continued" / "recovery.pt", weights_only=True)
     assert start.keys() == end.keys() and all(torch.equal(start[k], end[k]) for k in start)
+    # a long run leaves a checkpoint per epoch, so that it can be stopped and continued at any epoch
+    assert (tmp_path / "runs" / "recovery" / "model_epoch=1.pt").is_file()
     _run("train_fusion.yaml", max_epochs=1, batch_size=64, **common)
     assert (tmp_path / "models" / "recovery.pt").is_file() and (tmp_path / "models" / "fusion.pt").is_file()
     _run("calibrate.yaml", **common)
@@ -333,3 +335,37 @@ def test_fusion_weights_that_do_not_fit_give_one_line(tiny_polymnist, tmp_path, 
     assert code == 2
     err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("monai-dymo:")]
     assert len(err_lines) == 1 and str(bad) in err_lines[0] and "do not fit" in err_lines[0]
+
+
+def test_reference_fusion_recipe_trains_and_continues_from_given_weights(tiny_polymnist, tmp_path):
+    common = {"dataset_dir": str(tiny_polymnist), "max_samples": 300, "num_threads": 1, "batch_size": 64}
+    parser = ConfigParser()
+    parser.read_config(_configs("train_fusion.yaml", "reference_fusion.yaml"))
+    parser.update({"bundle_root": str(BUNDLE), **common})
+    net = parser.get_parsed_content("network")  # method page section 7: dim 128, 4 tokens per modality
+    tokens = net.encode({m: torch.zeros(2, 3, 28, 28) for m in MODALITIES})
+    assert all(tokens[m].shape == (2, 4, 128) for m in MODALITIES)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    optimizer = parser.get_parsed_content("optimizer")
+    assert type(optimizer) is torch.optim.Adam and optimizer.defaults["weight_decay"] == 0
+    assert parser["max_epochs"] == 100 and parser["early_stop_patience"] == 20
+
+    first = {**common, "model_dir": str(tmp_path / "first"), "output_dir": str(tmp_path / "runs1")}
+    _run("train_fusion.yaml", "reference_fusion.yaml", max_epochs=1, **first)
+    start = torch.load(tmp_path / "first" / "fusion.pt", weights_only=True)  # the best validation epoch
+    # continuing with a zero learning rate: the trained parameters are exactly those it started from
+    again = {**common, "model_dir": str(tmp_path / "again"), "output_dir": str(tmp_path / "runs2")}
+    _run(
+        "train_fusion.yaml",
+        "reference_fusion.yaml",
+        max_epochs=1,
+        learning_rate=0.0,
+        prototype_warmup_epochs=1,
+        initial_weights=str(tmp_path / "first" / "fusion.pt"),
+        **again,
+    )
+    end = torch.load(tmp_path / "runs2" / "fusion" / "fusion_final.pt", weights_only=True)
+    params = [name for name, _ in net.named_parameters()]
+    assert params and all(torch.equal(start[k], end[k]) for k in params)
+    fresh = parser.get_parsed_content("network_def", lazy=False).state_dict()
+    assert not all(torch.equal(fresh[k], end[k]) for k in params)  # not a fresh initialisation
