@@ -13,6 +13,10 @@ compared without touching the test split the bundle's results table uses) and a 
 - with ``--recovered-calibration N``, the same with a calibration fitted on the first ``N`` training samples with
   recovered modalities in place (a seeded missing pattern at ``--rate`` on the training split, each missing modality
   recovered from the observed ones; every subset then mixes acquired and recovered inputs as at inference);
+- with ``--recovery-draws K``, two rules that test whether an accepted recovery is *evidence*: the missing
+  modalities are also decoded from ``K`` random draws of the observed posterior ``q_O`` (instead of its mean) and
+  DyMo is run on each; *stable*: DyMo's answer is kept only if every draw gives the same class, else the observed
+  modalities decide; *vote*: the majority class over the mean and the ``K`` draws;
 - with ``--readability``, the fusion network's accuracy on a single modality recovered from one observed modality
   (rows: the observed modality; diagonal: the observed modality itself), i.e. how well the fusion network reads
   recoveries.
@@ -68,10 +72,29 @@ def build_networks(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.
 
 
 @torch.no_grad()
-def compare(fusion, recovery, calibration, loader, oracle: bool, margins=(0.0,)) -> list[dict[str, float]]:
+def recover_from_draw(recovery, inputs, present, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Missing modalities decoded from one random draw ``z ~ q_O`` (the network's own recoveries use the mean)."""
+    mu, logvar = recovery.posterior(inputs, present)
+    z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator)
+    out = dict(inputs)
+    for i, name in enumerate(recovery.modalities):
+        rows = (~present[:, i]).nonzero().squeeze(1)
+        if rows.numel():
+            out[name] = inputs[name].clone()
+            out[name][rows] = recovery.output_to_mean(name, recovery.decode(name, z[rows]))
+    return out
+
+
+@torch.no_grad()
+def compare(
+    fusion, recovery, calibration, loader, oracle: bool, margins=(0.0,), draws: int = 0
+) -> list[dict[str, float]]:
     """One result row per reward margin (the baselines repeat on every row)."""
     mods = tuple(fusion.modalities)
     keys = ("observed_only", "all_recovered", "dymo", "complete", "oracle", "fixed", "broke")
+    if draws:
+        keys += ("dymo_stable", "stable_fixed", "stable_broke", "dymo_vote", "vote_fixed", "vote_broke")
+    generator = torch.Generator().manual_seed(12345)
     per_margin = {d: dict.fromkeys(keys, 0) for d in margins}
     accepted = dict.fromkeys(margins, 0.0)
     total = 0
@@ -80,8 +103,11 @@ def compare(fusion, recovery, calibration, loader, oracle: bool, margins=(0.0,))
         true = {m: batch[m].as_subclass(torch.Tensor) for m in mods}
         present = batch["present"].as_subclass(torch.Tensor).bool()
         labels = batch["label"].as_subclass(torch.Tensor).long().reshape(-1)
-        tokens = fusion.encode(recovery(hide_missing(true, present), present))
-        observed = fusion.fuse(tokens, present)[0].argmax(-1) == labels
+        hidden = hide_missing(true, present)
+        tokens = fusion.encode(recovery(hidden, present))
+        draw_tokens = [fusion.encode(recover_from_draw(recovery, hidden, present, generator)) for _ in range(draws)]
+        observed_pred = fusion.fuse(tokens, present)[0].argmax(-1)
+        observed = observed_pred == labels
         all_rec = int((fusion.fuse(tokens, torch.ones_like(present))[0].argmax(-1) == labels).sum())
         complete = int((fusion(true)[0].argmax(-1) == labels).sum())
         best_superset = 0
@@ -101,13 +127,31 @@ def compare(fusion, recovery, calibration, loader, oracle: bool, margins=(0.0,))
             counts["fixed"] += int((~observed & dymo).sum())
             counts["broke"] += int((observed & ~dymo).sum())
             accepted[delta] += float(result.accepted.sum())
+            if draws:
+                pred = result.logits.argmax(-1)
+                preds = torch.stack(
+                    [pred]
+                    + [
+                        select_modalities(fusion.fuse, t, present, calibration, modalities=mods, margin=delta)
+                        .logits.argmax(-1)
+                        for t in draw_tokens
+                    ],
+                    1,
+                )  # [B, 1 + K]
+                stable = torch.where((preds == pred[:, None]).all(1), pred, observed_pred) == labels
+                vote = torch.mode(preds, dim=1).values == labels
+                for name, right in (("stable", stable), ("vote", vote)):
+                    counts[f"dymo_{name}"] += int(right.sum())
+                    counts[f"{name}_fixed"] += int((~observed & right).sum())
+                    counts[f"{name}_broke"] += int((observed & ~right).sum())
         total += labels.shape[0]
     rows = []
     for delta in margins:
         counts = per_margin[delta]
         out = {"margin": delta}
-        out.update({k: 100.0 * v / total for k, v in counts.items() if k not in ("fixed", "broke")})
-        out.update(fixed=counts["fixed"], broke=counts["broke"], accepted_per_patient=accepted[delta] / total)
+        out.update({k: 100.0 * v / total for k, v in counts.items() if not k.endswith(("fixed", "broke"))})
+        out.update({k: v for k, v in counts.items() if k.endswith(("fixed", "broke"))})
+        out["accepted_per_patient"] = accepted[delta] / total
         out["patients"] = total
         if not oracle:
             out.pop("oracle")
@@ -178,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0], help="reward margins delta (0: the paper)")
     ap.add_argument("--recovered-calibration", type=int, default=0, metavar="N",
                     help="calibrate on N training samples with recovered modalities in place (0: the given file)")
+    ap.add_argument("--recovery-draws", type=int, default=0, metavar="K",
+                    help="also the stable / vote rules over K random draws of the observed posterior")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -202,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
             npz, modalities=mods, pattern_csv=pattern, max_samples=args.max_samples, missing_value=None
         )
         loader = DataLoader(dataset, batch_size=500)
-        rows = compare(fusion, recovery, calibration, loader, args.oracle, tuple(args.margins))
+        rows = compare(
+            fusion, recovery, calibration, loader, args.oracle, tuple(args.margins), args.recovery_draws
+        )
     print(f"{args.split} split, pattern {Path(pattern).name if args.pattern else f'rate {args.rate} seed {args.seed}'}")
     print("| " + " | ".join(rows[0]) + " |")
     print("|" + "---|" * len(rows[0]))

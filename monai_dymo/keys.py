@@ -18,6 +18,8 @@ class DyMoKeys(StrEnum):
     - ``REASONS``: ``dict[str, str]`` per sample mapping modality name -> reason (``"observed"``, ``"absent"``, ...);
       MONAI's collate turns it into ``dict[str, list[str]]`` for a batch.
     - ``FIELD_MASK``: ``dict[str, BoolTensor[F]]`` per clinical group, True where a field inside an observed group is present.
+    - ``FIELD_NOTES``: ``dict[str, str]`` per clinical group, its missing fields with what the table held
+      (``"ldh = -999, age = blank"``; ``""`` when none is missing).
     - ``PATIENT_ID``: patient / case identifier (string).
     - ``INDEX``: position of the sample in its datalist / dataset (int); carried into the selection records so that
       reports merged from several processes keep the datalist order.
@@ -31,6 +33,7 @@ class DyMoKeys(StrEnum):
     PRESENT = "present"
     REASONS = "modality_reasons"
     FIELD_MASK = "field_mask"
+    FIELD_NOTES = "field_notes"
     PATIENT_ID = "patient_id"
     INDEX = "index"
     LABEL = "label"

@@ -66,7 +66,7 @@ def make_tiny_cohort(root: str | Path, n_train: int = 24, n_val: int = 9, n_test
             if k % 7 != 3:  # every 7th patient has no clinical row
                 age = 40 + 15 * label + rng.normal(0, 5)
                 rows.append({"patient_id": pid, "age": "" if k % 6 == 5 else round(float(age), 1),
-                             "sex": ["F", "M"][k % 2]})
+                             "sex": "unknown" if k % 9 == 5 else ["F", "M"][k % 2]})  # blank / missing-value code
             k += 1
         datalist[split] = entries
     # injected faults in the test split: a missing file and a zero-byte file

@@ -71,6 +71,16 @@ def test_inference_report_has_one_row_per_datalist_entry(trained):
     row = report.set_index("patient_id").loc[datalist[0]["patient_id"]]
     assert str(row["ct_reason"]).startswith("file not found")
     assert "ct" in str(row["recovered"])
+    # what the clinical table held in each missing field: a blank cell told apart from a missing-value code
+    table = pd.read_csv(cfg["clinical_csv"], dtype=str, keep_default_na=False).set_index("patient_id")
+    notes = report.set_index("patient_id")["clinical_missing_values"].fillna("")
+    checked = set()
+    for pid in table.index.intersection(notes.index):
+        row = table.loc[pid]
+        expected = ["age = blank"] * (row["age"] == "") + ["sex = 'unknown'"] * (row["sex"] == "unknown")
+        assert notes[pid] == ", ".join(expected), pid
+        checked.update(expected)
+    assert checked == {"age = blank", "sex = 'unknown'"}  # both kinds occur in the test split
 
 
 @pytest.mark.slow

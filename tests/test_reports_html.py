@@ -84,9 +84,12 @@ def _samples(n=14, seed=0):
                 v = MetaTensor(v, meta={"PatientName": SECRET[0], "PatientBirthDate": SECRET[1]})
             sample[m] = v
         field_mask = torch.tensor([True, True, True]) if present[3] else torch.zeros(3, dtype=torch.bool)
+        note = "" if present[3] else "crp = blank, wbc = blank, age = blank"
         if present[3] and i % 2 == 0:
-            field_mask = torch.tensor([False, False, True])  # e.g. a -999 CRP and a blank WBC
+            field_mask = torch.tensor([False, False, True])  # a -999 CRP and a blank WBC
+            note = "crp = -999, wbc = blank"
         sample["field_mask"] = {"labs": field_mask}
+        sample["field_notes"] = {"labs": note}
         sample["present"] = present
         sample["modality_reasons"] = {
             m: "observed" if present[j] else f"file not found: /data/case{i:03d}/{m}.nii.gz"
@@ -221,9 +224,8 @@ def test_patient_page_images_states_steps_and_fields(report):
     for m in NAMES:
         if m not in rec["observed"]:
             assert rec["reasons"][m] in text  # why it was missing
-    missing = rec["missing_fields"]["labs"]
-    if missing:
-        assert ", ".join(missing) in text
+    if rec["missing_fields"]["labs"]:  # what the table held in each missing field
+        assert rec["field_notes"]["labs"] in text and "blank" in text
 
 
 def test_rejected_modality_reason_and_reward_in_csv_json_html(report):
@@ -271,6 +273,14 @@ def test_csv_pandas_round_trip_fields_and_dictionary(report):
     row = df[df.patient_id == gap["patient_id"]].iloc[0]
     assert row["labs_status"] == "observed" and row["labs_missing_fields"] == "crp;wbc"
     assert row["labs_num_missing_fields"] == 2
+    # a sentinel told apart from a blank cell, in the CSV, the JSON and the patient page
+    assert row["labs_missing_values"] == "crp = -999, wbc = blank"
+    back = {r["patient_id"]: r for r in json.loads((out / "dymo_report.json").read_text())}
+    assert back[gap["patient_id"]]["field_notes"] == {"labs": "crp = -999, wbc = blank"}
+    complete = next(r for r in writer.records if "labs" in r["observed"] and not r["missing_fields"]["labs"])
+    assert df[df.patient_id == complete["patient_id"]].iloc[0]["labs_missing_values"] != "crp = -999, wbc = blank"
+    for page in (out / "dymo_report_files" / "patients").glob(f"*_{gap['patient_id']}.html"):
+        assert "crp = -999, wbc = blank" in " ".join(_parse(page).text)
     # data dictionary: every CSV column described
     dictionary = pd.read_csv(out / "dymo_report_columns.csv")
     described = set(dictionary[dictionary.file == "csv"].column)
@@ -284,6 +294,8 @@ def test_pictures_and_field_gaps_from_batched_output(model, tmp_path):
     assert len(with_pictures) == sum(r["error"] is None for r in writer.records)  # all fit under the cap
     assert [p for p, _ in with_pictures[0]["_pictures"]["t1"]] == ["axial", "coronal", "sagittal"]
     assert all(r["missing_fields"]["labs"] in ([], ["crp", "wbc"], LAB_FIELDS) for r in writer.records)
+    notes = {tuple(r["missing_fields"]["labs"]): r["field_notes"]["labs"] for r in writer.records if not r["error"]}
+    assert notes[("crp", "wbc")] == "crp = -999, wbc = blank" and notes[()] == ""
     assert "_pictures" not in (tmp_path / "dymo_report.json").read_text()
 
 

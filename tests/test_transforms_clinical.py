@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from monai.data import CSVDataset, DataLoader
+from monai.data import CSVDataset, DataLoader, list_data_collate
 from monai_dymo.transforms import (
     DEFAULT_MISSING_VALUES,
     UNKNOWN_CATEGORY,
     ClinicalFields,
     ClinicalFieldsd,
     ClinicalFieldStats,
+    RandSimulateMissingModalitiesd,
 )
 
 CSV_TEXT = """patient_id,age,sex,crp,wbc,grade
@@ -244,3 +245,27 @@ def test_statistics_are_sklearn_scaler_and_encoder(table):
     assert loaded.encode("age", 75) == (1.5, True) and np.isnan(loaded.encode("age", -999)[0])
     assert loaded.encode("sex", "M") == (1.0, True) and loaded.encode("sex", "X") == (-1.0, True)
     assert loaded.to_dict() == {**old, "missing_values": list(DEFAULT_MISSING_VALUES)}
+
+
+def test_field_notes_tell_a_blank_cell_from_a_missing_value_code():
+    rows = [{"patient_id": p, "age": a, "ldh": l, "sex": s} for p, a, l, s in
+            [("a", 54, 200.0, "M"), ("b", 61, 250.0, "F"), ("c", 70, 230.0, "F")]]
+    stats = ClinicalFieldStats.fit(rows, continuous=["age", "ldh"], categorical=["sex"], sentinels=[-999])
+    notes = [stats.missing_note(v) for v in (None, float("nan"), "", "  ", -999, "-999", -999.0, "NA", "unknown")]
+    assert notes == ["blank", "blank", "blank", "blank", "-999", "-999", "-999", "'NA'", "'unknown'"]
+    assert stats.missing_note(54) is None and stats.missing_note("M") is None
+
+    t = ClinicalFieldsd({"labs": ["ldh"], "demographics": ["age", "sex"]}, stats)
+    out = t({"patient_id": "p1", "age": "", "ldh": -999, "sex": "unknown"})
+    assert out["field_notes"] == {"labs": "ldh = -999", "demographics": "age = blank, sex = 'unknown'"}
+    assert out["modality_reasons"]["labs"] == "all fields missing: ldh"
+    out = t({"patient_id": "p2", "age": 60, "ldh": None, "sex": "F"})
+    assert out["field_notes"] == {"labs": "ldh = blank", "demographics": ""}  # nothing missing: empty note
+    # simulated missingness hides a present group: its note says so, so it is never read as the table's gap
+    sim = RandSimulateMissingModalitiesd(["labs", "demographics"], rate=1.0, keep_at_least_one=False)
+    sim.set_random_state(0)
+    hidden = sim(out)
+    assert hidden["field_notes"]["demographics"] == "all fields hidden (simulated missing)"
+    # notes of a batch collate like the reasons: one string per patient
+    batch = list_data_collate([t({"patient_id": "p1", "age": "", "ldh": 1.0, "sex": "M"}), out])
+    assert batch["field_notes"]["demographics"] == ["age = blank", ""]

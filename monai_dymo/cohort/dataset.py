@@ -25,9 +25,14 @@ from monai_dymo.cohort.spec import CohortSpec
 __all__ = ["preprocessing_key", "cohort_dataset"]
 
 
+#: bumped whenever the preprocessed samples change layout (2: clinical ``field_notes``), so that a disk cache written
+#: by an older version is never mixed into a batch with new samples
+PREPROCESSING_VERSION = 2
+
+
 def preprocessing_key(spec: CohortSpec, stats_file: str | Path | None) -> str:
     """Short hash of everything that changes the preprocessed tensors."""
-    payload: dict[str, Any] = {"modalities": [asdict(m) for m in spec.modalities], "version": 1}
+    payload: dict[str, Any] = {"modalities": [asdict(m) for m in spec.modalities], "version": PREPROCESSING_VERSION}
     if stats_file is not None and Path(stats_file).is_file():
         payload["stats"] = Path(stats_file).read_text()
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

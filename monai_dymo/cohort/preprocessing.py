@@ -113,6 +113,7 @@ class TolerantPreprocessing(Transform):
                 field_mask[m.name] = torch.zeros(len(m.fields), dtype=torch.bool)
         if field_mask:
             d[DyMoKeys.FIELD_MASK] = field_mask
+            d[DyMoKeys.FIELD_NOTES] = {g: "not read (preprocessing failed)" for g in field_mask}
         update_presence(d, {m: reason for m in self.spec.modality_names}, self.spec.modality_names)
         d[DyMoKeys.ERROR] = message
         return d

@@ -372,14 +372,16 @@ def _patient_page(
     missing_fields = rec.get("missing_fields") or {}
     if missing_fields:
         sizes = rec.get("num_fields") or {}
+        notes = rec.get("field_notes") or {}
         crow = "".join(
             f"<tr><th>{escape(g)}</th><td class=num>{sizes.get(g, '?')}</td><td class=num>{len(f)}</td>"
-            f"<td>{escape(', '.join(f)) if f else '<span class=muted>none</span>'}</td></tr>"
+            f"<td>{escape(notes.get(g) or ', '.join(f)) if f else '<span class=muted>none</span>'}</td></tr>"
             for g, f in missing_fields.items()
         )
         body.append(
             "<h2>Clinical fields</h2><table><tr><th>group</th><th>fields</th><th>missing</th>"
-            f"<th>missing fields (blank or missing-value code)</th></tr>{crow}</table>"
+            "<th>missing fields (= blank: an empty cell; else the missing-value code the table held)</th></tr>"
+            f"{crow}</table>"
         )
     body.append(_legend())
     return _page(f"DyMo report: patient {pid}", "\n".join(body))

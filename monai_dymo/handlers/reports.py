@@ -136,6 +136,8 @@ def report_columns(modalities: Sequence[str], groups: Sequence[str] = ()) -> lis
             (f"{g}_missing_fields", lst, f"clinical group {g}: fields that were blank or held a missing-value "
              "sentinel (e.g. -999, 'NA')"),
             (f"{g}_num_missing_fields", "int", f"clinical group {g}: how many of its fields were missing"),
+            (f"{g}_missing_values", "text", f"clinical group {g}: what the table held in each missing field, "
+             "'field = blank' for an empty cell, else the missing-value code written there (e.g. 'ldh = -999')"),
         ]
     cols.append(("error", "text", "why the patient could not be processed at all (blank if processed)"))
     return cols
@@ -184,6 +186,7 @@ def report_rows(
             fields = missing_fields.get(g)
             row[f"{g}_missing_fields"] = "" if fields is None else _join(fields)
             row[f"{g}_num_missing_fields"] = "" if fields is None else len(fields)
+            row[f"{g}_missing_values"] = (rec.get("field_notes") or {}).get(g)
         row["error"] = rec.get("error")
         rows.append({k: ("" if v is None else plain(v)) for k, v in row.items()})
     return columns, rows
@@ -245,6 +248,7 @@ _JSON_FIELDS = (
     ("accepted / rejected", "[{modality, step, reward}] in order"),
     ("reasons", "{modality: why it was present or missing in the data}"),
     ("missing_fields / num_fields", "{clinical group: [missing field names]} / {group: number of fields}"),
+    ("field_notes", "{clinical group: 'field = blank' or 'field = <missing-value code>' for each missing field}"),
     ("decisions", "{modality: {status, step, reward, rewards, why}}: the CSV's per-modality columns"),
 )
 
@@ -315,7 +319,8 @@ class SelectionReportWriter:
 
     Added to each record when available: ``label`` (``output["label"]``, a class index or a one-hot vector), and from
     the batch's ``field_mask`` (clinical groups, see :class:`~monai_dymo.transforms.ClinicalFieldsd`)
-    ``missing_fields`` ``{group: [names of the missing fields]}`` and ``num_fields``. Pictures: when the output holds
+    ``missing_fields`` ``{group: [names of the missing fields]}`` and ``num_fields``, and from its ``field_notes``
+    what the table held in each missing field (``{group: "ldh = -999, age = blank"}``). Pictures: when the output holds
     the inputs the network saw (``DyMoEvaluator(keep_inputs=True)``), downsampled pictures of every modality are kept
     for the at most ``max_patient_pages`` patients that get a page (errors first, then patients with a rejected, then
     an accepted recovered modality, then the others, in order of arrival), so memory stays bounded on big cohorts.
@@ -345,7 +350,8 @@ class SelectionReportWriter:
         progress: tqdm progress bars while writing (None: from 1,000 patients on).
         output_transform: maps ``engine.state.output`` to the output dictionary (or list of per-patient dictionaries).
         batch_transform: maps ``engine.state.batch`` to the batch dictionary (or list) holding ``field_mask``.
-        selection_key, label_key, inputs_key, field_mask_key: keys of the records, labels, inputs and field masks.
+        selection_key, label_key, inputs_key, field_mask_key, field_notes_key: keys of the records, labels, inputs,
+            field masks and field notes.
         name: logger name (default: the engine's logger).
         save_rank: rank writing the files in distributed runs.
     """
@@ -371,6 +377,7 @@ class SelectionReportWriter:
         label_key: str = CommonKeys.LABEL,
         inputs_key: str = DyMoKeys.INPUTS,
         field_mask_key: str = DyMoKeys.FIELD_MASK,
+        field_notes_key: str = DyMoKeys.FIELD_NOTES,
         name: str | None = None,
         save_rank: int = 0,
     ) -> None:
@@ -397,6 +404,7 @@ class SelectionReportWriter:
         self.label_key = label_key
         self.inputs_key = inputs_key
         self.field_mask_key = field_mask_key
+        self.field_notes_key = field_notes_key
         self.save_rank = save_rank
         self._name = name
         self.logger = logging.getLogger(name)
@@ -456,6 +464,20 @@ class SelectionReportWriter:
             )
         raise ValueError(f"cannot read selection records from output of type {type(output).__name__}.")
 
+    def _field_notes(self, batch: Any, n: int) -> list[Mapping[str, str] | None]:
+        """Per-patient ``{group: note}`` from the batch (batched dict of lists or decollated list), or Nones."""
+        if isinstance(batch, Mapping):
+            notes = batch.get(self.field_notes_key)
+            if not isinstance(notes, Mapping) or not notes:
+                return [None] * n
+            lists = {g: v for g, v in notes.items() if isinstance(v, Sequence) and not isinstance(v, str)}
+            return [{str(g): str(v[b]) for g, v in lists.items() if len(v) == n} for b in range(n)]
+        if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)):
+            notes_l = [d.get(self.field_notes_key) if isinstance(d, Mapping) else None for d in batch]
+            if len(notes_l) == n:
+                return notes_l
+        return [None] * n
+
     def _field_masks(self, batch: Any, n: int) -> list[Mapping[str, Any] | None]:
         """Per-patient ``{group: BoolTensor[F]}`` from the batch (batched dict or decollated list), or Nones."""
         if isinstance(batch, Mapping):
@@ -495,13 +517,16 @@ class SelectionReportWriter:
     def _collect(self, output: Any, batch: Any) -> list[tuple[dict[str, Any], Any]]:
         records, labels, inputs = self._split(output)
         masks = self._field_masks(batch, len(records)) if batch is not None else [None] * len(records)
+        notes = self._field_notes(batch, len(records)) if batch is not None else [None] * len(records)
         out = []
-        for rec, label, x, mask in zip(records, labels, inputs, masks):
+        for rec, label, x, mask, note in zip(records, labels, inputs, masks, notes):
             rec = dict(rec)
             if label is not None and rec.get("label") is None:
                 rec["label"] = label_value(label)
             if mask and rec.get("missing_fields") is None:
                 rec["missing_fields"], rec["num_fields"] = self._missing_fields(rec, mask)
+            if note and rec.get("field_notes") is None:
+                rec["field_notes"] = {str(g): str(v) for g, v in note.items()}
             out.append((rec, x))
         return out
 

@@ -6,6 +6,9 @@ group of ``F`` fields the transform outputs
 - ``d[group]``: ``FloatTensor[F]`` in the group's *layout*: its continuous fields first (z-scores), then its
   categorical fields (category codes as floats), each part in the configured order; missing fields are NaN;
 - ``d["field_mask"][group]``: ``BoolTensor[F]``, True where the field is present (same layout);
+- ``d["field_notes"][group]``: one string naming each missing field with what the table held, e.g.
+  ``"ldh = -999, age = blank"`` (``""`` when every field is present), so that a report can tell a blank cell from a
+  sentinel;
 - the group's reason: ``"observed"`` when at least one field is present, else ``"all fields missing: a, b, c"``
   (then the group is missing in ``d["present"]``).
 
@@ -308,6 +311,24 @@ class ClinicalFieldStats:
     def __contains__(self, field: object) -> bool:
         return field in self._column
 
+    def missing_note(self, value: Any) -> str | None:
+        """Why a value counts as missing, for reports: ``"blank"`` (None, NaN, empty or blank string), the value as
+        written for a missing-value string or sentinel (e.g. ``"-999"``, ``"'unknown'"``), or None if it is present."""
+        if not self.is_missing(value):
+            return None
+        value = _scalar(value)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return "blank"
+        if _is_number(value):
+            f = float(value)
+            if math.isnan(f):
+                return "blank"
+            return str(int(f)) if f.is_integer() else str(f)
+        if isinstance(value, str):
+            text = value.strip()
+            return text if _is_number_text(text) else repr(text)
+        return "blank"  # pd.NA, NaT and the like
+
     def is_missing(self, value: Any) -> bool:
         """True for None, NaN, ``pd.NA``, empty / blank strings, ``missing_values`` and ``sentinels``."""
         value = _scalar(value)
@@ -406,6 +427,14 @@ class ClinicalFieldStats:
         return float(values[0]), bool(present[0])
 
 
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _encode_fields(
     stats: ClinicalFieldStats, row: Mapping[Hashable, Any], fields: Sequence[str], patient_id: str | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -460,6 +489,8 @@ class ClinicalFieldsd(MapTransform):
             would not collate into a batch).
         present_key, reasons_key, field_mask_key, error_key, patient_id_key: output / id keys.
         warn_each: log a warning per missing group and patient (False: DEBUG level).
+        field_notes_key: output key of ``{group: "field = what the table held, ..."}`` for the missing fields
+            (``"ldh = -999, age = blank"``; ``""`` if none is missing); None: not written.
 
     A group with no field present keeps a reason already in the sample (e.g. ``"absent: ..."`` written when the
     patient has no row in the clinical table), else gets ``"all fields missing: ..."``.
@@ -481,6 +512,7 @@ class ClinicalFieldsd(MapTransform):
         error_key: str | None = DyMoKeys.ERROR,
         patient_id_key: str = DyMoKeys.PATIENT_ID,
         warn_each: bool = True,
+        field_notes_key: str | None = DyMoKeys.FIELD_NOTES,
     ) -> None:
         if not groups:
             raise ValueError("ClinicalFieldsd: no clinical group configured.")
@@ -494,6 +526,7 @@ class ClinicalFieldsd(MapTransform):
         self.present_key = present_key
         self.reasons_key = reasons_key
         self.field_mask_key = field_mask_key
+        self.field_notes_key = field_notes_key
         self.error_key = error_key
         self.patient_id_key = patient_id_key
         self.log_level = logging.WARNING if warn_each else logging.DEBUG
@@ -507,6 +540,7 @@ class ClinicalFieldsd(MapTransform):
         pid = get_patient_id(d, self.patient_id_key)
         reasons: dict[str, str] = dict(d.get(self.reasons_key) or {})
         field_mask = dict(d.get(self.field_mask_key) or {})
+        field_notes = dict(d.get(self.field_notes_key) or {}) if self.field_notes_key else {}
         values: dict[str, torch.Tensor] = {}
         # every group of the row in one pass through the scaler and the encoder, then split per group
         layouts = [self.layout(g) for g in self.encoders]
@@ -515,6 +549,10 @@ class ClinicalFieldsd(MapTransform):
         for group, vec, mask in zip(self.encoders, all_values.split(sizes), all_mask.split(sizes)):
             values[group] = vec.clone()
             field_mask[group] = mask.clone()
+            if self.field_notes_key:
+                field_notes[group] = ", ".join(
+                    f"{f} = {self.stats.missing_note(d[f])}" for f, ok in zip(self.layout(group), mask.tolist()) if not ok
+                )
             if bool(mask.any()):
                 reasons[group] = Reason.OBSERVED.value
             else:
@@ -529,6 +567,8 @@ class ClinicalFieldsd(MapTransform):
                     d.pop(f, None)
         d.update(values)
         d[self.field_mask_key] = field_mask
+        if self.field_notes_key:
+            d[self.field_notes_key] = field_notes
         update_presence(d, reasons, self.modalities, self.present_key, self.reasons_key, self.error_key)
         if self.error_key is not None and d[self.error_key]:
             logger.log(self.log_level, "patient %s: %s", pid, d[self.error_key])

@@ -124,7 +124,7 @@ class RandSimulateMissingModalitiesd(RandomizableTransform, MapTransform):
 
     A dropped modality gets reason ``"simulated missing: ..."``, ``present`` False, and its tensor is replaced by zeros
     of the same shape and meta (a placeholder; ``keep_data=True`` keeps the data and only marks it); a clinical
-    group's fields become NaN (missing) and its ``field_mask`` is cleared. Modalities already missing are left as they
+    group's fields become NaN (missing), its ``field_mask`` is cleared and its ``field_notes`` entry says so. Modalities already missing are left as they
     are (a pattern cannot make a missing modality observed).
 
     Args:
@@ -136,7 +136,7 @@ class RandSimulateMissingModalitiesd(RandomizableTransform, MapTransform):
         prob: probability that the simulation is applied to a sample.
         keep_data: keep the image of a dropped modality instead of zeroing it.
         modalities: order of the presence vector (see ``LoadModalitiesd``).
-        present_key, reasons_key, field_mask_key, error_key, patient_id_key: sample keys.
+        present_key, reasons_key, field_mask_key, field_notes_key, error_key, patient_id_key: sample keys.
 
     Raises:
         ValueError: bad rate, rate together with a pattern, unknown modality key, a malformed pattern CSV, or (when
@@ -156,6 +156,7 @@ class RandSimulateMissingModalitiesd(RandomizableTransform, MapTransform):
         present_key: str = DyMoKeys.PRESENT,
         reasons_key: str = DyMoKeys.REASONS,
         field_mask_key: str = DyMoKeys.FIELD_MASK,
+        field_notes_key: str = DyMoKeys.FIELD_NOTES,
         error_key: str | None = DyMoKeys.ERROR,
         patient_id_key: str = DyMoKeys.PATIENT_ID,
     ) -> None:
@@ -172,6 +173,7 @@ class RandSimulateMissingModalitiesd(RandomizableTransform, MapTransform):
         self.keep_data = keep_data
         self.present_key = present_key
         self.reasons_key = reasons_key
+        self.field_notes_key = field_notes_key
         self.field_mask_key = field_mask_key
         self.error_key = error_key
         self.patient_id_key = patient_id_key
@@ -217,6 +219,7 @@ class RandSimulateMissingModalitiesd(RandomizableTransform, MapTransform):
             drop = self.simulator._keep_one(observed, drop)
         reason = format_reason(Reason.SIMULATED, details)
         field_mask = dict(d.get(self.field_mask_key) or {})
+        field_notes = dict(d.get(self.field_notes_key) or {})
         for name, key, dropped in zip(self.names, self.keys, drop):
             if not dropped:
                 continue
@@ -229,8 +232,12 @@ class RandSimulateMissingModalitiesd(RandomizableTransform, MapTransform):
                     d[key].meta[REASON_META_KEY] = reason
             if name in field_mask:
                 field_mask[name] = torch.zeros_like(field_mask[name])
+            if name in field_notes:
+                field_notes[name] = "all fields hidden (simulated missing)"
         if self.field_mask_key in d:
             d[self.field_mask_key] = field_mask
+        if self.field_notes_key in d:
+            d[self.field_notes_key] = field_notes
         update_presence(d, reasons, self.modalities, self.present_key, self.reasons_key, self.error_key)
         return d
 
