@@ -75,6 +75,8 @@ def test_inference_report_has_one_row_per_datalist_entry(trained):
     table = pd.read_csv(cfg["clinical_csv"], dtype=str, keep_default_na=False).set_index("patient_id")
     notes = report.set_index("patient_id")["clinical_missing_values"].fillna("")
     checked = set()
+    for pid in notes.index.difference(table.index):  # no row in the table: said so, not "blank"
+        assert notes[pid].startswith("absent") and "no row" in notes[pid], notes[pid]
     for pid in table.index.intersection(notes.index):
         row = table.loc[pid]
         expected = ["age = blank"] * (row["age"] == "") + ["sex = 'unknown'"] * (row["sex"] == "unknown")

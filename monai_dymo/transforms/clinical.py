@@ -490,7 +490,8 @@ class ClinicalFieldsd(MapTransform):
         present_key, reasons_key, field_mask_key, error_key, patient_id_key: output / id keys.
         warn_each: log a warning per missing group and patient (False: DEBUG level).
         field_notes_key: output key of ``{group: "field = what the table held, ..."}`` for the missing fields
-            (``"ldh = -999, age = blank"``; ``""`` if none is missing); None: not written.
+            (``"ldh = -999, age = blank"``; ``""`` if none is missing; the upstream reason, e.g. ``"absent: patient
+            ... has no row in clinical.csv"``, when the row itself is missing); None: not written.
 
     A group with no field present keeps a reason already in the sample (e.g. ``"absent: ..."`` written when the
     patient has no row in the clinical table), else gets ``"all fields missing: ..."``.
@@ -560,6 +561,8 @@ class ClinicalFieldsd(MapTransform):
                 preset = reasons.get(group)
                 if preset is None or preset == Reason.OBSERVED.value:
                     reasons[group] = format_reason(Reason.FIELDS_MISSING, ", ".join(self.groups[group]))
+                elif self.field_notes_key:  # no row in the table: the cells were never there, not blank
+                    field_notes[group] = preset
                 logger.log(self.log_level, "patient %s, clinical group %s: marked missing (%s)", pid, group, reasons[group])
         if self.drop_fields:
             for fs in self.groups.values():
