@@ -337,10 +337,10 @@ def test_fusion_weights_that_do_not_fit_give_one_line(tiny_polymnist, tmp_path, 
     assert len(err_lines) == 1 and str(bad) in err_lines[0] and "do not fit" in err_lines[0]
 
 
-def test_reference_fusion_recipe_trains_and_continues_from_given_weights(tiny_polymnist, tmp_path):
+def test_fusion_training_is_the_reference_recipe_and_continues_from_given_weights(tiny_polymnist, tmp_path):
     common = {"dataset_dir": str(tiny_polymnist), "max_samples": 300, "num_threads": 1, "batch_size": 64}
     parser = ConfigParser()
-    parser.read_config(_configs("train_fusion.yaml", "reference_fusion.yaml"))
+    parser.read_config(_configs("train_fusion.yaml"))
     parser.update({"bundle_root": str(BUNDLE), **common})
     net = parser.get_parsed_content("network")  # method page section 7: dim 128, 4 tokens per modality
     tokens = net.encode({m: torch.zeros(2, 3, 28, 28) for m in MODALITIES})
@@ -349,15 +349,15 @@ def test_reference_fusion_recipe_trains_and_continues_from_given_weights(tiny_po
     optimizer = parser.get_parsed_content("optimizer")
     assert type(optimizer) is torch.optim.Adam and optimizer.defaults["weight_decay"] == 0
     assert parser["max_epochs"] == 100 and parser["early_stop_patience"] == 20
+    assert type(parser.get_parsed_content("lr_scheduler")) is torch.optim.lr_scheduler.ConstantLR  # no schedule
 
     first = {**common, "model_dir": str(tmp_path / "first"), "output_dir": str(tmp_path / "runs1")}
-    _run("train_fusion.yaml", "reference_fusion.yaml", max_epochs=1, **first)
+    _run("train_fusion.yaml", max_epochs=1, **first)
     start = torch.load(tmp_path / "first" / "fusion.pt", weights_only=True)  # the best validation epoch
     # continuing with a zero learning rate: the trained parameters are exactly those it started from
     again = {**common, "model_dir": str(tmp_path / "again"), "output_dir": str(tmp_path / "runs2")}
     _run(
         "train_fusion.yaml",
-        "reference_fusion.yaml",
         max_epochs=1,
         learning_rate=0.0,
         prototype_warmup_epochs=1,

@@ -35,7 +35,7 @@ def _format(num_classes: int = 4, modalities=MODALITIES) -> dict:
 def network():
     torch.manual_seed(0)
     net = build_polymnist_fusion(modalities=MODALITIES, num_classes=4, dim=16, depth=2, num_heads=2, proj_dim=8,
-                                 channels=(8, 16))
+                                 channels=(8, 16, 16))
     for p in net.parameters():  # away from the zero initialisation of LayerNorm biases etc.
         p.data.add_(0.05 * torch.randn_like(p))
     return net.eval()

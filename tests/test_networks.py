@@ -537,7 +537,7 @@ def test_shipped_polymnist_weights_fuse_as_torch_transformer_encoder_layers():
     from pathlib import Path
 
     weights = Path(__file__).resolve().parents[1] / "bundles" / "polymnist_dymo" / "models" / "fusion.pt"
-    net = build_polymnist_fusion(dim=64, depth=2, num_heads=4, proj_dim=64).eval()  # as configs/common.yaml
+    net = build_polymnist_fusion().eval()  # the bundle's network (configs/common.yaml)
     net.load_state_dict(torch.load(weights, weights_only=True))
     g = torch.Generator().manual_seed(0)
     x = {m: torch.rand(16, 3, 28, 28, generator=g) for m in net.modalities}
