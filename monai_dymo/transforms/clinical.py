@@ -547,13 +547,12 @@ class ClinicalFieldsd(MapTransform):
         layouts = [self.layout(g) for g in self.encoders]
         all_values, all_mask = _encode_fields(self.stats, d, [f for fs in layouts for f in fs], pid)
         sizes = [len(fs) for fs in layouts]
-        for group, vec, mask in zip(self.encoders, all_values.split(sizes), all_mask.split(sizes)):
+        for group, fields, vec, mask in zip(self.encoders, layouts, all_values.split(sizes), all_mask.split(sizes)):
             values[group] = vec.clone()
             field_mask[group] = mask.clone()
             if self.field_notes_key:
-                field_notes[group] = ", ".join(
-                    f"{f} = {self.stats.missing_note(d[f])}" for f, ok in zip(self.layout(group), mask.tolist()) if not ok
-                )
+                gaps = [f for f, ok in zip(fields, mask.tolist()) if not ok]
+                field_notes[group] = ", ".join(f"{f} = {self.stats.missing_note(d[f])}" for f in gaps)
             if bool(mask.any()):
                 reasons[group] = Reason.OBSERVED.value
             else:

@@ -124,8 +124,8 @@ class RandSimulateMissingModalitiesd(RandomizableTransform, MapTransform):
 
     A dropped modality gets reason ``"simulated missing: ..."``, ``present`` False, and its tensor is replaced by zeros
     of the same shape and meta (a placeholder; ``keep_data=True`` keeps the data and only marks it); a clinical
-    group's fields become NaN (missing), its ``field_mask`` is cleared and its ``field_notes`` entry says so. Modalities already missing are left as they
-    are (a pattern cannot make a missing modality observed).
+    group's fields become NaN (missing), its ``field_mask`` is cleared and its ``field_notes`` entry says so.
+    Modalities already missing are left as they are (a pattern cannot make a missing modality observed).
 
     Args:
         keys: modalities that may be dropped.
