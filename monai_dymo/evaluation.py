@@ -42,6 +42,7 @@ __all__ = [
     "write_comparison",
     "NATURAL_METHODS",
     "compare_on_natural_missingness",
+    "single_modality_accuracy",
     "summarise_natural",
     "write_natural_comparison",
 ]
@@ -345,7 +346,9 @@ def compare_on_natural_missingness(
     Returns:
         One row per patient: ``index`` (datalist position), ``patient_id``, ``label``, ``observed`` / ``accepted`` (``;``-joined names),
         ``complete`` (nothing missing), ``pred_<method>`` for :data:`NATURAL_METHODS` (``-1`` for a patient with
-        nothing observed, who is kept with ``error``), ``calibration_fallback``.
+        nothing observed, who is kept with ``error``), ``single_<modality>``: the fusion network's prediction from that
+        modality alone where it is observed (``-1`` where it is missing: a recovery is never scored alone),
+        ``calibration_fallback``.
     """
     modalities = tuple(network.modalities)
     if device is None:
@@ -367,6 +370,7 @@ def compare_on_natural_missingness(
         index = [int(i) for i in index] if index is not None else [len(rows) + b for b in range(labels.shape[0])]
         valid = present.any(1)
         preds = {m: torch.full_like(labels, -1) for m in NATURAL_METHODS}
+        single = {m: torch.full_like(labels, -1) for m in modalities}
         accepted = torch.zeros_like(present)
         fallback = torch.zeros_like(valid)
         if bool(valid.any()):
@@ -377,6 +381,10 @@ def compare_on_natural_missingness(
             tokens = network.encode(rec)
             preds["observed_only"][idx] = network.fuse(tokens, pv)[0].argmax(-1)
             preds["all_recovered"][idx] = network.fuse(tokens, torch.ones_like(pv))[0].argmax(-1)
+            for i, m in enumerate(modalities):  # each observed modality alone: what its encoder has learnt
+                alone = torch.zeros_like(pv)
+                alone[:, i] = True
+                single[m][idx] = torch.where(pv[:, i], network.fuse(tokens, alone)[0].argmax(-1), -1)
             res = select_modalities(network.fuse, tokens, pv, cal, temperature=temperature, modalities=modalities)
             preds["dymo"][idx] = res.logits.argmax(-1)
             accepted[idx] = res.accepted
@@ -392,6 +400,7 @@ def compare_on_natural_missingness(
                     "accepted": ";".join(m for i, m in enumerate(modalities) if accepted[b, i]),
                     "complete": bool(present[b].all()),
                     **{f"pred_{m}": int(preds[m][b]) for m in NATURAL_METHODS},
+                    **{f"single_{m}": int(single[m][b]) for m in modalities},
                     "calibration_fallback": bool(fallback[b]),
                     "error": "" if bool(valid[b]) else "no modality observed",
                 }
@@ -404,13 +413,30 @@ def compare_on_natural_missingness(
     return pd.DataFrame(rows)
 
 
+def single_modality_accuracy(per_patient: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """``{modality: {"patients": n observed, "accuracy": % or None}}`` from the ``single_<modality>`` columns of
+    :func:`compare_on_natural_missingness` (a prediction of ``-1`` means the modality was missing)."""
+    y = per_patient["label"].to_numpy()
+    out: dict[str, dict[str, Any]] = {}
+    for col in per_patient.columns:
+        if not col.startswith("single_"):
+            continue
+        pred = per_patient[col].to_numpy()
+        seen = pred >= 0
+        acc = round(100.0 * float((pred[seen] == y[seen]).mean()), 2) if seen.any() else None
+        out[col[len("single_"):]] = {"patients": int(seen.sum()), "accuracy": acc}
+    return out
+
+
 def summarise_natural(per_patient: pd.DataFrame) -> dict[str, Any]:
     """Accuracy (%) of every method on the same patients, paired counts against discarding, and a complete-data
     column only where complete patients exist.
 
     Returns ``{"patients", "incomplete", "accuracy": {method: %}, "fixed"/"broken": {method: n}`` (relative to
     ``observed_only``: wrong -> right / right -> wrong), ``"complete": {"patients", "accuracy"}`` or ``None``,
-    ``"accepted_any"``: patients that accepted at least one recovery}.
+    ``"accepted_any"``: patients that accepted at least one recovery, ``"single_modality"``: modality name ->
+    accuracy (%) of the fusion network on that modality alone over the patients who have it observed (None when
+    nobody has it), ``"single_modality_patients"``: modality name -> that patient count}.
     """
     df = per_patient
     y = df["label"].to_numpy()
@@ -426,6 +452,9 @@ def summarise_natural(per_patient: pd.DataFrame) -> dict[str, Any]:
         "calibration_fallback": int(df["calibration_fallback"].sum()),
         "complete": None,
     }
+    single = single_modality_accuracy(df)
+    out["single_modality"] = {m: v["accuracy"] for m, v in single.items()}
+    out["single_modality_patients"] = {m: v["patients"] for m, v in single.items()}
     complete = df["complete"].to_numpy()
     if complete.any():
         out["complete"] = {"patients": int(complete.sum()),
@@ -464,6 +493,19 @@ def write_natural_comparison(per_patient: pd.DataFrame, output_dir: str | Path, 
         f"Patients accepting at least one recovered modality: {s['accepted_any']}; scored with fallback calibration "
         f"statistics: {s['calibration_fallback']}.",
     ]
+    if s["single_modality"]:
+        chance = 100.0 / max(1, int(per_patient["label"].nunique()))
+        lines += [
+            "",
+            "Each modality alone (the fusion network on that one modality, patients who have it observed; chance is",
+            f"about {chance:.0f} %): an encoder near chance has learnt nothing its modality could add.",
+            "",
+            "| modality | patients | accuracy alone |",
+            "|---|---|---|",
+            *(f"| {m} | {s['single_modality_patients'][m]} | "
+              + ("n/a" if a is None else f"{a:.2f}") + (" (near chance)" if a is not None and a < chance + 10 else "")
+              + " |" for m, a in s["single_modality"].items()),
+        ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg

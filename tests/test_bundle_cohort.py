@@ -117,6 +117,14 @@ def test_evaluate_on_natural_missingness(trained):
     assert summary["fixed"]["dymo"] == int((dymo & ~base).sum()) and summary["broken"]["dymo"] == int((~dymo & base).sum())
     assert summary["complete"]["patients"] == int(per_patient["complete"].sum()) > 0
     assert "DyMo fixed / broken" in proc.stdout and (folder / "accuracy.png").is_file()
+    # each modality alone, on the patients who have it observed (a missing modality is never scored alone)
+    assert set(summary["single_modality"]) == {"ct", "xray", "clinical"}
+    for m, acc in summary["single_modality"].items():
+        seen = per_patient[f"single_{m}"] >= 0
+        assert summary["single_modality_patients"][m] == int(seen.sum())
+        assert seen.tolist() == per_patient["observed"].fillna("").str.split(";").apply(lambda o: m in o).tolist()
+        assert acc == round(100.0 * float((per_patient.loc[seen, f"single_{m}"] == per_patient.loc[seen, "label"]).mean()), 2)
+    assert "| modality | patients | accuracy alone |" in (folder / "results.md").read_text()
 
 
 @pytest.mark.slow

@@ -357,3 +357,49 @@ def test_trainer_loss_follows_the_network_metric():
         SubsetAugmentedTrainer(
             "cpu", 1, loader, net, torch.optim.SGD(net.parameters(), 0.01), loss_function=SubsetAugmentedLoss(3, 16)
         )
+
+
+def test_unimodal_loss_adds_every_observed_modality_alone():
+    """unimodal_weight > 0: the singleton subsets ride along, their cross-entropy (mean within each modality, then
+    over modalities) is added, and every encoder gets a gradient even when no sampled subset holds its modality."""
+    samples, inputs, y, present = _toy(8, seed=3, missing_c=True)
+    seen: dict[str, torch.Tensor] = {}
+
+    def run(weight: float) -> SubsetAugmentedTrainer:
+        net = _net(seed=1)
+        trainer = SubsetAugmentedTrainer(
+            device="cpu", max_epochs=1, train_data_loader=DataLoader(samples, batch_size=8), network=net,
+            optimizer=torch.optim.SGD(net.parameters(), lr=0.0), num_subsets=1, seed=5, prototype_warmup_epochs=None,
+            unimodal_weight=weight,
+        )
+
+        @trainer.on(Events.ITERATION_COMPLETED)
+        def _grads(engine):
+            seen.update({n: p.grad.abs().sum() for n, p in net.named_parameters() if p.grad is not None})
+
+        trainer.run()
+        return trainer
+
+    off = run(0.0)
+    assert float(off.state.output["unimodal_loss"]) == 0.0
+    on = run(2.0)
+    out = on.state.output
+    net = _net(seed=1).train()  # as in the trainer: the whole batch encoded once, batch-norm batch statistics
+    with torch.no_grad():
+        tokens = net.encode(inputs)
+    expected = []
+    for i in range(3):  # modality i alone, on the patients who have it
+        rows = present[:, i].nonzero().flatten()
+        alone = torch.zeros(len(rows), 3, dtype=torch.bool)
+        alone[:, i] = True
+        with torch.no_grad():
+            expected.append(F.cross_entropy(net.fuse({m: t[rows] for m, t in tokens.items()}, alone)[0], y[rows]))
+    assert float(out["unimodal_loss"]) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-4)
+    assert float(out["loss"]) == pytest.approx(float(out["ce_loss"]) + 2.0 * float(out["unimodal_loss"]), rel=1e-5)
+    assert all(float(seen[f"encoders.{m}.{p}"]) > 0 for m, p in (("a", "features.0.conv.weight"),
+                                                                  ("c", "features.0.conv.weight")))
+    # the singleton rows are not counted in the prototypes: as many rows as the single sampled subset gives
+    assert on.prototype_accumulator.counts.sum() == off.prototype_accumulator.counts.sum()
+    with pytest.raises(ValueError, match="unimodal_weight must be >= 0"):
+        SubsetAugmentedTrainer(device="cpu", max_epochs=1, train_data_loader=[], network=_net(),
+                               optimizer=torch.optim.SGD(_net().parameters(), lr=0.1), unimodal_weight=-1.0)

@@ -17,6 +17,7 @@ from .datalist import INDEX_KEY, check_image_path, load_split, prepare_cohort, r
 from .dataset import cohort_dataset, preprocessing_key
 from .networks import (
     build_cohort_fusion,
+    init_encoders_from_recovery,
     build_cohort_recovery,
     clinical_layouts,
     fit_imputer_recovery,
@@ -33,6 +34,7 @@ __all__ = [
     "CohortSpec",
     "ModalityEntry",
     "build_cohort_fusion",
+    "init_encoders_from_recovery",
     "build_cohort_recovery",
     "build_preprocessing",
     "check_image_path",

@@ -32,7 +32,9 @@ PREPROCESSING_VERSION = 2
 
 def preprocessing_key(spec: CohortSpec, stats_file: str | Path | None) -> str:
     """Short hash of everything that changes the preprocessed tensors."""
-    payload: dict[str, Any] = {"modalities": [asdict(m) for m in spec.modalities], "version": PREPROCESSING_VERSION}
+    # the encoder's pretrained weights do not change the preprocessed tensors
+    modalities = [{k: v for k, v in asdict(m).items() if k != "pretrained"} for m in spec.modalities]
+    payload: dict[str, Any] = {"modalities": modalities, "version": PREPROCESSING_VERSION}
     if stats_file is not None and Path(stats_file).is_file():
         payload["stats"] = Path(stats_file).read_text()
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -18,7 +18,7 @@ from monai_dymo.keys import DyMoKeys
 from monai_dymo.networks import (
     ClinicalTokenEncoder,
     DynamicFusionTransformer,
-    ImageTokenEncoder,
+    build_token_encoder,
     IterativeImputerRecovery,
     MoPoERecovery,
 )
@@ -27,6 +27,7 @@ from monai_dymo.transforms.clinical import ClinicalFieldStats
 __all__ = [
     "clinical_layouts",
     "build_cohort_fusion",
+    "init_encoders_from_recovery",
     "build_cohort_recovery",
     "recovery_kind",
     "load_recovery_weights",
@@ -74,32 +75,45 @@ def build_cohort_fusion(
     pool_2d: int = 2,
     pool_mode: str = "max",
     norm: str = "INSTANCE",
+    backbone_3d: str = "small",
+    backbone_2d: str = "small",
+    pretrained: Mapping[str, str | Path] | None = None,
+    input_channels: Mapping[str, int] | None = None,
 ) -> DynamicFusionTransformer:
     """DyMo fusion network over the cohort's modalities (in the spec's order).
 
-    - ``image3d``: :class:`ImageTokenEncoder` (3D, 1 channel, ``channels_3d`` stride-2 stages, ``pool_3d**3`` tokens,
-      max-pooled by default: a small lesion anywhere in its region should reach the token, not be averaged away);
-    - ``image2d``: the same in 2D (``pool_2d**2`` tokens);
+    - ``image3d`` / ``image2d``: a token encoder from :func:`~monai_dymo.networks.build_token_encoder`:
+      ``backbone_3d`` / ``backbone_2d`` by name (``"small"``: ``channels_3d`` / ``channels_2d`` stride-2 stages; or a
+      MONAI backbone such as ``"resnet10"``, ``"resnet18"``, ``"densenet121"``, ``"efficientnet-b0"``), tokens from
+      the last feature map pooled to ``pool_3d**3`` / ``pool_2d**2`` tokens (max-pooled by default: a small lesion
+      anywhere in its region should reach the token, not be averaged away);
     - ``clinical``: :class:`ClinicalTokenEncoder` (one token per field, cardinalities from the statistics).
+
+    ``pretrained``: weights files keyed by modality name or by kind (``image3d`` / ``image2d``); a modality's own
+    ``pretrained`` entry in the cohort file wins. ``input_channels``: image channels per modality name (default 1).
     """
     layouts = clinical_layouts(spec, stats)
+    given = dict(pretrained or {})
     encoders: dict[str, nn.Module] = {}
     for m in spec.modalities:
         if m.kind == "clinical":
             info = layouts[m.name]
             encoders[m.name] = ClinicalTokenEncoder(info["num_continuous"], list(info["categorical"].values()), dim)
-        else:
-            channels = tuple(channels_3d if m.kind == "image3d" else channels_2d)
-            encoders[m.name] = ImageTokenEncoder(
-                m.spatial_dims,
-                1,
-                dim,
-                channels=channels,
-                strides=(2,) * len(channels),
-                pool_size=pool_3d if m.kind == "image3d" else pool_2d,
-                pool_mode=pool_mode,
-                norm=norm,
-            )
+            continue
+        is_3d = m.kind == "image3d"
+        weights = getattr(m, "pretrained", None) or given.get(m.name) or given.get(m.kind)
+        encoders[m.name] = build_token_encoder(
+            m.spatial_dims,
+            int((input_channels or {}).get(m.name, getattr(m, "channels", 1) or 1)),
+            dim,
+            backbone=backbone_3d if is_3d else backbone_2d,
+            pool_size=pool_3d if is_3d else pool_2d,
+            pool_mode=pool_mode,
+            pretrained=weights,
+            channels=tuple(channels_3d if is_3d else channels_2d),
+            norm=norm,
+            name=m.name,
+        )
     return DynamicFusionTransformer(
         spec.modality_names,
         encoders,
@@ -111,6 +125,54 @@ def build_cohort_fusion(
         proj_dim=proj_dim,
         dropout=dropout,
     )
+
+
+def init_encoders_from_recovery(
+    network: DynamicFusionTransformer, recovery_weights: str | Path, modalities: Sequence[str] | None = None
+) -> dict[str, int]:
+    """Start each image encoder of the fusion network from what the recovery network learnt without labels.
+
+    The MoPoE recovery network is trained on every observed image of the training split (no labels); its image
+    experts' convolution stages (``encoders.<m>.net.layer_<i>``) are copied into the fusion network's ``"small"``
+    encoders (``encoders.<m>.features.<i>``) wherever the shapes agree, so build the fusion encoders with the
+    recovery's channels (``channels_3d`` = the recovery's ``channels_3d``). Returns ``{modality: tensors copied}``.
+
+    Raises:
+        FileNotFoundError: no recovery weights (train the recovery network first).
+        ValueError: nothing could be copied for a modality (the architectures differ), naming it and the file.
+    """
+    import re
+
+    import torch
+
+    path = Path(recovery_weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"recovery weights not found: {path}; train the recovery network first.")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = state.get("model", state) if isinstance(state, Mapping) else state
+    own = network.state_dict()
+    names = list(modalities) if modalities is not None else [
+        m for m in network.modalities if hasattr(network.encoders[m], "features")
+    ]
+    pattern = re.compile(r"^encoders\.(?P<m>[^.]+)\.net\.layer_(?P<i>\d+)\.(?P<rest>.+)$")
+    copied: dict[str, int] = {m: 0 for m in names}
+    update = {}
+    for key, value in state.items():
+        hit = pattern.match(key)
+        if not hit or hit["m"] not in copied:
+            continue
+        target = f"encoders.{hit['m']}.features.{hit['i']}.{hit['rest']}"
+        if target in own and tuple(own[target].shape) == tuple(value.shape):
+            update[target] = value.to(own[target].dtype)
+            copied[hit["m"]] += 1
+    empty = [m for m, n in copied.items() if n == 0]
+    if empty:
+        raise ValueError(
+            f"no convolution of the recovery network {path} fits the fusion encoder(s) {empty}; build them with the "
+            "recovery's channels (e.g. --network_def#channels_3d \"[8, 16, 32, 64]\")."
+        )
+    network.load_state_dict({**own, **update})
+    return copied
 
 
 def recovery_kind(spec: CohortSpec) -> str:

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.transforms import Compose, NormalizeIntensityd, RandAffined, RandFlipd, ScaleIntensityd
+from monai.transforms import (
+    Compose,
+    NormalizeIntensityd,
+    RandAffined,
+    RandBiasFieldd,
+    RandFlipd,
+    RandGaussianNoised,
+    ScaleIntensityd,
+)
 from monai.transforms.transform import Transform
 from monai.utils import convert_to_tensor
 
@@ -141,22 +149,48 @@ def build_preprocessing(spec: CohortSpec, stats_file: str | Path | None = None) 
 
 
 def build_augmentation(
-    spec: CohortSpec, flip_prob: float = 0.5, affine_prob: float = 0.5, rotate_deg: float = 10.0, scale: float = 0.1
+    spec: CohortSpec,
+    flip_prob: float = 0.5,
+    affine_prob: float = 0.5,
+    rotate_deg: float = 10.0,
+    scale: float = 0.1,
+    bias_field_prob: float = 0.3,
+    noise_prob: float = 0.2,
+    noise_std: float = 0.05,
+    flip_2d: bool = False,
 ) -> Compose:
-    """Training augmentation of the image modalities (applied after the cached preprocessing): random flips along
-    every axis and a small random rotation / scaling, the SAME draw for every modality of a kind (they are
-    co-registered). Zero placeholders of missing modalities stay zeros; clinical fields are untouched."""
+    """Training augmentation of the image modalities (applied after the cached preprocessing) that respects the data.
+
+    - ``image3d`` sequences of a patient are co-registered: ONE spatial draw for all of them (a left-right flip with
+      ``flip_prob``, the only flip that keeps the anatomy plausible: axis 0 of the RAS-oriented volume; a rotation up
+      to ``rotate_deg`` and a scaling up to ``scale`` with ``affine_prob``), then MRI intensity augmentations drawn
+      per sequence (each acquisition has its own coil bias and noise): MONAI's ``RandBiasFieldd``
+      (``bias_field_prob``) and ``RandGaussianNoised`` (``noise_prob``, ``noise_std`` of the z-scored intensity).
+    - ``image2d`` pictures come from separate studies (a CT and an MR picture are not co-registered): each gets its
+      OWN rotation / scaling draw, and no flip by default (an up-down or left-right flip changes what the picture's
+      orientation means; ``flip_2d=True`` allows a left-right flip, drawn per picture).
+    - Clinical fields are untouched; the zero placeholders of missing modalities are never read in training (every
+      fused subset is restricted to the observed modalities).
+    """
     chain: list[Any] = []
-    for kind, dims in (("image3d", 3), ("image2d", 2)):
-        keys = [m.name for m in spec.image_modalities if m.kind == kind]
-        if not keys:
-            continue
-        for axis in range(dims):
-            chain.append(RandFlipd(keys, prob=flip_prob, spatial_axis=axis))
+    volumes = [m.name for m in spec.image_modalities if m.kind == "image3d"]
+    pictures = [m.name for m in spec.image_modalities if m.kind == "image2d"]
+    if volumes:
+        if flip_prob > 0:
+            chain.append(RandFlipd(volumes, prob=flip_prob, spatial_axis=0))
         if affine_prob > 0:
             angle = math.radians(rotate_deg)
-            chain.append(
-                RandAffined(keys, prob=affine_prob, rotate_range=[angle] * (3 if dims == 3 else 1),
-                            scale_range=[scale] * dims, padding_mode="zeros", mode="bilinear")
-            )
+            chain.append(RandAffined(volumes, prob=affine_prob, rotate_range=[angle] * 3, scale_range=[scale] * 3,
+                                     padding_mode="zeros", mode="bilinear"))
+        for name in volumes:  # one draw per sequence
+            if bias_field_prob > 0:
+                chain.append(RandBiasFieldd(name, prob=bias_field_prob, coeff_range=(0.0, 0.2)))
+            if noise_prob > 0:
+                chain.append(RandGaussianNoised(name, prob=noise_prob, std=noise_std))
+    for name in pictures:  # one draw per picture
+        if flip_2d and flip_prob > 0:
+            chain.append(RandFlipd(name, prob=flip_prob, spatial_axis=1))
+        if affine_prob > 0:
+            chain.append(RandAffined(name, prob=affine_prob, rotate_range=[math.radians(rotate_deg)],
+                                     scale_range=[scale] * 2, padding_mode="zeros", mode="bilinear"))
     return Compose(chain)

@@ -65,6 +65,8 @@ class ModalityEntry:
         intensity: ``"zscore"`` (3D default: over non-zero voxels), ``"minmax"`` (2D default: to [0, 1]) or ``"none"``.
         continuous, categorical: clinical: the CSV columns of the group.
         sentinels: clinical: values that mean "missing" besides blanks (e.g. ``-999``).
+        pretrained: images: optional path of pretrained weights for this modality's encoder backbone (e.g. a
+            MedicalNet 3D ResNet or an ImageNet 2D ResNet the site already has; nothing is downloaded).
     """
 
     name: str
@@ -76,6 +78,7 @@ class ModalityEntry:
     continuous: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
     sentinels: tuple[Any, ...] = ()
+    pretrained: str | None = None
 
     @property
     def is_image(self) -> bool:
@@ -96,7 +99,7 @@ class ModalityEntry:
         if not isinstance(cfg, Mapping):
             raise ValueError(f"{where} must be a mapping with at least 'name' and 'kind', got {cfg!r}.")
         known = {"name", "kind", "spatial_size", "pixdim", "reader", "intensity", "continuous", "categorical",
-                 "sentinels"}
+                 "sentinels", "pretrained"}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}.")
@@ -133,8 +136,9 @@ class ModalityEntry:
         if intensity not in _INTENSITY:
             raise ValueError(f"{where}: 'intensity' must be one of {list(_INTENSITY)}, got {cfg.get('intensity')!r}.")
         reader = cfg.get("reader")
+        pretrained = cfg.get("pretrained")
         return cls(name, kind, spatial_size=size, pixdim=pixdim, reader=None if reader is None else str(reader),
-                   intensity=intensity)
+                   intensity=intensity, pretrained=None if pretrained in (None, "") else str(pretrained))
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,15 @@ def subset_augmented_forward(
     return network(inputs, subsets=subsets, present=present)
 
 
+def _group_mean_ce(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged within each group (here: each modality alone), then over the groups present."""
+    ce = torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
+    uniq, inverse = torch.unique(groups, return_inverse=True)
+    sums = torch.zeros(uniq.numel(), device=ce.device, dtype=ce.dtype).index_add(0, inverse, ce)
+    counts = torch.zeros(uniq.numel(), device=ce.device, dtype=ce.dtype).index_add(0, inverse, torch.ones_like(ce))
+    return (sums / counts).mean()
+
+
 class SubsetAugmentedTrainer(SupervisedTrainer):
     """MONAI ``SupervisedTrainer`` for DyMo's robust representation learning.
 
@@ -158,6 +167,12 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         label_key, present_key: batch keys used by the default ``prepare_batch``.
         progress: show a progress bar with the loss (ignite's ``ProgressBar``); None: when standard error is a
             terminal (see :mod:`monai_dymo.handlers.progress`).
+        unimodal_weight: weight of the per-modality auxiliary loss (0: off, the method page's training). When
+            positive, every iteration also fuses each patient's every observed modality ALONE (the ``M`` singleton
+            subsets, in the same batched forward) and adds ``unimodal_weight`` times their cross-entropy, averaged
+            within each modality and then over modalities: the unimodal losses of the modality-imbalance literature,
+            in the shared-head form, so that no encoder can leave the work to an easier modality. These rows do not
+            enter the prototype loss nor the prototypes; ``engine.state.output["unimodal_loss"]`` logs the term.
     """
 
     def __init__(
@@ -194,7 +209,11 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         amp_kwargs: dict | None = None,
         accumulation_steps: int = 1,
         progress: bool | None = None,
+        unimodal_weight: float = 0.0,
     ) -> None:
+        if unimodal_weight < 0:
+            raise ValueError(f"unimodal_weight must be >= 0, got {unimodal_weight}.")
+        self.unimodal_weight = float(unimodal_weight)
         net = unwrap(network)  # attribute access only: training calls `network` itself (DDP synchronisation)
         for attr in ("encode", "fuse_subsets", "modalities", "num_classes", "proj_dim"):
             if not hasattr(net, attr):
@@ -288,6 +307,9 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         num_mod = len(unwrap(engine.network).modalities)
         subsets = sample_subsets(engine.num_subsets, num_mod, engine.subset_generator).to(targets.device)
         engine.state.output = {"subsets": subsets}
+        num_sampled = subsets.shape[0]
+        if engine.unimodal_weight > 0:  # the M singleton subsets ride along in the same forward
+            subsets = torch.cat([subsets, torch.eye(num_mod, dtype=torch.bool, device=subsets.device)])
 
         acc = engine.accumulation_steps
         if acc > 1:
@@ -314,12 +336,27 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
                     engine.state.output[Keys.LOSS] = out["anchor"]
                 engine.fire_event(IterationEvents.LOSS_COMPLETED)
                 return False
-            terms = engine.loss_function.compute(out["logits"], out["z"], labels, out["groups"])
+            main = out["groups"] < num_sampled
+            if bool(main.all()):
+                terms = engine.loss_function.compute(out["logits"], out["z"], labels, out["groups"])
+                uni = torch.zeros_like(terms["loss"])
+            else:
+                uni_rows = ~main
+                uni = _group_mean_ce(out["logits"][uni_rows], labels[uni_rows], out["groups"][uni_rows])
+                if bool(main.any()):
+                    terms = engine.loss_function.compute(
+                        out["logits"][main], out["z"][main], labels[main], out["groups"][main]
+                    )
+                else:  # every sampled subset missed every patient: only the unimodal rows are left
+                    zero = uni * 0.0
+                    terms = {"loss": zero, "ce_loss": zero, "prototype_loss": zero}
+                terms["loss"] = terms["loss"] + engine.unimodal_weight * uni
             engine.state.output.update(
-                {Keys.LOSS: terms["loss"], "ce_loss": terms["ce_loss"], "prototype_loss": terms["prototype_loss"]}
+                {Keys.LOSS: terms["loss"], "ce_loss": terms["ce_loss"], "prototype_loss": terms["prototype_loss"],
+                 "unimodal_loss": uni}
             )
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
-            engine.prototype_accumulator.update(out["z"].detach().float(), labels)
+            engine.prototype_accumulator.update(out["z"][main].detach().float(), labels[main])
             return True
 
         # under DistributedDataParallel every rank must run backward and step (the reduction is collective)
@@ -346,7 +383,7 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             if should_step and (has_rows or acc > 1 or synced):
                 engine.optimizer.step()
-        for key in (Keys.PRED, Keys.LOSS, "ce_loss", "prototype_loss"):
+        for key in (Keys.PRED, Keys.LOSS, "ce_loss", "prototype_loss", "unimodal_loss"):
             if isinstance(engine.state.output.get(key), torch.Tensor):
                 engine.state.output[key] = engine.state.output[key].detach()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .backbones import BACKBONES, BackboneTokenEncoder, build_token_encoder, load_pretrained_backbone
 from .encoders import ClinicalTokenEncoder, ImageTokenEncoder
 from .export import FusionExport, example_fusion_inputs, export_fusion, verify_fusion_in_out
 from .fusion import DynamicFusionTransformer, build_image_fusion, build_polymnist_fusion
@@ -9,6 +10,10 @@ from .fusion import DynamicFusionTransformer, build_image_fusion, build_polymnis
 from .recovery import IterativeImputerRecovery, MoPoERecovery, RecoveryNetwork, build_mri_recovery, build_polymnist_recovery
 
 __all__ = [
+    "BACKBONES",
+    "BackboneTokenEncoder",
+    "build_token_encoder",
+    "load_pretrained_backbone",
     "ClinicalTokenEncoder",
     "ImageTokenEncoder",
     "DynamicFusionTransformer",

@@ -532,25 +532,34 @@ def build_image_fusion(
     act: tuple | str | None = "PRELU",
     pool_mode: str = "avg",
     metric: str = "cosine",
+    backbone: str = "small",
+    pretrained: str | None = None,
 ) -> DynamicFusionTransformer:
-    """Fusion network with one :class:`ImageTokenEncoder` per image modality (e.g. MRI volumes ``[B, 1, 64, 64, 64]``).
+    """Fusion network with one image token encoder per image modality (e.g. MRI volumes ``[B, 1, 64, 64, 64]``),
+    built by :func:`~monai_dymo.networks.build_token_encoder` (``backbone="small"``: :class:`ImageTokenEncoder` with
+    ``channels`` / ``strides``; or a MONAI backbone by name, e.g. ``"resnet18"``; ``pretrained``: a weights file).
 
     ``pool_size`` defaults to a 4x4 token grid in 2D and 2x2x2 in 3D; ``pool_mode`` is ``"avg"`` or ``"max"``.
     """
+    from monai_dymo.networks.backbones import build_token_encoder
+
     if pool_size is None:
         pool_size = 4 if spatial_dims == 2 else 2
     encoders = {
-        m: ImageTokenEncoder(
+        m: build_token_encoder(
             spatial_dims,
             in_channels,
             dim,
+            backbone=backbone,
+            pool_size=pool_size,
+            pool_mode=pool_mode,
+            pretrained=pretrained,
             channels=channels,
             strides=strides,
             num_res_units=num_res_units,
-            pool_size=pool_size,
             norm=norm,
             act=act,
-            pool_mode=pool_mode,
+            name=m,
         )
         for m in modalities
     }
