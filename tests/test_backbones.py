@@ -112,3 +112,18 @@ def test_fusion_encoders_start_from_the_recovery_network(tmp_path):
     with pytest.raises(FileNotFoundError, match="train the recovery network first"):
         init_encoders_from_recovery(net, tmp_path / "none.pt")
     assert isinstance(net, DynamicFusionTransformer)
+
+
+def test_large_pictures_get_more_recovery_stages_and_stay_small():
+    from monai_dymo.cohort import CohortSpec, build_cohort_recovery
+
+    def cohort(kind, size):
+        mods = [{"name": n, "kind": kind, "spatial_size": size} for n in ("ct", "mr")]
+        return CohortSpec.from_config({"datalist": "x.json", "classes": ["a", "b"], "modalities": mods}, base_dir="/")
+
+    rec = build_cohort_recovery(cohort("image2d", [128, 128]))
+    assert rec.specs["ct"].strides == (2, 2, 2, 2, 2)  # 128 / 32 = 4 per side at the end
+    assert sum(p.numel() for p in rec.parameters()) * 4 < 10 * 2**20  # was 52 MB with three stages
+    # the default brain cohort's experts are unchanged (the shipped recovery weights keep fitting)
+    assert build_cohort_recovery(cohort("image3d", [48, 48, 48])).specs["ct"].channels == (8, 16, 32, 64)
+    assert build_cohort_recovery(cohort("image2d", [28, 28])).specs["ct"].strides == (2, 2)  # 28 = 4 * 7
