@@ -94,7 +94,10 @@ def run_lever(lever: str, modality: str, args: argparse.Namespace) -> dict:
         holder = DynamicFusionTransformer([modality], {modality: encoder}, num_classes=spec.num_classes, dim=64)
         init_encoders_from_recovery(holder, args.recovery, [modality])
     model = _Alone(encoder, 64, spec.num_classes)
-    aug = build_augmentation(spec) if lever != "scratch" else None
+    # the bundle's augmentation of this modality alone (the other sequences are not read here)
+    alone = CohortSpec(spec.name, spec.datalist, spec.data_root, spec.clinical_csv, spec.patient_id, spec.label,
+                       spec.classes, (spec.modality(modality),))
+    aug = build_augmentation(alone) if lever != "scratch" else None
     if aug is not None:
         aug.set_random_state(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -109,7 +112,7 @@ def run_lever(lever: str, modality: str, args: argparse.Namespace) -> dict:
         for s in range(0, len(order), 8):
             batch = [train[i] for i in order[s : s + 8]]
             if aug is not None:
-                batch = [aug(dict(it)) for it in batch]
+                batch = [aug({modality: it[modality]}) | {"label": it["label"]} for it in batch]
             x = torch.stack([convert_to_tensor(it[modality], track_meta=False) for it in batch]).float()
             y = torch.tensor([int(it["label"]) for it in batch])
             logits = model(x)
