@@ -422,3 +422,46 @@ def test_2d_picture_has_the_source_png_orientation(tmp_path):
     # without image2d_xy the same tensor comes out transposed (the behaviour this fixes)
     ((_, raw),) = image_planes(loaded, max_size=64)
     assert raw.shape == src.shape[::-1]
+
+
+def test_pages_come_from_shipped_templates_and_a_site_can_restyle(tmp_path):
+    """The shipped Jinja2 templates render the pages; a site's folder replaces any of them (here the style sheet and
+    the cohort page's heading) without code."""
+    import tomllib
+
+    from monai_dymo.handlers.report_html import TEMPLATE_DIR
+
+    shipped = sorted(p.name for p in Path(TEMPLATE_DIR).iterdir())
+    assert {"base.html.j2", "cohort.html.j2", "patient.html.j2", "table_page.html.j2", "report.css"} <= set(shipped)
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    data = pyproject["tool"]["setuptools"]["package-data"]["monai_dymo"]
+    assert "handlers/templates/*.j2" in data and "handlers/templates/*.css" in data
+    assert any(d.startswith("jinja2") for d in pyproject["project"]["dependencies"])
+    rec = {"patient_id": "<p1>", "observed": ["a"], "recovered": [], "selected": ["a"], "accepted": [],
+           "rejected": [], "unused": [], "prediction": 1, "label": 1, "label_name": "tumour & co",
+           "prediction_name": "tumour & co", "reasons": {"a": "observed"}, "error": None}
+    default = write_report_html([rec], tmp_path / "default" / "r.html")
+    text = Path(default).read_text()
+    assert Path(TEMPLATE_DIR, "report.css").read_text().strip()[:40] in text
+    assert "&lt;p1&gt;" in text and "tumour &amp; co" in text and "<p1>" not in text  # autoescaped
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "report.css").write_text("body{background:#fffbe6}")
+    cohort = Path(TEMPLATE_DIR, "cohort.html.j2").read_text()
+    (site / "cohort.html.j2").write_text(cohort.replace("<h1>DyMo modality selection report</h1>",
+                                                        "<h1>St Elsewhere radiology: DyMo report</h1>"))
+    styled = Path(write_report_html([rec], tmp_path / "styled" / "r.html", template_dir=site)).read_text()
+    assert "body{background:#fffbe6}" in styled and "St Elsewhere radiology" in styled
+    page = next((tmp_path / "styled" / "r_files" / "patients").glob("*.html")).read_text()
+    assert "body{background:#fffbe6}" in page and "Patient &lt;p1&gt;" in page  # shipped page, site's style
+    with pytest.raises(FileNotFoundError, match="template folder"):
+        write_report_html([rec], tmp_path / "x.html", template_dir=tmp_path / "nope")
+
+
+def test_patient_table_caption_matches_row_order(report):
+    out, writer = report
+    text = " ".join(_parse(out / "dymo_report.html").text)
+    assert "Rows in datalist order" in text
+    ids = [t for t in _parse(out / "dymo_report.html").text if t in {r["patient_id"] for r in writer.records}]
+    table_ids = ids[-len(writer.records):]
+    assert table_ids == [r["patient_id"] for r in writer.records]

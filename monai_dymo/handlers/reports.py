@@ -392,6 +392,8 @@ class SelectionReportWriter:
             ``prediction_name`` of every record (default: the index as text).
         summary_extra: further blocks of the JSON ``summary`` (see
             :func:`~monai_dymo.handlers.report_records.report_summary`): a mapping, or a callable ``records -> mapping``.
+        template_dir: a folder with a site's own HTML templates / ``report.css`` (any subset of the shipped files in
+            ``monai_dymo/handlers/templates``), used before the shipped ones (None: the shipped templates).
         print_summary: print one summary line (:func:`~monai_dymo.handlers.report_records.summary_line`) when the
             report is written.
         clinical_fields: ``{group: [field names in layout order]}`` (``ClinicalFieldsd.layout(group)``) to name the
@@ -422,6 +424,7 @@ class SelectionReportWriter:
         class_names: Sequence[Any] | None = None,
         summary_extra: Mapping[str, Any] | Callable[[Sequence[Mapping[str, Any]]], Mapping[str, Any]] | None = None,
         print_summary: bool = True,
+        template_dir: str | os.PathLike | None = None,
         clinical_fields: Mapping[str, Sequence[str]] | None = None,
         pseudonymize_key: str | bytes | None = None,
         progress: bool | None = None,
@@ -453,6 +456,7 @@ class SelectionReportWriter:
         self.class_names = [str(c) for c in class_names] if class_names is not None else None
         self.summary_extra = summary_extra
         self.print_summary = bool(print_summary)
+        self.template_dir = template_dir
         self.summary: dict[str, Any] = {}
         self.clinical_fields = {str(g): [str(f) for f in fs] for g, fs in (clinical_fields or {}).items()}
         self.pseudonymize_key = pseudonymize_key
@@ -670,6 +674,7 @@ class SelectionReportWriter:
                 progress=progress,
                 pseudonymised=self.pseudonymize_key is not None,
                 summary=self.summary,
+                template_dir=self.template_dir,
             )
         self.paths = paths
         return paths
