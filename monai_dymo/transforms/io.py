@@ -137,8 +137,8 @@ class LoadModality(Transform):
     def load(self, filename: Any, modality: str | None = None) -> tuple[MetaTensor | None, str]:
         """Try to load ``filename``; ``(image, "observed")`` or ``(None, reason)``. Logs nothing."""
         if is_missing_path(filename):
-            what = "no file given" if modality is None else f"no file given for {str(modality)!r}"
-            return None, format_reason(Reason.ABSENT, f"{what} ({filename!r})")
+            # the placeholder value (None, a blank cell, "") says nothing more: "absent: no file given for t1"
+            return None, format_reason(Reason.ABSENT, "no file given" + ("" if modality is None else f" for {modality}"))
         if isinstance(filename, (np.ndarray, torch.Tensor)):
             return self._check_content(self._from_array(filename), "<in-memory array>")
         paths = [self._resolve(f) for f in ensure_tuple(filename)]
