@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     shared = default_shared_data()
     cohort = sub.add_parser(
         "demo",
-        help="run DyMo inference on the default brain MRI + clinical cohort with the shipped weights",
+        help="brain MRI + clinical cohort: generate it (once), run DyMo inference with the shipped weights",
         description=COHORT_DEMO_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

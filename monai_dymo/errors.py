@@ -48,8 +48,10 @@ def input_error(exc: BaseException | None) -> BaseException | None:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, DyMoInputError) or (isinstance(exc, (ValueError, FileNotFoundError)) and _raised_here(exc)):
-            found = exc  # keep walking: the innermost one is the root cause
-        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+            found = exc  # keep walking its explicit causes: the innermost one is the root cause
+            exc = exc.__cause__
+        else:  # a wrapper (MONAI's RuntimeError) or another error raised while handling one
+            exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     return found
 
 

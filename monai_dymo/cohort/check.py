@@ -109,7 +109,7 @@ def check_cohort(
         detail = ", ".join(f"{m}: {n} file(s) not found" for m, n in not_found.items())
         notes.append(f"{split}: {len(entries)} patients" + (f" ({detail}; counted as missing)" if detail else ""))
 
-    if bundle_dir is not None and not problems:
+    if bundle_dir is not None:
         problems += _check_weights(spec, path, Path(bundle_dir), bundle_root, overrides, notes)
     return problems, notes
 
