@@ -44,6 +44,7 @@ __all__ = [
     "compare_on_natural_missingness",
     "summarise_natural",
     "write_natural_comparison",
+    "natural_summary_line",
 ]
 
 logger = logging.getLogger(__name__)
@@ -433,13 +434,44 @@ def summarise_natural(per_patient: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def write_natural_comparison(per_patient: pd.DataFrame, output_dir: str | Path, title: str) -> dict[str, str]:
-    """Write ``per_patient.csv``, ``summary.json``, ``results.md`` and ``accuracy.png`` (bars with paired counts)."""
+def natural_summary_line(summary: Mapping[str, Any], title: str = "DyMo evaluation") -> str:
+    """One line of :func:`summarise_natural`'s figures (printed at the end of an evaluate run)."""
+    acc = summary["accuracy"]
+    return (
+        f"{title}: {summary['patients']} patients ({summary['incomplete']} incomplete); accuracy DyMo "
+        f"{acc['dymo']:.2f} %, discard missing {acc['observed_only']:.2f} %, all recovered {acc['all_recovered']:.2f} %;"
+        f" DyMo fixed / broken {summary['fixed']['dymo']} / {summary['broken']['dymo']}"
+    )
+
+
+def write_natural_comparison(
+    per_patient: pd.DataFrame, output_dir: str | Path, title: str, classes: Sequence[Any] | None = None
+) -> dict[str, str]:
+    """Write ``per_patient.csv``, ``summary.json``, ``results.md`` and ``accuracy.png`` (bars with paired counts).
+
+    With ``classes`` (class names by index) the CSV has ``label_name`` and ``pred_<method>_name`` beside the indices
+    (blank for a patient that was not processed)."""
     import json
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    per_patient.to_csv(out / "per_patient.csv", index=False)
+    table = per_patient
+    if classes is not None:
+        names = [str(c) for c in classes]
+
+        def name(i: Any) -> str:
+            return names[int(i)] if 0 <= int(i) < len(names) else ""
+
+        columns: list[str] = []
+        for c in table.columns:
+            columns.append(c)
+            if c == "label" or (c.startswith("pred_") and c[5:] in NATURAL_METHODS):
+                columns.append(f"{c}_name")
+        table = table.assign(**{
+            f"{c}_name": table[c].map(name) for c in table.columns
+            if c == "label" or (c.startswith("pred_") and c[5:] in NATURAL_METHODS)
+        })[columns]
+    table.to_csv(out / "per_patient.csv", index=False)
     s = summarise_natural(per_patient)
     (out / "summary.json").write_text(json.dumps(s, indent=2))
     labels = {"dymo": "DyMo", "observed_only": "discard missing", "all_recovered": "all recovered"}
