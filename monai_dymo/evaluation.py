@@ -26,6 +26,7 @@ import torch
 from monai.utils import convert_to_tensor
 from tqdm.auto import tqdm
 
+from monai_dymo._console import bar_disabled
 from monai_dymo.calibration import SubsetCalibration
 from monai_dymo.keys import DyMoKeys
 from monai_dymo.presence import align_present
@@ -109,7 +110,7 @@ def compare_methods(
     correct = dict.fromkeys(METHODS, 0)
     accepted = rejected = steps = missing = 0.0
     total = 0
-    for batch in tqdm(loader, desc="comparing methods", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="comparing methods", disable=bar_disabled(progress), leave=False):
         for key in (*modalities, present_key, label_key):
             if key not in batch:
                 raise ValueError(f"batch lacks key '{key}'; it has {sorted(map(str, batch.keys()))}.")
@@ -354,7 +355,7 @@ def compare_on_natural_missingness(
     network.eval()
     cal = calibration.to(device)
     rows: list[dict[str, Any]] = []
-    for batch in tqdm(loader, desc="comparing on natural missingness", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="comparing on natural missingness", disable=bar_disabled(progress), leave=False):
         for key in (*modalities, present_key, label_key):
             if key not in batch:
                 raise ValueError(f"batch lacks key '{key}'; it has {sorted(map(str, batch.keys()))}.")

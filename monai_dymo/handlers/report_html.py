@@ -31,6 +31,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .._console import bar_disabled
 from . import report_figures
 from .report_figures import STATUS_COLORS, STATUS_LABELS
 from .report_records import (
@@ -360,7 +361,7 @@ def write_report_html(
     links: dict[int, str] = {}  # record index -> page path relative to out_dir
     cohort_from_page = _rel(path, page_dir)
     patient_template = env.get_template("patient.html.j2")
-    for i in tqdm(chosen, desc="patient pages", disable=not progress, leave=False):
+    for i in tqdm(chosen, desc="patient pages", disable=bar_disabled(progress), leave=False):
         rec = records[i]
         name = patient_page_name(i, rec.get("patient_id"))
         page = os.path.join(page_dir, name + ".html")
@@ -429,7 +430,7 @@ def write_report_html(
     if len(chunks) > 1:
         os.makedirs(table_dir, exist_ok=True)
     table_template = env.get_template("table_page.html.j2")
-    for k in tqdm(range(1, len(chunks)), desc="patient table", disable=not progress, leave=False):
+    for k in tqdm(range(1, len(chunks)), desc="patient table", disable=bar_disabled(progress), leave=False):
         here = chunk_paths[k]
         with open(here, "w", encoding="utf-8") as f:
             f.write(table_template.render(

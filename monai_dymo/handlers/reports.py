@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from monai.utils import IgniteInfo, min_version, optional_import
 from monai.utils.enums import CommonKeys
 
+from .._console import bar_disabled
 from ..keys import DyMoKeys
 from . import report_figures
 from .pseudonyms import pseudonymize_id, pseudonymize_text
@@ -164,7 +165,7 @@ def report_rows(
     groups = list(groups) if groups is not None else clinical_groups(records)
     columns = [c for c, _, _ in report_columns(modalities, groups)]
     rows = []
-    for rec in tqdm(records, desc="report rows", disable=not progress, leave=False):
+    for rec in tqdm(records, desc="report rows", disable=bar_disabled(progress), leave=False):
         label = label_value(rec.get("label"))
         ok = is_correct(rec)
         failed = bool(rec.get("error"))
@@ -252,7 +253,7 @@ def write_report_json(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     modalities = report_modalities(records)
     out = []
-    for rec in tqdm(records, desc="report json", disable=not progress, leave=False):
+    for rec in tqdm(records, desc="report json", disable=bar_disabled(progress), leave=False):
         item = plain(rec)
         item["decisions"] = plain({m: modality_decision(rec, m) for m in modalities})
         out.append(item)

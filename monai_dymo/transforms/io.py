@@ -22,6 +22,7 @@ series folders through ``PydicomReader``, PNG/JPEG through ``PILReader``, NumPy)
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,10 @@ from monai_dymo.transforms.utils import (
     resolve_modality_order,
     update_presence,
 )
+
+# MONAI builds its nvImageCodec DICOM reader with every default LoadImage and warns, once per process, that the optional
+# GPU decoder is absent (then falls back to pydicom): noise on every stage of a cohort, with or without DICOM
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register")
 
 __all__ = ["LoadModality", "LoadModalitiesd", "LoadModalitiesD", "LoadModalitiesDict"]
 
