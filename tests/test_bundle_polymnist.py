@@ -220,7 +220,7 @@ def test_demo_command_writes_a_report_with_the_shipped_weights(tiny_polymnist, t
     assert len(report) == 120
     assert set(report["error"]) == {""}
     assert (tiny_polymnist / "patterns" / "missing_rate0.55_seed17.csv").is_file()
-    records = json.loads((tmp_path / "inference_rate0.55_seed17" / "dymo_report.json").read_text())
+    records = json.loads((tmp_path / "inference_rate0.55_seed17" / "dymo_report.json").read_text())["patients"]
     assert len(records) == 120 and all(set(r["selected"]) >= set(r["observed"]) for r in records)
     html = (tmp_path / "inference_rate0.55_seed17" / "dymo_report.html").read_text()
     pages = list((tmp_path / "inference_rate0.55_seed17" / "dymo_report_files" / "patients").glob("*.html"))
