@@ -4,8 +4,9 @@ monai_dymo raises ``ValueError`` / ``FileNotFoundError`` with a one-line message
 user's input is wrong (cohort file, datalist, clinical table, classes, weights that do not fit, an empty split).
 Under ``python -m monai.bundle run`` MONAI wraps every error of a config expression in ``RuntimeError: Failed to
 evaluate ConfigExpression ...`` (``monai.bundle.config_item``), so the user's message ends up in the middle of a long
-double traceback. :func:`install_excepthook` (installed when :mod:`monai_dymo.cohort` is imported, as every cohort
-bundle stage does, and by the ``monai-dymo`` command line) prints such an error as::
+double traceback. :func:`install_excepthook` (installed when ``monai_dymo`` is imported by a ``python -m monai.bundle``
+process, as every stage of the project's bundles does, see :func:`running_monai_bundle`, and by ``monai-dymo demo``)
+prints such an error as::
 
     monai-dymo: error: <the message>
 
@@ -21,7 +22,14 @@ import sys
 import traceback
 from types import TracebackType
 
-__all__ = ["DyMoInputError", "input_error", "error_line", "install_excepthook", "TRACEBACK_ENV"]
+__all__ = [
+    "DyMoInputError",
+    "input_error",
+    "error_line",
+    "install_excepthook",
+    "running_monai_bundle",
+    "TRACEBACK_ENV",
+]
 
 #: environment variable that shows the full traceback of an input error too.
 TRACEBACK_ENV = "MONAI_DYMO_TRACEBACK"
@@ -76,6 +84,13 @@ def _hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType |
     else:
         print(f"(the input of this stage is not usable; set {TRACEBACK_ENV}=1 to see the traceback)", file=sys.stderr)
     print(error_line(err), file=sys.stderr, flush=True)
+
+
+def running_monai_bundle() -> bool:
+    """Whether this process is ``python -m monai.bundle ...`` (also each process of ``torchrun -m monai.bundle``)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return getattr(spec, "name", None) in ("monai.bundle.__main__", "monai.bundle")
 
 
 def install_excepthook() -> None:

@@ -69,15 +69,21 @@ def test_hook_prints_the_message_last_and_keeps_other_tracebacks(monkeypatch, ca
     assert len(calls) == 2 and calls[-1][1] is bug and capsys.readouterr().err == ""
 
 
-def test_importing_the_cohort_package_installs_the_hook(monkeypatch):
+def test_the_hook_is_installed_in_monai_bundle_processes_only(monkeypatch):
     import importlib
+    import types
 
-    import monai_dymo.cohort
+    import monai_dymo
     import monai_dymo.errors
 
     monkeypatch.setattr(monai_dymo.errors._hook, "previous", sys.__excepthook__, raising=False)
     monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
-    importlib.reload(monai_dymo.cohort)
+    importlib.reload(monai_dymo)  # a script, a notebook, pytest: Python's own tracebacks
+    assert sys.excepthook is sys.__excepthook__ and not monai_dymo.errors.running_monai_bundle()
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name="monai.bundle.__main__")  # `python -m monai.bundle run ...`
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    importlib.reload(monai_dymo)
     assert sys.excepthook is monai_dymo.errors._hook
 
 

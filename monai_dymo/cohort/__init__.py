@@ -26,10 +26,6 @@ from .networks import (
 )
 from .preprocessing import build_augmentation, build_preprocessing, modality_transforms
 from .spec import MODALITY_KINDS, CohortSpec, ModalityEntry
-from ..errors import install_excepthook
-
-# every cohort bundle stage imports this package: its input errors end the run with their one-line message
-install_excepthook()
 
 __all__ = [
     "INDEX_KEY",
