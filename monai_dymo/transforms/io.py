@@ -56,9 +56,10 @@ from monai_dymo.transforms.utils import (
     update_presence,
 )
 
-# MONAI builds its nvImageCodec DICOM reader with every default LoadImage and warns, once per process, that the optional
-# GPU decoder is absent (then falls back to pydicom): noise on every stage of a cohort, with or without DICOM
-warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register")
+#: MONAI builds its nvImageCodec DICOM reader with every default ``LoadImage`` and warns that the optional GPU decoder is
+#: absent (then falls back to pydicom): noise on every stage of a cohort, with or without DICOM; silenced while the
+#: loaders are built.
+NVIMGCODEC_WARNING = "NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register"
 
 __all__ = ["LoadModality", "LoadModalitiesd", "LoadModalitiesD", "LoadModalitiesDict"]
 
@@ -109,16 +110,18 @@ class LoadModality(Transform):
         self.spatial_dims = int(spatial_dims)
         self.check_series = check_series
         self.base_dir = None if base_dir is None else Path(base_dir)
-        self.loader = LoadImage(
-            reader, image_only=True, dtype=dtype, ensure_channel_first=ensure_channel_first, **kwargs
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=NVIMGCODEC_WARNING)
+            self.loader = LoadImage(
+                reader, image_only=True, dtype=dtype, ensure_channel_first=ensure_channel_first, **kwargs
+            )
+            self.dicom_loader = LoadImage(
+                dicom_reader, image_only=True, dtype=dtype, ensure_channel_first=ensure_channel_first
+            )
         # readers named by the user: registered last, tried first; their errors are the ones worth reporting
         self._designated = 0 if reader is None else len(ensure_tuple(reader))
         if reader is None and has_sitk:
             self.loader.register(SimpleITKReader())  # registered last = tried first for the suffixes it claims
-        self.dicom_loader = LoadImage(
-            dicom_reader, image_only=True, dtype=dtype, ensure_channel_first=ensure_channel_first
-        )
 
     @property
     def torch_dtype(self) -> torch.dtype:
