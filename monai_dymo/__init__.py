@@ -58,6 +58,13 @@ _SUBMODULES = frozenset(
 
 __all__ = sorted(_LAZY_NAMES)
 
+# `python -m monai.bundle run` over a bundle of this project (or torchrun of it): a stage whose input is not usable ends
+# with the project's one-line message instead of MONAI's "Failed to evaluate ConfigExpression" traceback
+from . import errors as _errors  # noqa: E402 - cheap: no torch / MONAI import
+
+if _errors.running_monai_bundle():
+    _errors.install_excepthook()
+
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .calibration import CALIBRATION_FORMAT_VERSION, SubsetCalibration, fit_calibration
     from .checkpoints import load_calibration, load_weights

@@ -384,7 +384,9 @@ def fit_calibration(
     def batches(desc: str):
         from tqdm.auto import tqdm
 
-        yield from tqdm(loader, desc=desc, disable=not progress, leave=False)
+        from monai_dymo._console import bar_disabled
+
+        yield from tqdm(loader, desc=desc, disable=bar_disabled(progress), leave=False)
 
     def run_batch(batch: Mapping) -> Iterable[tuple[int, torch.Tensor, torch.Tensor]]:
         """Yield ``(code, z[n, D] float64, y[n])`` for every non-empty subset."""

@@ -6,6 +6,11 @@ shipped weights, which writes the per-patient reliability report (HTML, CSV, JSO
 ``monai-dymo polymnist-demo`` is the paper reproduction: it prepares PolyMNIST from MNIST and the five background
 photographs (once), writes the seeded missing pattern of the test split for the chosen rate and seed, and runs the
 PolyMNIST bundle's ``inference`` config with the shipped weights.
+``monai-dymo check <cohort.yaml>`` runs every input check of the cohort bundle's stages up front and lists every
+problem at once (exit status 1 when there is any).
+
+Input errors (a file that is not there, a column or a class that does not fit, weights of another network) end every
+command with one line, ``monai-dymo: error: <message naming the file and the field>``, and exit status 2.
 
 This module imports neither torch nor MONAI until a command runs, so ``--help`` is immediate.
 """
@@ -34,12 +39,15 @@ COHORT_NAME = "brain_mri_demo"
 
 DESCRIPTION = """\
 DyMo for MONAI: inference-time dynamic modality selection for incomplete multimodal classification.
+"""
 
-commands:
-  demo            generate the default brain MRI + clinical cohort (once) and run DyMo inference on its test
-                  patients with the shipped cohort bundle weights; writes dymo_report.html / .csv / .json
-  polymnist-demo  prepare PolyMNIST (once), write the missing pattern of the test split and run DyMo inference with
-                  the shipped PolyMNIST bundle weights (the paper reproduction)
+CHECK_DESCRIPTION = """\
+Run every input check of the cohort bundle's stages on a cohort file, up front, and list every problem at once.
+
+Checked: the cohort file (YAML, every modality entry, the classes), the datalist (file, each split: patient ids,
+labels against the classes), the clinical table (file, id column, field columns), how many image files are not found
+(a note: a missing file is a missing modality), and, when they exist, the clinical statistics and the weights in the
+model folder against the networks the bundle builds for this cohort. Exit status 1 when there is any problem.
 """
 
 COHORT_DEMO_DESCRIPTION = """\
@@ -49,6 +57,9 @@ Steps: generate the cohort (360 synthetic patients built from the four real brai
 and clinical fields, with absent sequences, corrupt files and blank clinical fields) into --cohort-dir unless it is
 already there, then run the cohort bundle's inference config on its test split. The report (dymo_report.html, .csv,
 .json, dymo_summary.png) is written to <output-dir>/inference_testing/.
+
+After a wheel install there is no ../shared/data beside the package: pass --source (or set MONAI_DYMO_BRAIN_SAMPLES)
+to the folder of the real brain MRI samples the first time, when the cohort is generated.
 """
 
 DEMO_DESCRIPTION = """\
@@ -136,7 +147,10 @@ def _cohort_demo(args: argparse.Namespace) -> int:
     cohort_dir = Path(args.cohort_dir).resolve()
     if not (cohort_dir / "datalist.json").is_file():
         if args.source is None:
-            raise FileNotFoundError("pass --source (folder of the real brain MRI samples) to generate the cohort.")
+            raise FileNotFoundError(
+                f"no cohort at {cohort_dir} and no brain MRI samples to generate it from: pass --source (or set "
+                "MONAI_DYMO_BRAIN_SAMPLES) to the folder of the real brain MRI samples <case>/{t1,t1c,t2,flair}.nii.gz."
+            )
         from monai_dymo.data.brain_cohort import generate_brain_cohort  # heavy: only once a command runs
 
         print(f"generating the default cohort into {cohort_dir} (once) ...", file=sys.stderr)
@@ -157,6 +171,9 @@ def _cohort_demo(args: argparse.Namespace) -> int:
         output_dir = os.path.join("runs", COHORT_NAME)  # never write into an installed package
     if output_dir is not None:
         overrides["work_dir"] = str(Path(output_dir).resolve())
+    from monai_dymo.errors import install_excepthook
+
+    install_excepthook()
     run(
         config_file=[str(configs / "common.yaml"), str(configs / "inference.yaml")],
         meta_file=str(configs / "metadata.json"),
@@ -211,17 +228,43 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    import yaml
+
+    from monai_dymo.cohort.check import check_cohort  # heavy: only once a command runs
+
+    overrides = {}
+    for key, value in args.set or []:
+        overrides[key] = yaml.safe_load(value)
+    if args.model_dir is not None:
+        overrides["model_dir"] = str(Path(args.model_dir).resolve())
+    bundle = None if args.bundle is None else Path(args.bundle).resolve()
+    problems, notes = check_cohort(args.cohort_file, bundle_dir=bundle, bundle_root=args.bundle_root,
+                                   overrides=overrides)
+    for line in notes:
+        print(f"  {line}")
+    if bundle is None:
+        print("  (no cohort bundle found: weights not checked; pass --bundle)")
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.cohort_file}:")
+        for line in problems:
+            print(f"  - {line}")
+        return 1
+    print(f"no problem found in {args.cohort_file}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``monai-dymo`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="monai-dymo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,polymnist-demo}")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     source = _is_source_checkout()
     shared = default_shared_data()
     cohort = sub.add_parser(
         "demo",
-        help="run DyMo inference on the default brain MRI + clinical cohort with the shipped weights",
+        help="brain MRI + clinical cohort: generate it (once), run DyMo inference with the shipped weights",
         description=COHORT_DEMO_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -236,8 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cohort.add_argument(
         "--source",
-        default=str(shared / "brain_mri_samples") if source else None,
-        help="folder of the real brain MRI samples <case>/{t1,t1c,t2,flair}.nii.gz (default: %(default)s)",
+        default=str(shared / "brain_mri_samples") if source else os.environ.get("MONAI_DYMO_BRAIN_SAMPLES"),
+        help="folder of the real brain MRI samples <case>/{t1,t1c,t2,flair}.nii.gz, needed once to generate the "
+        "cohort (default: %(default)s; after a wheel install: $MONAI_DYMO_BRAIN_SAMPLES)",
     )
     cohort.add_argument(
         "--output-dir",
@@ -291,6 +335,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--max-samples", type=int, default=None, help="use only the first N test samples")
     demo.set_defaults(func=_demo)
+    check = sub.add_parser(
+        "check",
+        help="run every input check of the cohort bundle on a cohort file and list every problem at once",
+        description=CHECK_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("cohort_file", help="the cohort YAML (top-level key 'cohort')")
+    check.add_argument(
+        "--bundle", default=None if cohort_bundle is None else str(cohort_bundle),
+        help="cohort bundle whose networks the weights must fit (default: %(default)s)",
+    )
+    check.add_argument("--bundle-root", default=None,
+                       help="the stages' --bundle_root, where models/<cohort>/ is (default: the bundle folder)")
+    check.add_argument("--model-dir", default=None, help="the stages' --model_dir (default: <bundle-root>/models/<cohort>)")
+    check.add_argument("--set", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                       help="a bundle override the stages use, e.g. --set network_def#dim 16 (repeatable)")
+    check.set_defaults(func=_check)
     return parser
 
 
@@ -299,12 +360,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as e:  # bundle configs wrap errors in RuntimeError: report the root cause of input problems
-        cause: BaseException | None = e
-        while cause is not None and not isinstance(cause, (FileNotFoundError, ValueError)):
-            cause = cause.__cause__
+        from monai_dymo.errors import error_line, input_error
+
+        cause: BaseException | None = input_error(e)
+        if cause is None:  # a missing file or a wrong value met by MONAI itself (e.g. a config file not found)
+            cause = e
+            while cause is not None and not isinstance(cause, (FileNotFoundError, ValueError)):
+                cause = cause.__cause__
         if cause is None:
             raise
-        print(f"monai-dymo: error: {cause}", file=sys.stderr)
+        sys.stdout.flush()
+        print(error_line(cause), file=sys.stderr, flush=True)
         return 2
 
 

@@ -26,6 +26,7 @@ import torch
 from monai.utils import convert_to_tensor
 from tqdm.auto import tqdm
 
+from monai_dymo._console import bar_disabled
 from monai_dymo.calibration import SubsetCalibration
 from monai_dymo.keys import DyMoKeys
 from monai_dymo.presence import align_present
@@ -45,6 +46,7 @@ __all__ = [
     "single_modality_accuracy",
     "summarise_natural",
     "write_natural_comparison",
+    "natural_summary_line",
 ]
 
 logger = logging.getLogger(__name__)
@@ -109,7 +111,7 @@ def compare_methods(
     correct = dict.fromkeys(METHODS, 0)
     accepted = rejected = steps = missing = 0.0
     total = 0
-    for batch in tqdm(loader, desc="comparing methods", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="comparing methods", disable=bar_disabled(progress), leave=False):
         for key in (*modalities, present_key, label_key):
             if key not in batch:
                 raise ValueError(f"batch lacks key '{key}'; it has {sorted(map(str, batch.keys()))}.")
@@ -356,7 +358,7 @@ def compare_on_natural_missingness(
     network.eval()
     cal = calibration.to(device)
     rows: list[dict[str, Any]] = []
-    for batch in tqdm(loader, desc="comparing on natural missingness", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="comparing on natural missingness", disable=bar_disabled(progress), leave=False):
         for key in (*modalities, present_key, label_key):
             if key not in batch:
                 raise ValueError(f"batch lacks key '{key}'; it has {sorted(map(str, batch.keys()))}.")
@@ -462,13 +464,48 @@ def summarise_natural(per_patient: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def write_natural_comparison(per_patient: pd.DataFrame, output_dir: str | Path, title: str) -> dict[str, str]:
-    """Write ``per_patient.csv``, ``summary.json``, ``results.md`` and ``accuracy.png`` (bars with paired counts)."""
+def natural_summary_line(summary: Mapping[str, Any], title: str = "DyMo evaluation") -> str:
+    """One line of :func:`summarise_natural`'s figures (printed at the end of an evaluate run)."""
+    acc = summary["accuracy"]
+    return (
+        f"{title}: {summary['patients']} patients ({summary['incomplete']} incomplete); accuracy DyMo "
+        f"{acc['dymo']:.2f} %, discard missing {acc['observed_only']:.2f} %, all recovered {acc['all_recovered']:.2f} %;"
+        f" DyMo fixed / broken {summary['fixed']['dymo']} / {summary['broken']['dymo']}"
+        + "".join(
+            f"; alone: " + ", ".join(f"{m} {'n/a' if a is None else f'{a:.1f} %'}" for m, a in alone.items())
+            for alone in [summary.get("single_modality") or {}] if alone
+        )
+    )
+
+
+def write_natural_comparison(
+    per_patient: pd.DataFrame, output_dir: str | Path, title: str, classes: Sequence[Any] | None = None
+) -> dict[str, str]:
+    """Write ``per_patient.csv``, ``summary.json``, ``results.md`` and ``accuracy.png`` (bars with paired counts).
+
+    With ``classes`` (class names by index) the CSV has ``label_name`` and ``pred_<method>_name`` beside the indices
+    (blank for a patient that was not processed)."""
     import json
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    per_patient.to_csv(out / "per_patient.csv", index=False)
+    table = per_patient
+    if classes is not None:
+        names = [str(c) for c in classes]
+
+        def name(i: Any) -> str:
+            return names[int(i)] if 0 <= int(i) < len(names) else ""
+
+        columns: list[str] = []
+        for c in table.columns:
+            columns.append(c)
+            if c == "label" or (c.startswith("pred_") and c[5:] in NATURAL_METHODS):
+                columns.append(f"{c}_name")
+        table = table.assign(**{
+            f"{c}_name": table[c].map(name) for c in table.columns
+            if c == "label" or (c.startswith("pred_") and c[5:] in NATURAL_METHODS)
+        })[columns]
+    table.to_csv(out / "per_patient.csv", index=False)
     s = summarise_natural(per_patient)
     (out / "summary.json").write_text(json.dumps(s, indent=2))
     labels = {"dymo": "DyMo", "observed_only": "discard missing", "all_recovered": "all recovered"}

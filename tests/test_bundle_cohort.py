@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -59,6 +60,10 @@ def test_training_stages_write_every_artefact(trained):
     assert "val_accuracy" in train_log  # validation accuracy every epoch, best checkpoint kept
     assert "training / ct:" in train_log  # one summary line per modality instead of a warning per patient
     assert "marked missing" not in train_log
+    recovery_log = logs["train_recovery"].stdout + logs["train_recovery"].stderr
+    assert "Iter: " in recovery_log and " loss: " in recovery_log and " recon: " in recovery_log  # the training loss
+    for stage, proc in logs.items():  # quiet logs: no progress-bar redraws, no nvImageCodec warning
+        assert "\r" not in proc.stdout + proc.stderr and "nvImageCodec" not in proc.stdout + proc.stderr, stage
 
 
 @pytest.mark.slow
@@ -125,6 +130,8 @@ def test_evaluate_on_natural_missingness(trained):
         assert seen.tolist() == per_patient["observed"].fillna("").str.split(";").apply(lambda o: m in o).tolist()
         assert acc == round(100.0 * float((per_patient.loc[seen, f"single_{m}"] == per_patient.loc[seen, "label"]).mean()), 2)
     assert "| modality | patients | accuracy alone |" in (folder / "results.md").read_text()
+    assert set(per_patient["label_name"]) <= set(cfg["classes"])  # class names beside the indices
+    assert proc.stdout.strip().splitlines()[-1].startswith("DyMo on tiny (testing): 9 patients")
 
 
 @pytest.mark.slow
@@ -144,6 +151,109 @@ def test_clinical_only_cohort_uses_the_imputer(tmp_path):
     assert (out / "models" / "tiny_clinical" / "recovery_imputer.joblib").is_file()
     report = pd.read_csv(out / "runs" / "tiny_clinical" / "inference_testing" / "dymo_report.csv")
     assert len(report) == 6
+
+
+def run_stage_failing(stage: str, cohort_file: Path, bundle_root: Path, *args: str) -> list[str]:
+    """A stage that must not start: its exit status is non-zero; returns the printed lines (stdout and stderr)."""
+    configs = [str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / f"{stage}.yaml"), str(cohort_file)]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
+           "--bundle_root", str(bundle_root), "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
+           "--logging_file", str(BUNDLE / "configs" / "logging.conf"), *SMALL, *args]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    return proc.stdout.strip().splitlines()
+
+
+def test_input_errors_end_the_stage_with_one_line(tmp_path):
+    """Under `python -m monai.bundle run` the last line is the project's message naming the file and field, not MONAI's
+    `RuntimeError: Failed to evaluate ConfigExpression`."""
+    cfg = make_tiny_cohort(tmp_path / "data", n_train=3, n_val=3, n_test=3, size=8)
+    cfg["modalities"][0]["kind"] = "imgae3d"
+    bad = tmp_path / "bad_kind.yaml"
+    bad.write_text(yaml.safe_dump({"cohort": cfg}))
+    lines = run_stage_failing("inference", bad, tmp_path / "bundle")
+    assert lines[-1] == ("monai-dymo: error: cohort.modalities[0] ('ct'): unknown modality kind 'imgae3d'; use one "
+                         "of ['image2d', 'image3d', 'clinical'].")
+    assert not any("Traceback" in line or "Failed to evaluate" in line for line in lines)
+    cfg["modalities"][0]["kind"] = "image3d"
+    cfg["datalist"] = str(tmp_path / "nope" / "datalist.json")
+    bad.write_text(yaml.safe_dump({"cohort": cfg}))
+    lines = run_stage_failing("prepare", bad, tmp_path / "bundle")
+    assert lines[-1] == f"monai-dymo: error: datalist not found: {tmp_path / 'nope' / 'datalist.json'}"
+
+
+def test_stats_file_found_for_another_model_dir_and_eval_dir_per_model(tmp_path):
+    """Training into another --model_dir uses the statistics prepare wrote into the cohort's default model folder;
+    evaluate writes one folder per model folder."""
+    from monai.bundle import ConfigParser
+
+    cfg = make_tiny_cohort(tmp_path / "data", n_train=3, n_val=3, n_test=3, size=8)
+    default = tmp_path / "bundle" / "models" / "tiny"
+    default.mkdir(parents=True)
+    (default / "clinical_stats.json").write_text("{}")
+
+    def parsed(stage, **overrides):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / f"{stage}.yaml")])
+        parser["cohort"] = cfg
+        parser["bundle_root"] = str(tmp_path / "bundle")
+        for k, v in overrides.items():
+            parser[k] = v
+        return parser
+
+    seed1 = tmp_path / "seed1"
+    assert parsed("train", model_dir=str(seed1)).get_parsed_content("stats_file") == str(default / "clinical_stats.json")
+    assert parsed("prepare", model_dir=str(seed1)).get_parsed_content("stats_file") == str(seed1 / "clinical_stats.json")
+    seed1.mkdir()
+    (seed1 / "clinical_stats.json").write_text("{}")  # its own statistics win
+    assert parsed("train", model_dir=str(seed1)).get_parsed_content("stats_file") == str(seed1 / "clinical_stats.json")
+    work = tmp_path / "bundle" / "runs" / "tiny"
+    assert parsed("evaluate").get_parsed_content("eval_dir") == str(work / "evaluate_testing")
+    assert parsed("evaluate", model_dir=str(seed1)).get_parsed_content("eval_dir") == str(work / "evaluate_testing_seed1")
+
+
+@pytest.mark.slow
+def test_inference_report_speaks_class_names_with_pictures_and_summary(trained):
+    cfg, cohort_file, out, _ = trained
+    proc = run_stage("inference", cohort_file, out)
+    folder = out / "runs" / "tiny" / "inference_testing"
+    report = pd.read_csv(folder / "dymo_report.csv", keep_default_na=False)
+    assert set(report["label_name"]) <= set(cfg["classes"]) and set(report["prediction_name"]) <= set(cfg["classes"])
+    for _, row in report.iterrows():
+        assert row["label_name"] == cfg["classes"][int(row["label"])]
+        assert row["prediction_name"] == cfg["classes"][int(row["prediction"])]
+    missing = {f for v in report["clinical_missing_fields"] for f in v.split(";") if v and v != "none"}
+    assert missing and missing <= {"age", "sex"}  # field names, never "field 2"
+    doc = json.loads((folder / "dymo_report.json").read_text())
+    s = doc["summary"]
+    labelled = report[report["correct"] != ""]
+    assert s["accuracy"] == round(100.0 * labelled["correct"].astype(int).sum() / len(labelled), 2)
+    for m in ("ct", "xray", "clinical"):
+        assert s["modalities"][m]["observed"] == int((report[f"{m}_status"] == "observed").sum())
+        assert s["modalities"][m]["accepted"] == int((report[f"{m}_status"] == "accepted").sum())
+    assert proc.stdout.strip().splitlines()[-1].startswith(f"DyMo summary: 9 patients; accuracy {s['accuracy']:.2f} %")
+    # pictures on by default; the 2D picture keeps the file's orientation (the class stripe is vertical in the PNG)
+    from PIL import Image
+
+    img = folder / "dymo_report_files" / "img"
+    observed_xray = report[report["xray_status"] == "observed"].index[0]
+    pid = report.loc[observed_xray, "patient_id"]
+    drawn = np.asarray(Image.open(next(img.glob(f"*_{pid}_xray_image.png"))).convert("L"), dtype=float)
+    entry = next(e for e in json.loads(Path(cfg["datalist"]).read_text())["testing"] if e["patient_id"] == pid)
+    src = np.asarray(Image.open(Path(cfg["datalist"]).parent / entry["xray"]).convert("L"), dtype=float)
+    assert src.mean(0).std() > 3 * src.mean(1).std()  # the source: columns differ, rows alike
+    assert drawn.mean(0).std() > 3 * drawn.mean(1).std()  # drawn the same way round
+    assert len(list(img.glob("*_ct_axial.png"))) > 0
+
+
+@pytest.mark.slow
+def test_stage_errors_and_empty_runs_end_with_one_line(trained):
+    cfg, cohort_file, out, _ = trained
+    lines = run_stage_failing("inference", cohort_file, out, "--max_patients", "0")
+    assert lines[-1] == "monai-dymo: error: max_patients must be at least 1 (or null for every patient), got 0."
+    lines = run_stage_failing("inference", cohort_file, out, "--network_def#dim", "32")
+    assert lines[-1].startswith(f"monai-dymo: error: weights {out / 'models' / 'tiny' / 'fusion.pt'} do not fit")
 
 
 def test_metadata_verifies_offline():

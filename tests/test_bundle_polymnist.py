@@ -220,7 +220,7 @@ def test_demo_command_writes_a_report_with_the_shipped_weights(tiny_polymnist, t
     assert len(report) == 120
     assert set(report["error"]) == {""}
     assert (tiny_polymnist / "patterns" / "missing_rate0.55_seed17.csv").is_file()
-    records = json.loads((tmp_path / "inference_rate0.55_seed17" / "dymo_report.json").read_text())
+    records = json.loads((tmp_path / "inference_rate0.55_seed17" / "dymo_report.json").read_text())["patients"]
     assert len(records) == 120 and all(set(r["selected"]) >= set(r["observed"]) for r in records)
     html = (tmp_path / "inference_rate0.55_seed17" / "dymo_report.html").read_text()
     pages = list((tmp_path / "inference_rate0.55_seed17" / "dymo_report_files" / "patients").glob("*.html"))
@@ -307,6 +307,22 @@ def test_bundle_refuses_an_out_of_range_missing_rate(tiny_polymnist, tmp_path):
     cause = _root_cause(err.value)
     assert isinstance(cause, ValueError) and "missing rate" in str(cause)
     assert "1.5" in str(cause) and "[0, 1]" in str(cause)
+
+
+def test_bundle_run_ends_with_the_one_line_message(tmp_path):
+    """`python -m monai.bundle run`: the last line printed is the project's message, the exit status non-zero."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(_configs("inference.yaml")),
+           "--bundle_root", str(BUNDLE), "--dataset_dir", str(tmp_path), "--output_dir", str(tmp_path / "runs"),
+           "--missing_rate", "1.5"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode != 0
+    assert lines[-1].startswith("monai-dymo: error: ") and "missing rate" in lines[-1] and "1.5" in lines[-1], lines[-3:]
+    assert not any(line.startswith("RuntimeError") for line in lines)
 
 
 def _bundle_with_other_fusion_weights(tmp_path: Path) -> tuple[Path, Path]:

@@ -139,3 +139,72 @@ def test_cohort_demo_help_and_missing_bundle(tmp_path, monkeypatch, capsys):
     assert cli.main(["demo"]) == 2
     err = capsys.readouterr().err
     assert "cohort bundle is not installed" in err and "--bundle" in err
+
+
+def test_top_level_help_lists_each_command_once():
+    text = cli.build_parser().format_help()
+    for command in ("demo", "polymnist-demo", "check"):
+        assert sum(line.split()[:1] == [command] for line in text.splitlines()) == 1, text
+
+
+def test_cohort_demo_source_from_environment_after_a_wheel_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "_project_root", lambda: tmp_path / "site-packages")  # not a source checkout
+    monkeypatch.setenv("MONAI_DYMO_BRAIN_SAMPLES", str(tmp_path / "brains"))
+    args = cli.build_parser().parse_args(["demo"])
+    assert args.source == str(tmp_path / "brains")
+    assert "MONAI_DYMO_BRAIN_SAMPLES" in cli.COHORT_DEMO_DESCRIPTION
+
+
+def _cohort_file(tmp_path, cfg):
+    import yaml
+
+    path = tmp_path / "my_cohort.yaml"
+    path.write_text(yaml.safe_dump({"cohort": cfg}))
+    return path
+
+
+def test_check_command_passes_a_good_cohort(tmp_path, capsys):
+    from tests.cohort_fixtures import make_tiny_cohort
+
+    cfg = make_tiny_cohort(tmp_path / "data", n_train=6, n_val=3, n_test=3, size=8)
+    code = cli.main(["check", str(_cohort_file(tmp_path, cfg)), "--bundle-root", str(tmp_path / "bundle")])
+    out = capsys.readouterr().out
+    assert code == 0 and "no problem found" in out
+    assert "testing: 3 patients (ct: 1 file(s) not found; counted as missing)" in out
+    assert "clinical statistics not there yet" in out  # no prepare stage yet: a note, not a problem
+
+
+def test_check_command_lists_every_problem_at_once(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from monai_dymo.cohort import CohortSpec, prepare_cohort
+    from tests.cohort_fixtures import make_tiny_cohort
+
+    cfg = make_tiny_cohort(tmp_path / "data", n_train=6, n_val=3, n_test=3, size=8)
+    models = tmp_path / "bundle" / "models" / "tiny"
+    prepare_cohort(CohortSpec.from_config(cfg), tmp_path / "prepared", stats_file=models / "clinical_stats.json")
+    torch.save({"not": torch.zeros(2)}, models / "fusion.pt")  # weights of another network
+    datalist = json.loads(Path(cfg["datalist"]).read_text())
+    datalist["testing"][1]["label"] = "z"  # not one of the classes
+    datalist["validation"][0]["patient_id"] = datalist["validation"][1]["patient_id"]  # a duplicated id
+    Path(cfg["datalist"]).write_text(json.dumps(datalist))
+    code = cli.main(["check", str(_cohort_file(tmp_path, cfg)), "--bundle-root", str(tmp_path / "bundle")])
+    out = capsys.readouterr().out
+    assert code == 1 and "3 problem(s)" in out, out
+    problems = [line for line in out.splitlines() if line.startswith("  - ")]
+    assert len(problems) == 3
+    assert any("has label 'z', not one of the declared classes ['a', 'b', 'c']" in p for p in problems)
+    assert any("appears twice in 'validation'" in p for p in problems)
+    assert any(f"weights {models / 'fusion.pt'}" in p and "do not fit the DynamicFusionTransformer" in p for p in problems), problems
+    assert "recovery.pt not there yet" in out
+
+    # a broken cohort file: every bad modality entry listed, not only the first
+    cfg["modalities"][0]["kind"] = "imgae3d"
+    cfg["modalities"][1]["spatial_size"] = [8]
+    code = cli.main(["check", str(_cohort_file(tmp_path, cfg))])
+    out = capsys.readouterr().out
+    assert code == 1 and "unknown modality kind 'imgae3d'" in out and "spatial_size must have 2 values" in out
+    assert cli.main(["check", str(tmp_path / "nope.yaml")]) == 1
+    assert "cohort file not found" in capsys.readouterr().out

@@ -333,7 +333,7 @@ def test_inference_ddp_report_equals_single_process(tmp_path: Path):
     assert torch.load(tmp_path / "torch_shard_rank1.pt") == [*range(1, n, 2), 0]  # padded with a duplicate
     for name in ("monai", "torch"):
         _assert_same_rows(_rows(tmp_path / name / "dymo_report.csv"), ref_rows)
-        merged = json.loads((tmp_path / name / "dymo_report.json").read_text())
+        merged = json.loads((tmp_path / name / "dymo_report.json").read_text())["patients"]
         assert [r["index"] for r in merged] == list(range(n))
 
 

@@ -115,7 +115,7 @@ def test_polymnist_quickstart_notebook(tmp_path, monkeypatch):
 
     assert (out / "dymo_summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(_outputs(nb, "image/png")) >= 2  # dataset preview + selection summary shown inline
-    assert len(json.loads((out / "polymnist_dymo_report.json").read_text())) == num_test
+    assert len(json.loads((out / "polymnist_dymo_report.json").read_text())["patients"]) == num_test
 
 
 def test_brain_mri_notebook(tmp_path, monkeypatch):
@@ -162,7 +162,7 @@ def test_brain_mri_notebook(tmp_path, monkeypatch):
     assert "t2.nii.gz" in report.loc["TCGA-DU-7294", "t2_reason"]
     assert int(report.loc["BraTS-GLI-00001-000", "steps"]) == 0
 
-    records = json.loads((out / "mri_reliability_report.json").read_text())
+    records = json.loads((out / "mri_reliability_report.json").read_text())["patients"]
     assert [r["patient_id"] for r in records] == list(report.index)
     assert [r["error"] is None for r in records] == [True] * 4 + [False]
     work = Path(records[1]["reasons"]["flair"].split(": ", 1)[1]).parents[1]

@@ -20,6 +20,9 @@ from monai_dymo.calibration import fit_calibration
 from monai_dymo.engines.evaluator import DyMoEvaluator, PrepareDyMoEvalBatch
 from monai_dymo.handlers.reports import (
     SelectionReportWriter,
+    read_report,
+    report_summary,
+    summary_line,
     modality_status,
     plot_selection_summary,
     report_modalities,
@@ -132,7 +135,9 @@ def test_write_report_json_and_plot(setup, tmp_path):
     records = _records(setup)
     records[0] = {**records[0], "quality": float("nan")}  # non-finite values become null
     path = write_report_json(records, tmp_path / "r.json")
-    back = json.loads(open(path).read())
+    doc = json.loads(open(path).read())
+    assert set(doc) == {"summary", "patients"}
+    back = doc["patients"]
     assert len(back) == 8 and back[0]["quality"] is None
     assert {k: v for k, v in back[3].items() if k != "decisions"} == records[3]
     assert set(back[3]["decisions"]) == set(NAMES)
@@ -192,7 +197,7 @@ def test_evaluator_end_to_end(setup, tmp_path, decollate):
             assert int(row["prediction"]) == rec["prediction"]
             assert float(row["log_ics"]) == pytest.approx(rec["log_ics"], rel=1e-6)
     assert rows[0]["t2_reason"] in ("observed", "file not found: /data/case0/t2.nii.gz")
-    records = json.loads((tmp_path / "dymo_report.json").read_text())
+    records = json.loads((tmp_path / "dymo_report.json").read_text())["patients"]
     assert len(records) == 22 and records[5]["error"] == NO_MODALITY_ERROR and records[5]["label"] == 1
     assert (tmp_path / "dymo_summary.png").exists()
     assert len(writer.records) == 22
@@ -254,3 +259,105 @@ def test_report_without_labels_or_reasons(tmp_path):
     row = next(csv.DictReader(open(path, newline="")))
     assert row["label"] == "" and row["correct"] == "" and row["a_status"] == "observed"
     assert row["b_status"] == "accepted" and row["b_reason"] == ""
+
+
+def test_class_names_beside_indices_in_csv_json_and_html(setup, tmp_path, capsys):
+    """The cohort's class names in every place a label or a prediction is shown; the three files agree."""
+    import pandas as pd
+    from html.parser import HTMLParser
+
+    classes = ["glioma", "meningioma"]
+    evaluator, writer = _evaluator(setup, tmp_path)
+    writer.class_names = classes
+    evaluator.run()
+    df = pd.read_csv(tmp_path / "dymo_report.csv", keep_default_na=False)
+    cols = list(df.columns)
+    assert cols[cols.index("label") + 1] == "label_name" and cols[cols.index("prediction") + 1] == "prediction_name"
+    for _, row in df.iterrows():
+        assert row["label_name"] == classes[int(row["label"])]
+        if row["error"]:
+            assert row["prediction_name"] == "" and row["prediction"] == ""
+        else:
+            assert row["prediction_name"] == classes[int(row["prediction"])]
+    doc = read_report(tmp_path / "dymo_report.json")
+    for rec, (_, row) in zip(doc["patients"], df.iterrows()):
+        assert rec["label_name"] == row["label_name"] and (rec["prediction_name"] or "") == row["prediction_name"]
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self._row, self._in = [], None, False
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self._row = []
+            elif tag == "td" and self._row is not None:
+                self._row.append("")
+                self._in = True
+
+        def handle_endtag(self, tag):
+            if tag == "td":
+                self._in = False
+            elif tag == "tr" and self._row:
+                self.rows.append(self._row)
+                self._row = None
+
+        def handle_data(self, data):
+            if self._in and self._row:
+                self._row[-1] += data
+
+    parser = Cells()
+    parser.feed((tmp_path / "dymo_report.html").read_text())
+    table = {r[0]: r for r in parser.rows if r and r[0].startswith("case")}
+    assert len(table) == len(df)
+    for _, row in df.iterrows():
+        cells = table[row["patient_id"]]
+        assert cells[1] == row["label_name"] and cells[2] == row["prediction_name"]  # names, not indices
+    # the summary: JSON block, HTML card and printed line carry the same accuracy
+    s = doc["summary"]
+    labelled = df[df["correct"] != ""]
+    assert s["labelled"] == len(labelled) and s["correct"] == int(labelled["correct"].astype(int).sum())
+    assert s["accuracy"] == round(100.0 * s["correct"] / s["labelled"], 2)
+    assert f"{s['accuracy']:.1f}%" in (tmp_path / "dymo_report.html").read_text()
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == summary_line(s, str(tmp_path / "dymo_report.html"))
+    assert f"accuracy {s['accuracy']:.2f} %" in out[-1]
+
+
+def test_summary_block_counts_and_extra_blocks(setup, tmp_path):
+    records = _records(setup)
+    s = report_summary(records, NAMES)
+    assert s["patients"] == 8 and s["errors"] == sum(r["error"] is not None for r in records)
+    for m in NAMES:
+        statuses = [modality_status(r, m) for r in records]
+        c = s["modalities"][m]
+        assert c["observed"] == statuses.count("observed") and c["accepted"] == statuses.count("accepted")
+        assert c["rejected"] == statuses.count("rejected") and c["missing"] == statuses.count("missing")
+        assert c["recovered"] == c["accepted"] + c["rejected"] + c["unused"]
+        assert sum(c[k] for k in ("observed", "recovered", "missing")) == 8
+    # other code adds its own blocks (e.g. a referral summary) without touching this function
+    extra = {"refer": {"patients": 2}}
+    assert report_summary(records, NAMES, extra=extra)["refer"] == {"patients": 2}
+    with pytest.raises(ValueError, match="accuracy"):
+        report_summary(records, NAMES, extra={"accuracy": 1.0})
+    writer = SelectionReportWriter(output_dir=tmp_path, progress=False, html=False, plot=False,
+                                   summary_extra=lambda recs: {"single_modality": {"n": len(recs)}})
+    writer.write(records)
+    assert read_report(tmp_path / "dymo_report.json")["summary"]["single_modality"] == {"n": 8}
+    # no labels: no accuracy, and the line says so
+    unlabelled = [{k: v for k, v in r.items() if k != "label"} for r in records]
+    s = report_summary(unlabelled, NAMES)
+    assert s["accuracy"] is None and s["labelled"] == 0 and "no labels" in summary_line(s)
+
+
+def test_read_report_reads_old_bare_list_files(setup, tmp_path):
+    records = _records(setup)
+    path = write_report_json(records, tmp_path / "new.json")
+    new = read_report(path)
+    old_path = tmp_path / "old.json"
+    old_path.write_text(json.dumps(new["patients"]))  # the format before the summary block
+    old = read_report(old_path)
+    assert old["patients"] == new["patients"] and old["summary"] == new["summary"]
+    (tmp_path / "bad.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(ValueError, match="not a DyMo JSON report"):
+        read_report(tmp_path / "bad.json")

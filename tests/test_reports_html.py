@@ -242,7 +242,7 @@ def test_rejected_modality_reason_and_reward_in_csv_json_html(report):
     assert row[f"{m}_rewards"].split(";")[-1] == format(reward, ".6g")
     assert row[f"{m}_reason"] == rec["reasons"][m]  # why it was missing, kept apart from why it was rejected
 
-    back = {r["patient_id"]: r for r in json.loads((out / "dymo_report.json").read_text())}[rec["patient_id"]]
+    back = {r["patient_id"]: r for r in json.loads((out / "dymo_report.json").read_text())["patients"]}[rec["patient_id"]]
     d = back["decisions"][m]
     assert d["status"] == "rejected" and d["reward"] == pytest.approx(reward) and "rejected at step" in d["why"]
     assert back["rewards"][m][-1] == pytest.approx(reward)
@@ -275,7 +275,7 @@ def test_csv_pandas_round_trip_fields_and_dictionary(report):
     assert row["labs_num_missing_fields"] == 2
     # a sentinel told apart from a blank cell, in the CSV, the JSON and the patient page
     assert row["labs_missing_values"] == "crp = -999, wbc = blank"
-    back = {r["patient_id"]: r for r in json.loads((out / "dymo_report.json").read_text())}
+    back = {r["patient_id"]: r for r in json.loads((out / "dymo_report.json").read_text())["patients"]}
     assert back[gap["patient_id"]]["field_notes"] == {"labs": "crp = -999, wbc = blank"}
     complete = next(r for r in writer.records if "labs" in r["observed"] and not r["missing_fields"]["labs"])
     assert df[df.patient_id == complete["patient_id"]].iloc[0]["labs_missing_values"] != "crp = -999, wbc = blank"
@@ -339,9 +339,9 @@ def test_image_planes_shapes_and_downsampling():
     assert image_planes(torch.rand(4, 8, 6))[0][1].shape == (8, 6)  # channel 0
     assert image_planes(torch.randn(5)) is None and image_planes(torch.full((1, 4, 4), float("nan")))[0][1].max() == 0
     vol = torch.zeros(1, 4, 4, 4)
-    vol[0, 3, 1, 2] = 1.0  # x=3, y=1, in the mid axial slice z=2: drawn at row 4-1-y (origin at the bottom), column x
+    vol[0, 3, 1, 2] = 1.0  # x=3, y=1, in the mid axial slice z=2: row 4-1-y (anterior up), column 4-1-x (radiological)
     axial = dict(image_planes(vol))["axial"]
-    assert axial[2, 3] == 255 and int(axial.sum()) == 255
+    assert axial[2, 0] == 255 and int(axial.sum()) == 255
     # (nearly) constant pictures: no rounding noise stretched to full contrast
     flat = image_planes(torch.full((3, 9, 10), 0.3), max_size=8)[0][1]
     assert flat.shape == (7, 8, 3) and (flat == 128).all()
@@ -379,3 +379,89 @@ def test_html_without_pictures_scales_to_table_rows(tmp_path):
     assert accuracy_split([dict(rec, label=1), dict(rec, label=0, accepted=[]), dict(rec, error="x")]) == [
         ("all", 1, 2), ("accepted something", 1, 1), ("observed only", 0, 1)
     ]
+
+
+def test_3d_pictures_in_radiological_orientation():
+    """RAS volume [C, X, Y, Z] (X to the patient's right, Y anterior, Z superior): the patient's right on the picture's
+    left in the axial and coronal planes, anterior up (axial), superior up (coronal, sagittal), anterior on the left
+    (sagittal)."""
+    n = 8
+    vol = torch.zeros(1, n, n, n)
+    c = n // 2
+    vol[0, n - 1, 6, c] = 1.0  # axial slice z=c: far right (x max), anterior (y=6)
+    vol[0, n - 1, c, 7] = 2.0  # coronal slice y=c: far right, top of the head (z max)
+    vol[0, c, 7, 1] = 3.0  # sagittal slice x=c: nose (y max), low (z=1)
+    planes = dict(image_planes(vol, max_size=n))
+    rows, cols = np.nonzero(planes["axial"])
+    assert (rows.tolist(), cols.tolist()) == ([n - 1 - 6], [0])  # right -> left column, anterior -> upper half
+    rows, cols = np.nonzero(planes["coronal"])
+    assert (rows.tolist(), cols.tolist()) == ([0], [0])  # superior -> top row, right -> left column
+    rows, cols = np.nonzero(planes["sagittal"])
+    assert (rows.tolist(), cols.tolist()) == ([n - 1 - 1], [0])  # anterior -> left column, inferior -> bottom
+
+
+def test_2d_picture_has_the_source_png_orientation(tmp_path):
+    """A PNG read by MONAI's LoadImage ([C, x, y], x = the file's columns) is drawn as the file shows it."""
+    from PIL import Image
+
+    from monai.transforms import LoadImage
+
+    from monai_dymo.handlers.report_figures import save_picture
+
+    src = np.zeros((12, 20), dtype=np.uint8)  # 12 rows, 20 columns: a wide picture
+    src[1:4, 2:15] = 255  # a bar in the upper left
+    src[9:11, 17:19] = 128
+    Image.fromarray(src).save(tmp_path / "src.png")
+    loaded = LoadImage(image_only=True, ensure_channel_first=True)(str(tmp_path / "src.png"))
+    assert tuple(loaded.shape) == (1, 20, 12)  # MONAI's order: x (columns) first
+    ((_, drawn),) = image_planes(loaded, max_size=64, image2d_xy=True)
+    back = np.asarray(Image.open(save_picture(drawn, tmp_path / "drawn.png")).convert("L"))
+    assert back.shape == src.shape
+    np.testing.assert_array_equal(back > 200, src > 200)
+    np.testing.assert_array_equal((back > 50) & (back < 200), src == 128)
+    # without image2d_xy the same tensor comes out transposed (the behaviour this fixes)
+    ((_, raw),) = image_planes(loaded, max_size=64)
+    assert raw.shape == src.shape[::-1]
+
+
+def test_pages_come_from_shipped_templates_and_a_site_can_restyle(tmp_path):
+    """The shipped Jinja2 templates render the pages; a site's folder replaces any of them (here the style sheet and
+    the cohort page's heading) without code."""
+    import tomllib
+
+    from monai_dymo.handlers.report_html import TEMPLATE_DIR
+
+    shipped = sorted(p.name for p in Path(TEMPLATE_DIR).iterdir())
+    assert {"base.html.j2", "cohort.html.j2", "patient.html.j2", "table_page.html.j2", "report.css"} <= set(shipped)
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    data = pyproject["tool"]["setuptools"]["package-data"]["monai_dymo"]
+    assert "handlers/templates/*.j2" in data and "handlers/templates/*.css" in data
+    assert any(d.startswith("jinja2") for d in pyproject["project"]["dependencies"])
+    rec = {"patient_id": "<p1>", "observed": ["a"], "recovered": [], "selected": ["a"], "accepted": [],
+           "rejected": [], "unused": [], "prediction": 1, "label": 1, "label_name": "tumour & co",
+           "prediction_name": "tumour & co", "reasons": {"a": "observed"}, "error": None}
+    default = write_report_html([rec], tmp_path / "default" / "r.html")
+    text = Path(default).read_text()
+    assert Path(TEMPLATE_DIR, "report.css").read_text().strip()[:40] in text
+    assert "&lt;p1&gt;" in text and "tumour &amp; co" in text and "<p1>" not in text  # autoescaped
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "report.css").write_text("body{background:#fffbe6}")
+    cohort = Path(TEMPLATE_DIR, "cohort.html.j2").read_text()
+    (site / "cohort.html.j2").write_text(cohort.replace("<h1>DyMo modality selection report</h1>",
+                                                        "<h1>St Elsewhere radiology: DyMo report</h1>"))
+    styled = Path(write_report_html([rec], tmp_path / "styled" / "r.html", template_dir=site)).read_text()
+    assert "body{background:#fffbe6}" in styled and "St Elsewhere radiology" in styled
+    page = next((tmp_path / "styled" / "r_files" / "patients").glob("*.html")).read_text()
+    assert "body{background:#fffbe6}" in page and "Patient &lt;p1&gt;" in page  # shipped page, site's style
+    with pytest.raises(FileNotFoundError, match="template folder"):
+        write_report_html([rec], tmp_path / "x.html", template_dir=tmp_path / "nope")
+
+
+def test_patient_table_caption_matches_row_order(report):
+    out, writer = report
+    text = " ".join(_parse(out / "dymo_report.html").text)
+    assert "Rows in datalist order" in text
+    ids = [t for t in _parse(out / "dymo_report.html").text if t in {r["patient_id"] for r in writer.records}]
+    table_ids = ids[-len(writer.records):]
+    assert table_ids == [r["patient_id"] for r in writer.records]

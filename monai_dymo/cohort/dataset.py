@@ -61,12 +61,15 @@ def cohort_dataset(
         datalist: another datalist with the same modalities (e.g. new patients for inference).
         cache: ``"disk"`` (``PersistentDataset`` under ``cache_dir``), ``"memory"`` (``CacheDataset``) or ``None``.
         cache_dir: folder of the disk cache (required for ``"disk"``).
-        max_patients: keep the first N entries (small runs).
+        max_patients: keep the first N entries (small runs); at least 1 (``ValueError`` otherwise: a run over no
+            patient is refused rather than ending without a report).
         require_labels: see :func:`~monai_dymo.cohort.load_split`.
         num_workers: workers that fill a memory cache.
         augmentation: random transforms applied after the (cached) preprocessing, e.g.
             :func:`~monai_dymo.cohort.build_augmentation` for training.
     """
+    if max_patients is not None and int(max_patients) < 1:  # an empty run would end "successfully" with no report
+        raise ValueError(f"max_patients must be at least 1 (or null for every patient), got {max_patients}.")
     entries = load_split(spec, split, datalist=datalist, require_labels=require_labels)
     if max_patients is not None:
         entries = entries[: int(max_patients)]

@@ -7,6 +7,7 @@ fitted :class:`~monai_dymo.transforms.ClinicalFieldStats` (continuous fields fir
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from monai_dymo.transforms.clinical import ClinicalFieldStats
 
 __all__ = [
     "clinical_layouts",
+    "find_stats_file",
+    "STATS_FILENAME",
     "build_cohort_fusion",
     "init_encoders_from_recovery",
     "build_cohort_recovery",
@@ -35,12 +38,42 @@ __all__ = [
 ]
 
 
+#: file name of the clinical encoding statistics (written by the bundle's prepare stage into its model folder).
+STATS_FILENAME = "clinical_stats.json"
+
+
+def missing_stats_message(path: str | Path) -> str:
+    """What to do when the clinical statistics are not at ``path`` (one line)."""
+    path = Path(path)
+    return (
+        f"clinical statistics not found: {path}; write them with the prepare stage (same --model_dir "
+        f"{path.parent}), or copy the {path.name} of the model whose weights you use into {path.parent}, or pass "
+        "--stats_file PATH."
+    )
+
+
+def find_stats_file(model_dir: str | Path, *fallback_dirs: str | Path) -> str:
+    """The clinical statistics of ``model_dir``: ``<model_dir>/clinical_stats.json`` when it is there, else the first
+    of ``fallback_dirs`` holding one (e.g. the cohort's default model folder, where the prepare stage wrote it when a
+    model is trained into another ``--model_dir``; said in the log), else ``<model_dir>/clinical_stats.json`` (where
+    the prepare stage writes it)."""
+    own = Path(model_dir) / STATS_FILENAME
+    if own.is_file():
+        return str(own)
+    for folder in fallback_dirs:
+        candidate = Path(folder) / STATS_FILENAME
+        if candidate.is_file():
+            logging.getLogger("monai_dymo.cohort").info("clinical statistics: %s (none in %s)", candidate, model_dir)
+            return str(candidate)
+    return str(own)
+
+
 def _stats(stats: ClinicalFieldStats | str | Path | None) -> ClinicalFieldStats | None:
     if stats is None or isinstance(stats, ClinicalFieldStats):
         return stats
     path = Path(stats)
     if not path.is_file():
-        raise FileNotFoundError(f"clinical statistics not found: {path}; run the bundle's prepare stage first.")
+        raise FileNotFoundError(missing_stats_message(path))
     return ClinicalFieldStats.load(path)
 
 

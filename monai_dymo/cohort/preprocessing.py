@@ -140,10 +140,12 @@ def build_preprocessing(spec: CohortSpec, stats_file: str | Path | None = None) 
     for entry in spec.image_modalities:
         chain.extend(modality_transforms(entry, order))
     if spec.clinical_modalities:
-        if stats_file is None or not Path(stats_file).is_file():
-            raise FileNotFoundError(
-                f"clinical statistics not found: {stats_file}; run the bundle's prepare stage first."
-            )
+        if stats_file is None:
+            raise ValueError("the cohort has clinical modalities: give the clinical statistics of the prepare stage.")
+        if not Path(stats_file).is_file():
+            from monai_dymo.cohort.networks import missing_stats_message
+
+            raise FileNotFoundError(missing_stats_message(stats_file))
         chain.append(ClinicalFieldsd(spec.groups(), stats=stats_file, modalities=order, warn_each=False))
     return TolerantPreprocessing(Compose(chain), spec)
 

@@ -42,8 +42,8 @@ STATUS_COLORS = {
     "missing": "#3a3a3a",
 }
 
-#: names of the mid planes of a 3D volume ``[C, X, Y, Z]`` (MONAI's RAS-like convention: X left-right,
-#: Y posterior-anterior, Z inferior-superior), in the order they are drawn.
+#: names of the mid planes of a 3D volume ``[C, X, Y, Z]`` in RAS orientation (MONAI's ``Orientation("RAS")``: X
+#: towards the patient's right, Y anterior, Z superior), in the order they are drawn.
 PLANES_3D = ("axial", "coronal", "sagittal")
 
 
@@ -87,14 +87,21 @@ def _to_uint8(img: torch.Tensor) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else np.ascontiguousarray(arr.transpose(1, 2, 0))
 
 
-def image_planes(x: Any, max_size: int = 128) -> list[tuple[str, np.ndarray]] | None:
+def image_planes(
+    x: Any, max_size: int = 128, image2d_xy: bool = False
+) -> list[tuple[str, np.ndarray]] | None:
     """Downsampled ``uint8`` pictures of one patient's modality input, or ``None`` if it is not an image.
 
     Args:
-        x: ``Tensor[C, H, W]`` (2D; ``C == 3`` is drawn in colour, otherwise channel 0), ``Tensor[C, X, Y, Z]`` (3D:
-            the mid slices of the three planes of channel 0, see :data:`PLANES_3D`, drawn as the brain notebook does:
-            transposed, origin at the bottom) or ``Tensor[H, W]``; vectors (e.g. clinical fields) give ``None``.
+        x: ``Tensor[C, H, W]`` (2D; ``C == 3`` is drawn in colour, otherwise channel 0), ``Tensor[C, X, Y, Z]`` (3D,
+            RAS: the mid slices of the three planes of channel 0, see :data:`PLANES_3D`, in radiological orientation:
+            axial and coronal with the patient's right on the picture's left, axial anterior up, coronal and sagittal
+            superior up, sagittal anterior on the left) or ``Tensor[H, W]``; vectors (e.g. clinical fields) give
+            ``None``.
         max_size: longest side of each picture in pixels.
+        image2d_xy: a 2D ``x`` is ``[C, x, y]`` as MONAI's ``LoadImage`` readers return a PNG / JPEG / DICOM frame
+            (first spatial axis = the file's columns); it is transposed so that the picture has the file's own
+            orientation (the file's first row on top).
 
     Returns:
         ``[(plane name, uint8 [h, w] or [h, w, 3])]``, one entry for 2D, three for 3D.
@@ -106,6 +113,8 @@ def image_planes(x: Any, max_size: int = 128) -> list[tuple[str, np.ndarray]] | 
         if min(t.shape[-2:]) < 2:
             return None
         img = t if t.shape[0] == 3 else t[:1]
+        if image2d_xy:
+            img = img.transpose(-1, -2)
         return [("image", _to_uint8(_fit(img, max_size)))]
     if t.ndim == 4:
         if min(t.shape[1:]) < 2:
@@ -119,7 +128,9 @@ def image_planes(x: Any, max_size: int = 128) -> list[tuple[str, np.ndarray]] | 
         }
         out = []
         for name in PLANES_3D:
-            img = planes[name].T.flip(0)  # rows = second axis, bottom-up (origin lower)
+            # rows = the plane's second axis, top = anterior / superior; columns = its first axis reversed (patient's
+            # right, resp. anterior, on the left)
+            img = planes[name].T.flip(0).flip(1)
             out.append((name, _to_uint8(_fit(img[None], max_size))))
         return out
     return None

@@ -11,8 +11,12 @@ Layout written by :func:`write_report_html` for ``<dir>/dymo_report.html``::
     dymo_report_files/img/*.png        the pictures of those pages (observed and recovered images)
     dymo_report_files/table/*.html     the patient table beyond its first ``table_rows_per_page`` rows
 
-Pages use relative links only and no script, so the folder can be zipped and opened anywhere. Text is escaped with
-:func:`html.escape`.
+Pages use relative links only and no script, so the folder can be zipped and opened anywhere. They are rendered from
+the Jinja2 templates shipped in ``monai_dymo/handlers/templates`` (``cohort.html.j2``, ``patient.html.j2``,
+``table_page.html.j2``, their shared ``base.html.j2`` / ``macros.html.j2`` and the style sheet ``report.css``), with
+autoescaping. A site restyles its report without touching code: copy the files it wants to change into a folder and
+pass that folder as ``template_dir`` (``SelectionReportWriter(template_dir=...)``, the bundles' ``report_templates``);
+files found there are used, the others come from the package.
 """
 
 from __future__ import annotations
@@ -23,15 +27,16 @@ import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
-from html import escape
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from .._console import bar_disabled
 from . import report_figures
 from .report_figures import STATUS_COLORS, STATUS_LABELS
 from .report_records import (
     accuracy_split,
+    class_name,
     format_reward,
     is_correct,
     label_value,
@@ -39,9 +44,13 @@ from .report_records import (
     modality_status,
     patient_priority,
     report_modalities,
+    report_summary,
 )
 
-__all__ = ["write_report_html", "patient_page_name", "LEGEND_SCORES"]
+__all__ = ["write_report_html", "patient_page_name", "report_environment", "LEGEND_SCORES", "TEMPLATE_DIR"]
+
+#: the templates shipped with the package.
+TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 
 #: at most this many rows in the cohort page's error list (the CSV has every error).
 MAX_ERROR_ROWS = 1000
@@ -68,35 +77,21 @@ LEGEND_SCORES = {
     "with at least one field counts as observed.",
 }
 
-_CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Arial,sans-serif;margin:0 auto;max-width:1320px;
-padding:12px 24px 40px;color:#1f2328;line-height:1.4;font-size:14px}
-h1{font-size:22px;margin:8px 0 2px}h2{font-size:17px;margin:26px 0 8px;border-bottom:1px solid #d0d7de;
-padding-bottom:3px}h3{font-size:14px;margin:14px 0 6px}
-.sub{color:#57606a;margin:0 0 10px}a{color:#0969da}
-nav a{margin-right:14px}
-table{border-collapse:collapse;margin:4px 0 10px}th,td{border:1px solid #d0d7de;padding:3px 7px;text-align:left;
-vertical-align:top}th{background:#f6f8fa;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.cards{display:flex;flex-wrap:wrap;gap:10px;margin:6px 0}.card{border:1px solid #d0d7de;border-radius:6px;
-padding:8px 14px;min-width:100px}.card b{display:block;font-size:20px}.card span{color:#57606a;font-size:12px}
-.st{color:#fff;border-radius:3px;padding:1px 6px;white-space:nowrap;font-size:12px}
-td.st{border-radius:0;text-align:center}
-.s-observed{background:#3b75af}.s-accepted{background:#4ca64c}.s-rejected{background:#d1495b}
-.s-unused{background:#c9c9c9;color:#1f2328}.s-missing{background:#3a3a3a}
-.legend dl{display:grid;grid-template-columns:max-content 1fr;gap:3px 14px;margin:6px 0}
-.legend dt{font-weight:600}.legend dd{margin:0;color:#303840}
-.legend-states span{margin-right:6px}
-.figs{display:flex;flex-wrap:wrap;gap:8px 18px;align-items:flex-start}.figs h2{flex-basis:100%}
-.figs figure{margin:0;display:table}.figs img{border:1px solid #d0d7de;display:block}
-.figs figcaption{display:table-caption;caption-side:bottom}
-.row{display:flex;flex-wrap:wrap;gap:0 28px;align-items:flex-start}
-.pics{display:flex;flex-wrap:wrap;gap:12px}.pic{border:3px solid #d0d7de;border-radius:6px;padding:6px;
-background:#fafbfc;width:min-content}.pic .ims{display:flex;gap:4px}
-.pic img{image-rendering:pixelated;height:150px;background:#000}
-.pic .cap{font-size:12px;margin-top:4px;min-width:170px}
-.patients td{padding:2px 6px;font-size:12.5px}.patients td.st{font-size:11.5px}
-.pager{margin:6px 0}.warn{color:#a40e26}.muted{color:#6e7781}
-"""
+
+def report_environment(template_dir: str | os.PathLike | None = None) -> Any:
+    """The Jinja2 environment of the report pages: templates from ``template_dir`` first (a site's own, any subset of
+    the shipped files), then the shipped ones (:data:`TEMPLATE_DIR`); every value is HTML-escaped."""
+    import jinja2
+
+    folders = [TEMPLATE_DIR]
+    if template_dir is not None:
+        if not os.path.isdir(template_dir):
+            raise FileNotFoundError(f"report template folder not found: {os.fspath(template_dir)}")
+        folders.insert(0, os.fspath(template_dir))
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folders), autoescape=True, trim_blocks=False, lstrip_blocks=False,
+        keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
+    )
 
 
 def _pct(n: int, d: int) -> str:
@@ -108,7 +103,7 @@ def _num(v: Any, fmt: str = ".4g") -> str:
         return ""
     if isinstance(v, float):
         return "" if not math.isfinite(v) else format(v, fmt)
-    return escape(str(v))
+    return str(v)
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -125,45 +120,20 @@ def patient_page_name(index: int, patient_id: Any) -> str:
     return f"{index:05d}_{safe}"
 
 
-def _state(status: str, text: str | None = None) -> str:
-    return f'<span class="st s-{status}">{escape(text or STATUS_LABELS[status])}</span>'
-
-
-def _legend() -> str:
-    states = "".join(
-        f"<span>{_state(s)}</span>" for s in STATUS_LABELS
-    )
-    items = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in LEGEND_SCORES.items())
-    return (
-        '<section id="legend" class="legend"><h2>Legend</h2>'
-        f'<p class="legend-states">{states}</p>'
-        "<p>Each modality of each patient is in one state: <b>observed</b> (measured), <b>recovered, accepted</b> "
-        "(missing, generated, and used because it raised the calibrated confidence), <b>recovered, rejected</b> "
-        "(generated but it lowered the calibrated confidence, reward &lt; 0), <b>recovered, not used</b> (generated, "
-        "neither helping nor hurting when the selection stopped), <b>unusable</b> (the patient could not be "
-        "processed, e.g. nothing was observed). The prediction uses the observed and accepted modalities only.</p>"
-        f"<dl>{items}</dl></section>"
-    )
-
-
-def _page(title: str, body: str) -> str:
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
-    )
-
-
 def _rel(path: str, start_dir: str) -> str:
     return os.path.relpath(path, start_dir).replace(os.sep, "/")
 
 
-def _modality_table(records: Sequence[Mapping[str, Any]], modalities: Sequence[str]) -> str:
-    head = (
-        "<tr><th>modality</th><th>observed</th><th>recovered</th><th>accepted<br><span class=muted>% of recovered"
-        "</span></th><th>rejected<br><span class=muted>% of recovered</span></th><th>not used</th><th>unusable</th>"
-        "<th>median reward<br>accepted</th><th>median reward<br>rejected</th></tr>"
-    )
+def _names(rec: Mapping[str, Any]) -> tuple[str, str]:
+    """``(label name, prediction name)`` of a record as the CSV writes them."""
+    label = rec.get("label_name")
+    label = label if label is not None else class_name(rec.get("label"))
+    pred = rec.get("prediction_name")
+    pred = pred if pred is not None else (None if rec.get("error") else class_name(rec.get("prediction")))
+    return label or "", pred or ""
+
+
+def _modality_rows(records: Sequence[Mapping[str, Any]], modalities: Sequence[str]) -> list[dict[str, Any]]:
     rows = []
     n = len(records)
     for m in modalities:
@@ -175,59 +145,52 @@ def _modality_table(records: Sequence[Mapping[str, Any]], modalities: Sequence[s
             if d["status"] in rew and d["reward"] is not None:
                 rew[d["status"]].append(d["reward"])
         rec_n = c["accepted"] + c["rejected"] + c["unused"]
-        rows.append(
-            f"<tr><th>{escape(m)}</th><td class=num>{c['observed']} ({_pct(c['observed'], n)})</td>"
-            f"<td class=num>{rec_n}</td><td class=num>{c['accepted']} ({_pct(c['accepted'], rec_n)})</td>"
-            f"<td class=num>{c['rejected']} ({_pct(c['rejected'], rec_n)})</td><td class=num>{c['unused']}</td>"
-            f"<td class=num>{c['missing']}</td><td class=num>{format_reward(_median(rew['accepted']))}</td>"
-            f"<td class=num>{format_reward(_median(rew['rejected']))}</td></tr>"
-        )
-    return f"<table>{head}{''.join(rows)}</table>"
+        rows.append({
+            "name": m, "observed": c["observed"], "observed_pct": _pct(c["observed"], n), "recovered": rec_n,
+            "accepted": c["accepted"], "accepted_pct": _pct(c["accepted"], rec_n), "rejected": c["rejected"],
+            "rejected_pct": _pct(c["rejected"], rec_n), "unused": c["unused"], "missing": c["missing"],
+            "median_accepted": format_reward(_median(rew["accepted"])),
+            "median_rejected": format_reward(_median(rew["rejected"])),
+        })
+    return rows
 
 
-def _accuracy_table(records: Sequence[Mapping[str, Any]]) -> str:
-    split = accuracy_split(records)
-    if not split:
-        return "<p class=muted>No labels in this run: accuracy cannot be computed.</p>"
-    explain = {
-        "all": "every labelled patient that was processed",
-        "accepted something": "DyMo accepted at least one recovered modality",
-        "observed only": "DyMo used the observed modalities only (nothing missing, or every recovery declined)",
-    }
-    rows = "".join(
-        f"<tr><th>{escape(g)}</th><td>{escape(explain[g])}</td><td class=num>{n}</td><td class=num>{c}</td>"
-        f"<td class=num>{_pct(c, n)}</td></tr>"
-        for g, c, n in split
-    )
-    return (
-        "<table><tr><th>patients</th><th>meaning</th><th>n</th><th>correct</th><th>accuracy</th></tr>"
-        f"{rows}</table>"
-    )
+_ACCURACY_MEANING = {
+    "all": "every labelled patient that was processed",
+    "accepted something": "DyMo accepted at least one recovered modality",
+    "observed only": "DyMo used the observed modalities only (nothing missing, or every recovery declined)",
+}
 
 
-def _patient_row(rec: Mapping[str, Any], modalities: Sequence[str], link: str | None) -> str:
-    pid = escape(str(rec.get("patient_id")))
-    ok = is_correct(rec)
-    cells = [f'<td><a href="{escape(link)}">{pid}</a></td>' if link else f"<td>{pid}</td>"]
-    label = label_value(rec.get("label"))
-    cells.append(f"<td class=num>{_num(label)}</td><td class=num>{_num(rec.get('prediction'))}</td>")
-    cells.append(f"<td class=num>{'' if ok is None else ('yes' if ok else '<b class=warn>no</b>')}</td>")
-    cells.append(f"<td class=num>{_num(rec.get('quality'), '.3f')}</td>")
-    cells.append(f"<td class=num>{_num(rec.get('ics'), '.3f')}</td>")
+def _accuracy_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"group": g, "meaning": _ACCURACY_MEANING[g], "n": n, "correct": c, "accuracy": _pct(c, n)}
+        for g, c, n in accuracy_split(records)
+    ]
+
+
+_CELL_TEXT = {"observed": "obs", "accepted": "acc", "rejected": "rej", "unused": "n/u", "missing": "–"}
+
+
+def _patient_row(rec: Mapping[str, Any], modalities: Sequence[str], link: str | None) -> dict[str, Any]:
+    cells = []
     for m in modalities:
         d = modality_decision(rec, m)
         s = d["status"]
-        text = {"observed": "obs", "accepted": "acc", "rejected": "rej", "unused": "n/u", "missing": "–"}[s]
+        text = _CELL_TEXT[s]
         if s in ("accepted", "rejected", "unused") and d["reward"] is not None:
             text += f" {d['reward']:+.3g}"
-        cells.append(f'<td class="st s-{s}">{text}</td>')
-    err = rec.get("error")
-    cells.append(f"<td class=warn>{escape(str(err))}</td>" if err else "<td></td>")
-    return "<tr>" + "".join(cells) + "</tr>"
+        cells.append({"status": s, "text": text})
+    label, pred = _names(rec)
+    return {
+        "patient_id": str(rec.get("patient_id")), "link": link, "label_name": label, "prediction_name": pred,
+        "correct": is_correct(rec), "quality": _num(rec.get("quality"), ".3f"), "ics": _num(rec.get("ics"), ".3f"),
+        "cells": cells, "error": str(rec["error"]) if rec.get("error") else None,
+    }
 
 
 def _svg_scores(traj: Sequence[Mapping[str, Any]]) -> str:
-    """Inline SVG line chart of quality and ICS along the steps (both 0-1)."""
+    """Inline SVG line chart of quality and ICS along the steps (both 0-1); numbers and fixed words only."""
     pts = [(t.get("step", i), t.get("quality"), t.get("ics")) for i, t in enumerate(traj)]
     if not pts:
         return ""
@@ -243,11 +206,11 @@ def _svg_scores(traj: Sequence[Mapping[str, Any]]) -> str:
         out.append(f'<line x1="{l}" y1="{y:.1f}" x2="{w - r}" y2="{y:.1f}" stroke="#d0d7de"/>'
                    f'<text x="{l - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{v:g}</text>')
     for k, _, _ in pts:
-        x, _ = xy(k, 0)
-        out.append(f'<text x="{x:.1f}" y="{h - 12}" font-size="11" text-anchor="middle">{k}</text>')
+        x, _ = xy(int(k), 0)
+        out.append(f'<text x="{x:.1f}" y="{h - 12}" font-size="11" text-anchor="middle">{int(k)}</text>')
     out.append(f'<text x="{(l + w - r) / 2:.1f}" y="{h - 1}" font-size="11" text-anchor="middle">step</text>')
     for idx, (name, color) in enumerate((("quality q", "#3b75af"), ("ICS p", "#e08214"))):
-        coords = [xy(k, v) for k, *vals in pts if (v := vals[idx]) is not None and math.isfinite(v)]
+        coords = [xy(int(k), float(v)) for k, *vals in pts if (v := vals[idx]) is not None and math.isfinite(v)]
         if len(coords) > 1:
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
             out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
@@ -259,132 +222,86 @@ def _svg_scores(traj: Sequence[Mapping[str, Any]]) -> str:
     return "".join(out)
 
 
-def _patient_page(
+def _patient_context(
     rec: Mapping[str, Any], modalities: Sequence[str], page_dir: str, img_dir: str, name: str, cohort: str
-) -> str:
+) -> dict[str, Any]:
+    from markupsafe import Markup
+
     pid = str(rec.get("patient_id"))
     ok = is_correct(rec)
-    label = label_value(rec.get("label"))
     err = rec.get("error")
-    body = [f'<p><a href="{escape(cohort)}">&larr; cohort report</a></p>', f"<h1>Patient {escape(pid)}</h1>"]
+    label, pred = _names(rec)
     facts = [
-        ("label", _num(label)), ("prediction", _num(rec.get("prediction"))),
-        ("probability", _num(rec.get("probability"), ".3f")),
-        ("correct", "" if ok is None else ("yes" if ok else "<b class=warn>no</b>")),
-        ("quality q (final)", _num(rec.get("quality"), ".4f")), ("ICS p (final)", _num(rec.get("ics"), ".4g")),
-        ("log ICS", _num(rec.get("log_ics"), ".4g")), ("accepted steps", _num(rec.get("steps"))),
+        (label, "label"), (pred, "prediction"), (_num(rec.get("probability"), ".3f"), "probability"),
+        ("" if ok is None else ("yes" if ok else "no"), "correct"),
+        (_num(rec.get("quality"), ".4f"), "quality q (final)"), (_num(rec.get("ics"), ".4g"), "ICS p (final)"),
+        (_num(rec.get("log_ics"), ".4g"), "log ICS"), (_num(rec.get("steps")), "accepted steps"),
     ]
-    body.append("<div class=cards>" + "".join(f"<div class=card><b>{v or '–'}</b><span>{escape(k)}</span></div>"
-                                             for k, v in facts) + "</div>")
-    if err:
-        body.append(f"<p class=warn><b>Not processed:</b> {escape(str(err))}</p>")
     reasons = rec.get("reasons") or {}
-    # modalities table
-    rows = []
+    modality_rows = []
     for m in modalities:
         d = modality_decision(rec, m)
         rewards = ", ".join(f"step {k}: {format_reward(r)}" for k, r in enumerate(d["rewards"]) if r is not None)
-        rows.append(
-            f"<tr><th>{escape(m)}</th><td>{_state(d['status'])}</td><td>{escape(str(reasons.get(m) or ''))}</td>"
-            f"<td class=num>{escape(rewards) or '–'}</td><td>{escape(d['why'])}</td></tr>"
-        )
-    body.append(
-        "<h2>Modalities</h2><table><tr><th>modality</th><th>state</th><th>in the data (why missing)</th>"
-        f"<th>reward at each step</th><th>decision</th></tr>{''.join(rows)}</table>"
-    )
-    # pictures
-    pictures = rec.get("_pictures") or {}
-    if pictures:
-        figs = []
-        for m in modalities:
-            planes = pictures.get(m)
-            if not planes:
-                continue
-            d = modality_decision(rec, m)
-            imgs = []
-            for plane, arr in planes:
-                fname = f"{name}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', m)}_{plane}.png"
-                path = report_figures.save_picture(arr, os.path.join(img_dir, fname))
-                imgs.append(f'<img src="{escape(_rel(path, page_dir))}" alt="{escape(m)} {escape(plane)}" '
-                            f'title="{escape(m)}, {escape(plane)}">')
-            kind = "observed image" if d["status"] == "observed" else "recovered image (generated)"
-            cap = f"<b>{escape(m)}</b> {_state(d['status'])} <span class=muted>{escape(kind)}"
-            if len(planes) > 1:
-                cap += " · " + ", ".join(escape(p) for p, _ in planes)
-            cap += "</span>"
-            if d["status"] in ("accepted", "rejected", "unused"):
-                cap += f"<br>reward {escape(format_reward(d['reward']))} at step {d['step']}"
-            figs.append(f'<div class=pic style="border-color:{STATUS_COLORS[d["status"]]}">'
-                        f'<div class=ims>{"".join(imgs)}</div><div class=cap>{cap}</div></div>')
-        body.append("<h2>Images</h2><p class=muted>Observed images as given; recovered images are what the recovery "
-                    "network generated for the missing modalities (what DyMo was offered). 3D volumes: mid slices."
-                    f"</p><div class=pics>{''.join(figs)}</div>")
-    elif not err:
-        body.append("<h2>Images</h2><p class=muted>No pictures kept for this patient (run the evaluator with "
-                    "<code>keep_inputs=True</code> to draw them).</p>")
-    # steps
+        modality_rows.append({"name": m, "status": d["status"], "reason": str(reasons.get(m) or ""),
+                              "rewards": rewards, "why": d["why"]})
+    pictures = []
+    for m in modalities:
+        planes = (rec.get("_pictures") or {}).get(m)
+        if not planes:
+            continue
+        d = modality_decision(rec, m)
+        images = []
+        for plane, arr in planes:
+            fname = f"{name}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', m)}_{plane}.png"
+            path = report_figures.save_picture(arr, os.path.join(img_dir, fname))
+            images.append({"src": _rel(path, page_dir), "plane": plane})
+        decided = d["status"] in ("accepted", "rejected", "unused")
+        pictures.append({
+            "name": m, "status": d["status"], "color": STATUS_COLORS[d["status"]], "images": images,
+            "kind": "observed image" if d["status"] == "observed" else "recovered image (generated)",
+            "reward": format_reward(d["reward"]) if decided else None, "step": d["step"],
+        })
     traj = rec.get("trajectory") or []
-    if traj:
-        trows = "".join(
-            f"<tr><td class=num>{t.get('step')}</td><td>{escape(str(t.get('added') or 'observed set'))}</td>"
-            f"<td class=num>{_num(t.get('quality'), '.4f')}</td><td class=num>{_num(t.get('ics'), '.4g')}</td>"
-            f"<td class=num>{_num(t.get('log_ics'), '.4g')}</td></tr>"
-            for t in traj
-        )
-        body.append(
-            "<h2>Quality and ICS along the steps</h2><div style='display:flex;gap:24px;align-items:flex-start'>"
-            "<table><tr><th>after step</th><th>added</th><th>quality q</th><th>ICS p</th><th>log ICS</th></tr>"
-            f"{trows}</table>{_svg_scores(traj)}</div>"
-        )
-    # rewards at each step, all candidates
+    trajectory = [
+        {"step": t.get("step"), "added": str(t.get("added") or "observed set"), "quality": _num(t.get("quality"), ".4f"),
+         "ics": _num(t.get("ics"), ".4g"), "log_ics": _num(t.get("log_ics"), ".4g")}
+        for t in traj
+    ]
     rewards = rec.get("rewards") or {}
     n_steps = max((len(v) for v in rewards.values()), default=0)
-    if n_steps:
-        cands = [m for m in modalities if m in rewards]
-        acc_at = {a.get("step"): a.get("modality") for a in rec.get("accepted") or [] if isinstance(a, Mapping)}
-        srows = []
-        for k in range(n_steps):
-            cells = []
-            for m in cands:
-                v = rewards[m][k] if k < len(rewards[m]) else None
-                if v is None:
-                    cells.append("<td class=muted>–</td>")
-                    continue
-                if acc_at.get(k) == m:
-                    s = "accepted"
-                elif v < 0:
-                    s = "rejected"
-                elif modality_status(rec, m) == "unused" and k == len(rewards[m]) - 1:
-                    s = "unused"
-                else:
-                    s = None
-                style = f' class="st s-{s}"' if s else " class=num"
-                cells.append(f"<td{style}>{escape(format_reward(v))}</td>")
-            srows.append(f"<tr><th>step {k}</th>{''.join(cells)}<td>{escape(str(acc_at.get(k) or 'stop'))}</td></tr>")
-        body.append(
-            "<h2>Rewards at each step</h2><p class=muted>Coloured: the decision of that step (accepted = largest "
-            "positive reward, rejected = reward &lt; 0). Uncoloured positive rewards were not the best candidate and "
-            "were scored again at the next step.</p>"
-            f"<table><tr><th></th>{''.join(f'<th>{escape(m)}</th>' for m in cands)}<th>accepted</th></tr>"
-            f"{''.join(srows)}</table>"
-        )
-    # clinical fields
+    candidates = [m for m in modalities if m in rewards]
+    acc_at = {a.get("step"): a.get("modality") for a in rec.get("accepted") or [] if isinstance(a, Mapping)}
+    steps = []
+    for k in range(n_steps):
+        cells = []
+        for m in candidates:
+            v = rewards[m][k] if k < len(rewards[m]) else None
+            if v is None:
+                cells.append({"text": None, "status": None})
+                continue
+            if acc_at.get(k) == m:
+                s = "accepted"
+            elif v < 0:
+                s = "rejected"
+            elif modality_status(rec, m) == "unused" and k == len(rewards[m]) - 1:
+                s = "unused"
+            else:
+                s = None
+            cells.append({"text": format_reward(v), "status": s})
+        steps.append({"step": k, "cells": cells, "accepted": str(acc_at.get(k) or "stop")})
     missing_fields = rec.get("missing_fields") or {}
-    if missing_fields:
-        sizes = rec.get("num_fields") or {}
-        notes = rec.get("field_notes") or {}
-        crow = "".join(
-            f"<tr><th>{escape(g)}</th><td class=num>{sizes.get(g, '?')}</td><td class=num>{len(f)}</td>"
-            f"<td>{escape(notes.get(g) or ', '.join(f)) if f else '<span class=muted>none</span>'}</td></tr>"
-            for g, f in missing_fields.items()
-        )
-        body.append(
-            "<h2>Clinical fields</h2><table><tr><th>group</th><th>fields</th><th>missing</th>"
-            "<th>missing fields (= blank: an empty cell; else the missing-value code the table held)</th></tr>"
-            f"{crow}</table>"
-        )
-    body.append(_legend())
-    return _page(f"DyMo report: patient {pid}", "\n".join(body))
+    sizes = rec.get("num_fields") or {}
+    notes = rec.get("field_notes") or {}
+    clinical_rows = [
+        {"group": g, "fields": sizes.get(g, "?"), "missing": len(f), "text": (notes.get(g) or ", ".join(f)) if f else ""}
+        for g, f in missing_fields.items()
+    ]
+    return {
+        "title": f"DyMo report: patient {pid}", "cohort_href": cohort, "patient_id": pid, "facts": facts,
+        "error": str(err) if err else None, "modality_rows": modality_rows, "pictures": pictures,
+        "trajectory": trajectory, "svg": Markup(_svg_scores(traj)), "candidates": candidates, "steps": steps,
+        "clinical_rows": clinical_rows,
+    }
 
 
 def write_report_html(
@@ -397,13 +314,16 @@ def write_report_html(
     progress: bool = False,
     pseudonymised: bool = False,
     table_rows_per_page: int = 1000,
+    summary: Mapping[str, Any] | None = None,
+    template_dir: str | os.PathLike | None = None,
 ) -> str:
     """Write the cohort page ``path`` and its folder ``<stem>_files/`` (figures, patient pages, pictures).
 
     The ``patients``, ``img`` and ``table`` folders of an earlier report in ``<stem>_files/`` are replaced.
 
     Args:
-        records: the report records (``_pictures`` of a record, from ``SelectionReportWriter``, are drawn).
+        records: the report records (``_pictures`` of a record, from ``SelectionReportWriter``, are drawn; labels and
+            predictions are shown by their ``label_name`` / ``prediction_name``).
         path: the cohort page, e.g. ``out/dymo_report.html``.
         modalities: column order (default: from the records).
         summary_png: the summary chart to show (a path), if written.
@@ -414,10 +334,15 @@ def write_report_html(
         pseudonymised: the ids are pseudonyms (said on the page).
         table_rows_per_page: patient table rows on the cohort page; further rows go to linked pages
             ``<stem>_files/table/rows_0002.html``, ... (so the cohort page opens quickly for any cohort size).
+        summary: the cohort figures of the cards (default: :func:`~monai_dymo.handlers.report_records.report_summary`
+            of the records; the JSON's ``summary`` block, so that the two agree).
+        template_dir: a folder of the site's own templates (any of the shipped ``*.html.j2`` / ``report.css``), used
+            before the shipped ones (see :func:`report_environment`).
 
     Returns:
         ``path``.
     """
+    env = report_environment(template_dir)
     path = os.fspath(path)
     out_dir = os.path.dirname(os.path.abspath(path))
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -429,17 +354,20 @@ def write_report_html(
     os.makedirs(page_dir, exist_ok=True)
     modalities = list(modalities) if modalities is not None else report_modalities(records)
     n = len(records)
+    common = {"legend_scores": LEGEND_SCORES, "labels": STATUS_LABELS}
 
     order = sorted(range(n), key=lambda i: (-patient_priority(records[i]), i))
     chosen = sorted(order[:max_patient_pages])
     links: dict[int, str] = {}  # record index -> page path relative to out_dir
     cohort_from_page = _rel(path, page_dir)
-    for i in tqdm(chosen, desc="patient pages", disable=not progress, leave=False):
+    patient_template = env.get_template("patient.html.j2")
+    for i in tqdm(chosen, desc="patient pages", disable=bar_disabled(progress), leave=False):
         rec = records[i]
         name = patient_page_name(i, rec.get("patient_id"))
         page = os.path.join(page_dir, name + ".html")
+        context = _patient_context(rec, modalities, page_dir, img_dir, name, cohort_from_page)
         with open(page, "w", encoding="utf-8") as f:
-            f.write(_patient_page(rec, modalities, page_dir, img_dir, name, cohort_from_page))
+            f.write(patient_template.render(**common, **context))
         links[i] = _rel(page, out_dir)
 
     # cohort figures
@@ -462,107 +390,69 @@ def write_report_html(
         if rw:
             figs.append((rw, "Reward of each recovered modality at the step it was decided; dashed line: 0."))
 
-    n_err = sum(bool(r.get("error")) for r in records)
-    n_acc = sum(bool(r.get("accepted")) for r in records)
-    n_rej = sum(bool(r.get("rejected")) for r in records)
-    split = {g: (c, k) for g, c, k in accuracy_split(records)}
+    s = dict(summary) if summary is not None else report_summary(records, modalities)
     cards = [
-        (str(n), "patients"), (str(n - n_err), "processed"), (str(n_err), "not processed (errors)"),
-        (f"{n_acc} ({_pct(n_acc, n)})", "used a recovered modality"),
-        (f"{n_rej} ({_pct(n_rej, n)})", "had a recovery rejected"),
+        (str(s["patients"]), "patients"), (str(s["processed"]), "processed"),
+        (str(s["errors"]), "not processed (errors)"),
+        (f"{s['used_recovered']} ({_pct(s['used_recovered'], n)})", "used a recovered modality"),
+        (f"{s['had_rejection']} ({_pct(s['had_rejection'], n)})", "had a recovery rejected"),
     ]
-    if "all" in split:
-        cards.append((_pct(*split["all"]), f"accuracy ({split['all'][1]} labelled)"))
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    file_links = " · ".join(
-        f'<a href="{escape(_rel(p, out_dir))}">{escape(os.path.basename(p))}</a>' for p in (files or {}).values()
-    )
-    body = [
-        "<h1>DyMo modality selection report</h1>",
-        f"<p class=sub>{n} patients · modalities {escape(', '.join(modalities))} · written {when}"
-        + (f" · {file_links}" if file_links else "")
-        + (" · <b>patient ids are pseudonyms</b>" if pseudonymised else "")
-        + "</p>",
-        '<nav><a href="#summary">summary</a><a href="#legend">legend</a><a href="#modalities">modalities</a>'
-        '<a href="#accuracy">accuracy</a><a href="#figures">figures</a><a href="#errors">errors</a>'
-        '<a href="#patients">patients</a></nav>',
-        '<section id="summary"><div class=cards>'
-        + "".join(f"<div class=card><b>{escape(v)}</b><span>{escape(k)}</span></div>" for v, k in cards)
-        + "</div></section>",
-        _legend(),
-        '<div class=row>'
-        f'<section id="modalities"><h2>Per modality</h2>{_modality_table(records, modalities)}</section>'
-        f'<section id="accuracy"><h2>Accuracy by what was used</h2>{_accuracy_table(records)}</section></div>',
-        '<section id="figures" class=figs><h2>Figures</h2>'
-        + "".join(
-            f'<figure><img src="{escape(_rel(p, out_dir))}" alt="{escape(c)}"><figcaption class=muted>{escape(c)}'
-            "</figcaption></figure>"
-            for p, c in figs
-        )
-        + "</section>",
-    ]
+    if s.get("accuracy") is not None:
+        cards.append((f"{s['accuracy']:.1f}%", f"accuracy ({s['labelled']} labelled)"))
     all_errors = [(i, r) for i, r in enumerate(records) if r.get("error")]
-    errors = all_errors[:MAX_ERROR_ROWS]
-    if errors:
-        erows = "".join(
-            f"<tr><td>{_link(links.get(i), r.get('patient_id'))}</td><td class=warn>{escape(str(r.get('error')))}"
-            f"</td><td>{escape('; '.join(f'{m}: {v}' for m, v in (r.get('reasons') or {}).items() if v))}</td></tr>"
-            for i, r in errors
-        )
-        more = (f"<p class=muted>The first {len(errors)} of {len(all_errors)} are listed; the CSV has all "
-                "(column <code>error</code>).</p>" if len(all_errors) > len(errors) else "")
-        body.append(f'<section id="errors"><h2>Errors ({len(all_errors)})</h2>{more}<table><tr><th>patient</th>'
-                    f"<th>error</th><th>reasons per modality</th></tr>{erows}</table></section>")
-    else:
-        body.append('<section id="errors"><h2>Errors</h2><p class=muted>Every patient was processed.</p></section>')
-    head = (
-        "<tr><th>patient</th><th>label</th><th>prediction</th><th>correct</th><th>q</th><th>ICS</th>"
-        + "".join(f"<th>{escape(m)}</th>" for m in modalities)
-        + "<th>error</th></tr>"
-    )
+    errors = [
+        {"patient_id": str(r.get("patient_id")), "link": links.get(i), "error": str(r.get("error")),
+         "reasons": "; ".join(f"{m}: {v}" for m, v in (r.get("reasons") or {}).items() if v)}
+        for i, r in all_errors[:MAX_ERROR_ROWS]
+    ]
+
     per_page = max(1, int(table_rows_per_page))
     chunks = [range(a, min(a + per_page, n)) for a in range(0, n, per_page)] or [range(0)]
     table_dir = os.path.join(files_dir, "table")
     chunk_paths = [path] + [os.path.join(table_dir, f"rows_{k + 1:04d}.html") for k in range(1, len(chunks))]
-    explain = (
-        f"<p class=muted>{len(links)} of {n} patients have their own page (linked; errors first, then patients with a "
-        "rejected, then an accepted recovered modality). Cells: obs = observed, acc = recovered and accepted, rej = "
-        "recovered and rejected, n/u = recovered, not used, – = unusable; the number is the reward at the deciding "
-        "step.</p>"
-    )
 
-    def pager(current: int, here: str) -> str:
-        if len(chunks) == 1:
-            return ""
-        items = []
-        for k, (rng, p) in enumerate(zip(chunks, chunk_paths)):
-            text = f"{rng.start + 1}-{rng.stop}"
-            items.append(f"<b>{text}</b>" if k == current else
-                         f'<a href="{escape(_rel(p, os.path.dirname(here)))}#patients">{text}</a>')
-        return f"<p class=pager>patients: {' · '.join(items)}</p>"
-
-    def table(k: int, here: str) -> str:
+    def table(k: int, here: str) -> dict[str, Any]:
         base = os.path.dirname(here)
-        rows = "\n".join(
-            _patient_row(records[i], modalities, _rel(os.path.join(out_dir, links[i]), base) if i in links else None)
-            for i in chunks[k]
-        )
-        return (f'<section id="patients"><h2>Patients {chunks[k].start + 1}-{chunks[k].stop} of {n}</h2>{explain}'
-                f'{pager(k, here)}<table class="patients">{head}\n{rows}</table>{pager(k, here)}</section>')
+        return {
+            "first": chunks[k].start + 1, "last": chunks[k].stop, "total": n, "linked": len(links),
+            "modalities": modalities,
+            "rows": [
+                _patient_row(records[i], modalities,
+                             _rel(os.path.join(out_dir, links[i]), base) if i in links else None)
+                for i in chunks[k]
+            ],
+            "pages": [
+                {"text": f"{rng.start + 1}-{rng.stop}", "current": j == k, "href": _rel(p, base)}
+                for j, (rng, p) in enumerate(zip(chunks, chunk_paths))
+            ],
+        }
 
-    body.append(table(0, path))
     if len(chunks) > 1:
         os.makedirs(table_dir, exist_ok=True)
-    for k in tqdm(range(1, len(chunks)), desc="patient table", disable=not progress, leave=False):
+    table_template = env.get_template("table_page.html.j2")
+    for k in tqdm(range(1, len(chunks)), desc="patient table", disable=bar_disabled(progress), leave=False):
         here = chunk_paths[k]
-        back = f'<p><a href="{escape(_rel(path, table_dir))}">&larr; cohort report</a> (legend, figures)</p>'
         with open(here, "w", encoding="utf-8") as f:
-            f.write(_page(f"DyMo report: patients {chunks[k].start + 1}-{chunks[k].stop}", back + table(k, here)))
+            f.write(table_template.render(
+                **common, title=f"DyMo report: patients {chunks[k].start + 1}-{chunks[k].stop}",
+                cohort_href=_rel(path, table_dir), table=table(k, here),
+            ))
+    html = env.get_template("cohort.html.j2").render(
+        **common,
+        title="DyMo modality selection report",
+        n=n,
+        modalities=modalities,
+        when=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        files=[{"href": _rel(p, out_dir), "name": os.path.basename(p)} for p in (files or {}).values()],
+        pseudonymised=pseudonymised,
+        cards=cards,
+        modality_rows=_modality_rows(records, modalities),
+        accuracy_rows=_accuracy_rows(records),
+        figures=[{"src": _rel(p, out_dir), "caption": c} for p, c in figs],
+        errors=errors,
+        n_errors=len(all_errors),
+        table=table(0, path),
+    )
     with open(path, "w", encoding="utf-8") as f:
-        f.write(_page("DyMo modality selection report", "\n".join(body)))
+        f.write(html)
     return path
-
-
-def _link(link: str | None, pid: Any) -> str:
-    text = escape(str(pid))
-    return f'<a href="{escape(link)}">{text}</a>' if link else text

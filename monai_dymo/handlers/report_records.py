@@ -25,6 +25,10 @@ __all__ = [
     "patient_priority",
     "accuracy_split",
     "format_reward",
+    "class_name",
+    "with_class_names",
+    "report_summary",
+    "summary_line",
 ]
 
 #: per-modality status values of the report, in plotting order: ``observed`` (measured), ``accepted`` / ``rejected`` /
@@ -198,6 +202,106 @@ def accuracy_split(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, int,
     if groups["all"][1] == 0:
         return []
     return [(g, c, n) for g, (c, n) in groups.items()]
+
+
+def class_name(index: Any, classes: Sequence[Any] | None = None) -> str | None:
+    """The class name of a class index (``classes[index]``); the index as text when there are no (or too few) names,
+    ``None`` for no index (no label, or a patient that was not processed)."""
+    index = label_value(index)
+    if index is None:
+        return None
+    try:
+        i = int(index)
+    except (TypeError, ValueError):
+        return str(index)
+    if classes is not None and 0 <= i < len(classes) and float(index) == i:
+        return str(classes[i])
+    return str(index)
+
+
+def with_class_names(
+    records: Sequence[Mapping[str, Any]], classes: Sequence[Any] | None = None
+) -> list[dict[str, Any]]:
+    """Copies of ``records`` with ``label_name`` and ``prediction_name`` (see :func:`class_name`) beside ``label`` and
+    ``prediction``; a name a record already carries is kept."""
+    out = []
+    for rec in records:
+        r = dict(rec)
+        if r.get("label_name") is None:
+            r["label_name"] = class_name(r.get("label"), classes)
+        if r.get("prediction_name") is None:
+            r["prediction_name"] = None if r.get("error") else class_name(r.get("prediction"), classes)
+        out.append(r)
+    return out
+
+
+#: the per-modality counts of :func:`report_summary`.
+SUMMARY_COUNTS = ("observed", "recovered", "accepted", "rejected", "unused", "missing")
+
+
+def report_summary(
+    records: Sequence[Mapping[str, Any]],
+    modalities: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The cohort figures of a report (the JSON's ``summary`` block, the printed summary line and the HTML cards).
+
+    Returns ``{"patients", "processed", "errors", "labelled", "correct", "accuracy" (% of the labelled, processed
+    patients; ``None`` without labels), "accuracy_by_use" ({"accepted something" / "observed only": %}),
+    "used_recovered", "had_rejection", "modalities": {modality: {"observed", "recovered", "accepted", "rejected",
+    "unused", "missing"}}}`` followed by the items of ``extra`` (blocks added by other code, e.g. a referral summary;
+    an ``extra`` key never replaces one of the keys above).
+    """
+    modalities = list(modalities) if modalities is not None else report_modalities(records)
+    n = len(records)
+    n_err = sum(bool(r.get("error")) for r in records)
+    split = {g: (c, k) for g, c, k in accuracy_split(records)}
+    correct, labelled = split.get("all", (0, 0))
+    counts = {m: dict.fromkeys(SUMMARY_COUNTS, 0) for m in modalities}
+    for rec in records:
+        for m in modalities:
+            s = modality_status(rec, m)
+            counts[m][s] += 1
+            if s in ("accepted", "rejected", "unused"):
+                counts[m]["recovered"] += 1
+    summary: dict[str, Any] = {
+        "patients": n,
+        "processed": n - n_err,
+        "errors": n_err,
+        "labelled": labelled,
+        "correct": correct if labelled else None,
+        "accuracy": round(100.0 * correct / labelled, 2) if labelled else None,
+        "accuracy_by_use": {
+            g: round(100.0 * c / k, 2) if k else None for g, (c, k) in split.items() if g != "all"
+        },
+        "used_recovered": sum(bool(r.get("accepted")) and not r.get("error") for r in records),
+        "had_rejection": sum(bool(r.get("rejected")) and not r.get("error") for r in records),
+        "modalities": counts,
+    }
+    for k, v in (extra or {}).items():
+        if k in summary:
+            raise ValueError(f"summary block {k!r} would replace a figure of the report summary.")
+        summary[str(k)] = v
+    return summary
+
+
+def summary_line(summary: Mapping[str, Any], where: str | None = None) -> str:
+    """One line of the cohort figures of :func:`report_summary` (printed at the end of an inference / evaluate run)."""
+    parts = [f"{summary['patients']} patients"]
+    if summary.get("errors"):
+        parts[0] += f" ({summary['errors']} not processed)"
+    if summary.get("accuracy") is not None:
+        parts.append(f"accuracy {summary['accuracy']:.2f} % ({summary['correct']} of {summary['labelled']} labelled)")
+    else:
+        parts.append("no labels (no accuracy)")
+    mods = summary.get("modalities") or {}
+    if mods:
+        parts.append(
+            "per modality observed / accepted / rejected: "
+            + ", ".join(f"{m} {c['observed']}/{c['accepted']}/{c['rejected']}" for m, c in mods.items())
+        )
+    line = "DyMo summary: " + "; ".join(parts)
+    return line + (f"; report: {where}" if where else "")
 
 
 def plain(v: Any) -> Any:

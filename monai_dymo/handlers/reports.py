@@ -26,12 +26,14 @@ from tqdm.auto import tqdm
 from monai.utils import IgniteInfo, min_version, optional_import
 from monai.utils.enums import CommonKeys
 
+from .._console import bar_disabled
 from ..keys import DyMoKeys
 from . import report_figures
 from .pseudonyms import pseudonymize_id, pseudonymize_text
 from .report_records import (
     MODALITY_STATUSES,
     accuracy_split,
+    class_name,
     clinical_groups,
     is_correct,
     label_value,
@@ -41,6 +43,9 @@ from .report_records import (
     patient_priority,
     plain,
     report_modalities,
+    report_summary,
+    summary_line,
+    with_class_names,
 )
 
 idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
@@ -60,6 +65,9 @@ __all__ = [
     "report_rows",
     "report_columns",
     "read_report_csv",
+    "read_report",
+    "report_summary",
+    "summary_line",
     "write_report_csv",
     "write_report_json",
     "write_report_dictionary",
@@ -98,8 +106,11 @@ def report_columns(modalities: Sequence[str], groups: Sequence[str] = ()) -> lis
     cols = [
         ("patient_id", "text", "patient id from the datalist (or its pseudonym when the report is pseudonymised: "
          "16 hex digits of HMAC-SHA256 with the user's key); never a DICOM header value"),
-        ("label", "int", "true class, when the data had labels (blank otherwise)"),
-        ("prediction", "int", "predicted class on the modalities DyMo used (blank if the patient was not processed)"),
+        ("label", "int", "true class index, when the data had labels (blank otherwise)"),
+        ("label_name", "text", "name of the true class (the cohort's classes; the index as text without names)"),
+        ("prediction", "int", "predicted class index on the modalities DyMo used (blank if the patient was not "
+         "processed)"),
+        ("prediction_name", "text", "name of the predicted class"),
         ("probability", "float", "softmax probability of the predicted class"),
         ("correct", "int", "1 if prediction == label, 0 if not, blank without a label"),
         ("quality", "float", "quality q of the final set: the largest class probability of the projection against "
@@ -154,14 +165,19 @@ def report_rows(
     groups = list(groups) if groups is not None else clinical_groups(records)
     columns = [c for c, _, _ in report_columns(modalities, groups)]
     rows = []
-    for rec in tqdm(records, desc="report rows", disable=not progress, leave=False):
+    for rec in tqdm(records, desc="report rows", disable=bar_disabled(progress), leave=False):
         label = label_value(rec.get("label"))
         ok = is_correct(rec)
         failed = bool(rec.get("error"))
         row: dict[str, Any] = {
             "patient_id": rec.get("patient_id"),
             "label": label,
+            "label_name": rec["label_name"] if rec.get("label_name") is not None else class_name(label),
             "prediction": rec.get("prediction"),
+            "prediction_name": (
+                rec["prediction_name"] if rec.get("prediction_name") is not None
+                else None if failed else class_name(rec.get("prediction"))
+            ),
             "probability": rec.get("probability"),
             "correct": "" if ok is None else int(ok),
             "quality": rec.get("quality"),
@@ -224,24 +240,49 @@ def read_report_csv(path: str | os.PathLike) -> Any:
 
 
 def write_report_json(
-    records: Sequence[Mapping[str, Any]], path: str | os.PathLike, progress: bool = False
+    records: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    progress: bool = False,
+    summary: Mapping[str, Any] | None = None,
 ) -> str:
-    """Write the records as a JSON list (non-finite numbers as ``null``), each with ``decisions``: ``{modality:
-    {"status", "step", "reward", "rewards", "why"}}`` (see :func:`modality_decision`); returns the path."""
+    """Write ``{"summary": {...}, "patients": [...]}``: the cohort figures (``summary``, default
+    :func:`~monai_dymo.handlers.report_records.report_summary` of the records) and the records (non-finite numbers as
+    ``null``), each with ``decisions``: ``{modality: {"status", "step", "reward", "rewards", "why"}}`` (see
+    :func:`modality_decision`). Returns the path; :func:`read_report` reads it back."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     modalities = report_modalities(records)
     out = []
-    for rec in tqdm(records, desc="report json", disable=not progress, leave=False):
+    for rec in tqdm(records, desc="report json", disable=bar_disabled(progress), leave=False):
         item = plain(rec)
         item["decisions"] = plain({m: modality_decision(rec, m) for m in modalities})
         out.append(item)
+    doc = {"summary": plain(dict(summary) if summary is not None else report_summary(records, modalities)),
+           "patients": out}
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=1, allow_nan=False)
+        json.dump(doc, f, indent=1, allow_nan=False)
     return path
 
 
+def read_report(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON report as ``{"summary": {...}, "patients": [records]}``.
+
+    Reports written before the summary block (a bare JSON list of records) are read too; their summary is computed
+    from the records with :func:`~monai_dymo.handlers.report_records.report_summary`."""
+    with open(os.fspath(path), encoding="utf-8") as f:
+        doc = json.load(f)
+    if isinstance(doc, list):
+        return {"summary": report_summary(doc), "patients": doc}
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("patients"), list):
+        raise ValueError(f"{os.fspath(path)} is not a DyMo JSON report (expected {{'summary', 'patients'}} or a list).")
+    return {"summary": dict(doc.get("summary") or report_summary(doc["patients"])), "patients": doc["patients"]}
+
+
 _JSON_FIELDS = (
+    ("summary", "cohort figures: patients, processed, errors, labelled, correct, accuracy (%, null without labels), "
+     "accuracy_by_use, used_recovered, had_rejection, modalities {modality: {observed, recovered, accepted, rejected, "
+     "unused, missing}} (patients per status)"),
+    ("patients", "one record per patient, with the fields below"),
     ("rewards", "{modality: [reward at step 0, 1, ...]} of every recovered modality, up to its decision"),
     ("trajectory", "[{step, added, quality, log_ics, ics}]: scores of the observed set (step 0, added = null) and "
      "after each accepted modality"),
@@ -344,6 +385,18 @@ class SelectionReportWriter:
         table_rows_per_page: patient table rows on the cohort page; the others on linked table pages.
         picture_size: longest side, in pixels, of each kept picture.
         pictures: use the inputs in the output (if any) for pictures.
+        image2d_xy: 2D inputs are ``[C, x, y]`` as MONAI's ``LoadImage`` readers give a PNG / JPEG / DICOM frame
+            (x = the file's columns); their pictures are transposed back to the file's own orientation. False (default)
+            for ``[C, rows, columns]`` arrays (e.g. PolyMNIST). 3D volumes are drawn in radiological orientation (see
+            :func:`~monai_dymo.handlers.report_figures.image_planes`).
+        class_names: class names by class index (e.g. the cohort's ``classes``): the ``label_name`` /
+            ``prediction_name`` of every record (default: the index as text).
+        summary_extra: further blocks of the JSON ``summary`` (see
+            :func:`~monai_dymo.handlers.report_records.report_summary`): a mapping, or a callable ``records -> mapping``.
+        template_dir: a folder with a site's own HTML templates / ``report.css`` (any subset of the shipped files in
+            ``monai_dymo/handlers/templates``), used before the shipped ones (None: the shipped templates).
+        print_summary: print one summary line (:func:`~monai_dymo.handlers.report_records.summary_line`) when the
+            report is written.
         clinical_fields: ``{group: [field names in layout order]}`` (``ClinicalFieldsd.layout(group)``) to name the
             missing fields (default: ``"field 1"``, ``"field 2"``, ...).
         pseudonymize_key: key of the pseudonymised ids (None: the datalist's ids).
@@ -368,6 +421,11 @@ class SelectionReportWriter:
         table_rows_per_page: int = 1000,
         picture_size: int = 128,
         pictures: bool = True,
+        image2d_xy: bool = False,
+        class_names: Sequence[Any] | None = None,
+        summary_extra: Mapping[str, Any] | Callable[[Sequence[Mapping[str, Any]]], Mapping[str, Any]] | None = None,
+        print_summary: bool = True,
+        template_dir: str | os.PathLike | None = None,
         clinical_fields: Mapping[str, Sequence[str]] | None = None,
         pseudonymize_key: str | bytes | None = None,
         progress: bool | None = None,
@@ -395,6 +453,12 @@ class SelectionReportWriter:
         self.table_rows_per_page = int(table_rows_per_page)
         self.picture_size = int(picture_size)
         self.pictures = pictures
+        self.image2d_xy = bool(image2d_xy)
+        self.class_names = [str(c) for c in class_names] if class_names is not None else None
+        self.summary_extra = summary_extra
+        self.print_summary = bool(print_summary)
+        self.template_dir = template_dir
+        self.summary: dict[str, Any] = {}
         self.clinical_fields = {str(g): [str(f) for f in fs] for g, fs in (clinical_fields or {}).items()}
         self.pseudonymize_key = pseudonymize_key
         self.progress = progress
@@ -544,7 +608,7 @@ class SelectionReportWriter:
         pics = {}
         for m, v in x.items():
             if isinstance(v, torch.Tensor):
-                planes = report_figures.image_planes(v, self.picture_size)
+                planes = report_figures.image_planes(v, self.picture_size, image2d_xy=self.image2d_xy)
                 if planes is not None:
                     pics[str(m)] = planes
         if pics:
@@ -583,12 +647,15 @@ class SelectionReportWriter:
         progress = self.progress if self.progress is not None else len(records) >= PROGRESS_MIN_PATIENTS
         if self.pseudonymize_key is not None:
             records = pseudonymize_records(records, self.pseudonymize_key)
+        records = with_class_names(records, self.class_names)
         modalities = self.modalities if self.modalities is not None else report_modalities(records)
         groups = clinical_groups(records)
+        extra = self.summary_extra(records) if callable(self.summary_extra) else self.summary_extra
+        self.summary = report_summary(records, modalities, extra=extra)
         base = os.path.join(self.output_dir, self.prefix)
         paths = {
             "csv": write_report_csv(records, base + ".csv", modalities, groups, progress=progress),
-            "json": write_report_json(records, base + ".json", progress=progress),
+            "json": write_report_json(records, base + ".json", progress=progress, summary=self.summary),
             "columns": write_report_dictionary(base + "_columns.csv", modalities, groups),
         }
         if self.plot:
@@ -607,6 +674,8 @@ class SelectionReportWriter:
                 table_rows_per_page=self.table_rows_per_page,
                 progress=progress,
                 pseudonymised=self.pseudonymize_key is not None,
+                summary=self.summary,
+                template_dir=self.template_dir,
             )
         self.paths = paths
         return paths
@@ -622,3 +691,5 @@ class SelectionReportWriter:
             self.logger.info(
                 f"DyMo selection report for {len(records)} patients ({n_err} with errors): {', '.join(paths.values())}"
             )
+            if self.print_summary:
+                print(summary_line(self.summary, paths.get("html") or paths["csv"]), flush=True)

@@ -22,6 +22,7 @@ series folders through ``PydicomReader``, PNG/JPEG through ``PILReader``, NumPy)
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,11 @@ from monai_dymo.transforms.utils import (
     resolve_modality_order,
     update_presence,
 )
+
+#: MONAI builds its nvImageCodec DICOM reader with every default ``LoadImage`` and warns that the optional GPU decoder is
+#: absent (then falls back to pydicom): noise on every stage of a cohort, with or without DICOM; silenced while the
+#: loaders are built.
+NVIMGCODEC_WARNING = "NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register"
 
 __all__ = ["LoadModality", "LoadModalitiesd", "LoadModalitiesD", "LoadModalitiesDict"]
 
@@ -104,16 +110,18 @@ class LoadModality(Transform):
         self.spatial_dims = int(spatial_dims)
         self.check_series = check_series
         self.base_dir = None if base_dir is None else Path(base_dir)
-        self.loader = LoadImage(
-            reader, image_only=True, dtype=dtype, ensure_channel_first=ensure_channel_first, **kwargs
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=NVIMGCODEC_WARNING)
+            self.loader = LoadImage(
+                reader, image_only=True, dtype=dtype, ensure_channel_first=ensure_channel_first, **kwargs
+            )
+            self.dicom_loader = LoadImage(
+                dicom_reader, image_only=True, dtype=dtype, ensure_channel_first=ensure_channel_first
+            )
         # readers named by the user: registered last, tried first; their errors are the ones worth reporting
         self._designated = 0 if reader is None else len(ensure_tuple(reader))
         if reader is None and has_sitk:
             self.loader.register(SimpleITKReader())  # registered last = tried first for the suffixes it claims
-        self.dicom_loader = LoadImage(
-            dicom_reader, image_only=True, dtype=dtype, ensure_channel_first=ensure_channel_first
-        )
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -137,8 +145,8 @@ class LoadModality(Transform):
     def load(self, filename: Any, modality: str | None = None) -> tuple[MetaTensor | None, str]:
         """Try to load ``filename``; ``(image, "observed")`` or ``(None, reason)``. Logs nothing."""
         if is_missing_path(filename):
-            what = "no file given" if modality is None else f"no file given for {str(modality)!r}"
-            return None, format_reason(Reason.ABSENT, f"{what} ({filename!r})")
+            # the placeholder value (None, a blank cell, "") says nothing more: "absent: no file given for t1"
+            return None, format_reason(Reason.ABSENT, "no file given" + ("" if modality is None else f" for {modality}"))
         if isinstance(filename, (np.ndarray, torch.Tensor)):
             return self._check_content(self._from_array(filename), "<in-memory array>")
         paths = [self._resolve(f) for f in ensure_tuple(filename)]
