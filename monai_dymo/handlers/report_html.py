@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from . import report_figures
 from .report_figures import STATUS_COLORS, STATUS_LABELS
+from .report_trust import trust_section_html
 from .report_records import (
     accuracy_split,
     format_reward,
@@ -493,6 +494,7 @@ def write_report_html(
         '<div class=row>'
         f'<section id="modalities"><h2>Per modality</h2>{_modality_table(records, modalities)}</section>'
         f'<section id="accuracy"><h2>Accuracy by what was used</h2>{_accuracy_table(records)}</section></div>',
+        trust_section_html(records, files_dir, out_dir),
         '<section id="figures" class=figs><h2>Figures</h2>'
         + "".join(
             f'<figure><img src="{escape(_rel(p, out_dir))}" alt="{escape(c)}"><figcaption class=muted>{escape(c)}'

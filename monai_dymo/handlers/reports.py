@@ -29,6 +29,7 @@ from monai.utils.enums import CommonKeys
 from ..keys import DyMoKeys
 from . import report_figures
 from .pseudonyms import pseudonymize_id, pseudonymize_text
+from .report_trust import TRUST_COLUMNS, trust_row, trust_summary
 from .report_records import (
     MODALITY_STATUSES,
     accuracy_split,
@@ -139,6 +140,7 @@ def report_columns(modalities: Sequence[str], groups: Sequence[str] = ()) -> lis
             (f"{g}_missing_values", "text", f"clinical group {g}: what the table held in each missing field, "
              "'field = blank' for an empty cell, else the missing-value code written there (e.g. 'ldh = -999')"),
         ]
+    cols += TRUST_COLUMNS
     cols.append(("error", "text", "why the patient could not be processed at all (blank if processed)"))
     return cols
 
@@ -187,6 +189,7 @@ def report_rows(
             row[f"{g}_missing_fields"] = "" if fields is None else _join(fields)
             row[f"{g}_num_missing_fields"] = "" if fields is None else len(fields)
             row[f"{g}_missing_values"] = (rec.get("field_notes") or {}).get(g)
+        row.update(trust_row(rec))
         row["error"] = rec.get("error")
         rows.append({k: ("" if v is None else plain(v)) for k, v in row.items()})
     return columns, rows
@@ -591,6 +594,11 @@ class SelectionReportWriter:
             "json": write_report_json(records, base + ".json", progress=progress),
             "columns": write_report_dictionary(base + "_columns.csv", modalities, groups),
         }
+        trust = trust_summary(records)
+        if trust is not None:  # the margin in force and the refer rule of this run (see report_trust)
+            paths["trust"] = os.path.join(self.output_dir, self.prefix + "_trust.json")
+            with open(paths["trust"], "w", encoding="utf-8") as f:
+                json.dump(plain(trust), f, indent=1, allow_nan=False)
         if self.plot:
             png = os.path.join(self.output_dir, self.summary_filename)
             paths["png"] = plot_selection_summary(records, modalities, png)
@@ -602,7 +610,7 @@ class SelectionReportWriter:
                 base + ".html",
                 modalities,
                 summary_png=paths.get("png"),
-                files={k: paths[k] for k in ("csv", "json", "columns")},
+                files={k: paths[k] for k in ("csv", "json", "columns", "trust") if k in paths},
                 max_patient_pages=self.max_patient_pages,
                 table_rows_per_page=self.table_rows_per_page,
                 progress=progress,
