@@ -27,8 +27,9 @@ prediction is ``>= t``. Thresholds of a fixed grid are tested from high to low: 
 not referred exceeds ``alpha``; exact binomial tail ``p = P(Bin(n_t, alpha) <= errors_t)`` (the Clopper-Pearson
 upper bound of the error is ``<= alpha`` at level ``delta`` exactly when ``p <= delta``); stop at the first threshold
 not certified; the lowest certified threshold is used (largest coverage); none certified: everybody is referred. A
-threshold with fewer than ``ceil(log(delta) / log(1 - alpha))`` patients above it (a label-free count) has no power and
-is skipped. When the margin itself was chosen on the same held-out patients (``margin: certified``) the refer test runs
+threshold with fewer patients above it than :func:`start_sample_size` (the smallest count at which a held-out error of
+``alpha / 2`` would be certified, and at least ``10 / alpha``; label-free) is skipped, so that the sequence neither starts nor stops among a handful
+of very confident patients. When the margin itself was chosen on the same held-out patients (``margin: certified``) the refer test runs
 at ``delta / K`` (``K`` margins that the certification could have returned: a union bound), so the refer guarantee holds
 whichever margin was chosen.
 """
@@ -50,6 +51,7 @@ __all__ = [
     "fixes_breaks_pvalue",
     "risk_pvalue",
     "min_sample_size",
+    "start_sample_size",
     "clopper_pearson_upper",
     "certify_margin",
     "refer_threshold",
@@ -61,6 +63,8 @@ __all__ = [
     "refer_decisions",
     "holdout_indices",
     "margin_label",
+    "certify_calibration",
+    "certification_summary",
 ]
 
 #: margins tested from strict to lenient (rewards are at most 1, so 1.0 never accepts anything)
@@ -140,6 +144,17 @@ def min_sample_size(delta: float, p0: float) -> int:
     if not 0 < delta < 1 or not 0 < p0 < 1:
         raise ValueError(f"delta and p0 must be in (0, 1), got {delta}, {p0}.")
     return max(1, math.ceil(math.log(delta) / math.log1p(-p0) - 1e-12))
+
+
+def start_sample_size(delta: float, alpha: float) -> int:
+    """Fewest patients above a threshold for the refer test to be run there: the smallest ``n`` at which a held-out
+    error of ``alpha / 2`` would be certified, ``P(Bin(n, alpha) <= floor(n alpha / 2)) <= delta`` (label-free, so
+    that the sequence does not start, and stop, at thresholds with a handful of patients), and at least ``10 / alpha``
+    (about ten errors expected at the bound)."""
+    n = max(min_sample_size(delta, alpha), math.ceil(10 / alpha))
+    while risk_pvalue(int(math.floor(n * alpha / 2)), n, alpha) > delta:
+        n += max(1, n // 50)
+    return n
 
 
 # ---------------------------------------------------------------------------------------------------- LTT procedures
@@ -229,7 +244,7 @@ def refer_threshold(
     ok = _as_bool(correct)
     if conf.shape != ok.shape:
         raise ValueError(f"confidence {conf.shape} and correct {ok.shape} differ in shape.")
-    need = min_sample_size(delta, alpha)
+    need = start_sample_size(delta, alpha)
     chosen, tested = math.inf, 0
     for t in thresholds:
         keep = conf >= t
@@ -302,13 +317,17 @@ def collect_outcomes(
     present_key: str = "present",
     label_key: str = "label",
     progress: bool = True,
+    drop_observed: float = 0.0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Held-out outcome vectors for :func:`certify`: one margin-0 selection per patient and the prediction of every
     prefix of its path.
 
     ``network``: any object with ``encode`` / ``fuse`` / ``modalities``; ``loader``: batches with one tensor per
     modality, ``present`` ``[B, M]`` and ``label``. Missing modalities are zeroed before the recovery. Patients with
-    nothing observed are left out. Returns numpy arrays ``label [N]``, ``prefix_prediction [N, M + 1]`` (-1 padded),
+    nothing observed are left out. ``drop_observed > 0`` additionally hides each observed modality with that
+    probability (seeded by ``seed``; at least one observed modality is kept), to get more patients with something to
+    recover on a cohort whose natural missingness is rare. Returns numpy arrays ``label [N]``, ``prefix_prediction [N, M + 1]`` (-1 padded),
     ``prefix_probability [N, M + 1]`` (NaN padded), ``accepted_rewards [N, M]`` (NaN padded), ``missing [N]``.
     """
     from tqdm.auto import tqdm
@@ -323,6 +342,7 @@ def collect_outcomes(
         device = params[0].device if params else torch.device("cpu")
     cal = calibration.to(device)
     labels, preds, probs, rewards, missing = [], [], [], [], []
+    gen = torch.Generator().manual_seed(int(seed))
     for batch in tqdm(loader, desc="held-out outcomes", disable=not progress, leave=False):
         x = {m: torch.as_tensor(batch[m]).to(device) for m in modalities}
         present = align_present(batch[present_key], modalities, "collect_outcomes").to(device).bool()
@@ -333,6 +353,14 @@ def collect_outcomes(
             x, present, y = {m: t.index_select(0, idx) for m, t in x.items()}, present[idx], y[idx]
         if present.shape[0] == 0:
             continue
+        if drop_observed > 0:
+            u = torch.rand(present.shape, generator=gen).to(device)
+            dropped = present & (u < float(drop_observed))
+            keep_one = ~(present & ~dropped).any(1)
+            if bool(keep_one.any()):  # keep the observed modality with the largest u
+                best = torch.where(present, u, torch.full_like(u, -1.0)).argmax(1)
+                dropped[keep_one, best[keep_one]] = False
+            present = present & ~dropped
         hidden = _hide(x, present)
         rec = dict(recovery(hidden, present)) if recovery is not None and not bool(present.all()) else hidden
         tokens = network.encode(rec)
@@ -486,3 +514,35 @@ def refer_decisions(probability: Sequence[float | None], rule: Mapping[str, Any]
         else:
             out.append((True, f"confidence {float(p):.4f} < threshold {t:.4g} ({guarantee} above it)"))
     return out
+
+
+def certify_calibration(
+    calibration: Any,
+    network: Any,
+    loader: Iterable[Mapping[str, Any]],
+    *,
+    margins: Sequence[float] = DEFAULT_MARGINS,
+    delta: float = 0.1,
+    source: str = "",
+    **kwargs: Any,
+) -> Any:
+    """Collect the held-out outcomes of ``network`` on ``loader`` (:func:`collect_outcomes`, ``kwargs`` passed on),
+    certify the margin (:func:`certify`) and attach the result to ``calibration`` (saved with it); returns it."""
+    outcomes = collect_outcomes(network, calibration, loader, **kwargs)
+    calibration.certification = certify(outcomes, margins, delta, source)
+    return calibration
+
+
+def certification_summary(certification: Mapping[str, Any] | None) -> str:
+    """Human-readable lines: the certified margin and every margin's counts and p-value."""
+    if certification is None:
+        return "no held-out certification"
+    lines = [
+        f"held-out certification on {certification.get('num_patients')} patients ({certification.get('source')}), "
+        f"delta {certification['delta']:g}: certified margin {margin_label(float(certification['margin']))}",
+        "  margin  fixed  broken  changed  p-value   status",
+    ]
+    for t in certification["tests"]:
+        lines.append(f"  {t['margin']:<6g}  {t['fixed']:>5}  {t['broken']:>6}  {t['changed']:>7}  {t['p_value']:<8.3g}  "
+                     f"{t['status']}")
+    return "\n".join(lines)
