@@ -59,6 +59,14 @@ def test_training_stages_write_every_artefact(trained):
     assert "val_accuracy" in train_log  # validation accuracy every epoch, best checkpoint kept
     assert "training / ct:" in train_log  # one summary line per modality instead of a warning per patient
     assert "marked missing" not in train_log
+    # calibrate certified the margin on the validation split (6 patients: too few to certify anything)
+    from monai_dymo import SubsetCalibration
+
+    cert = SubsetCalibration.load(models / "calibration.pt").certification
+    assert cert["num_patients"] == 6 and cert["source"].startswith("validation split")
+    assert cert["margin"] == float("inf") and all(t["status"] in ("skipped", "not certified", "not tested")
+                                                 for t in cert["tests"])
+    assert "held-out certification on 6 patients" in logs["calibrate"].stdout
 
 
 @pytest.mark.slow
@@ -117,6 +125,10 @@ def test_evaluate_on_natural_missingness(trained):
     assert summary["fixed"]["dymo"] == int((dymo & ~base).sum()) and summary["broken"]["dymo"] == int((~dymo & base).sum())
     assert summary["complete"]["patients"] == int(per_patient["complete"].sum()) > 0
     assert "DyMo fixed / broken" in proc.stdout and (folder / "accuracy.png").is_file()
+    # nothing certified on 6 validation patients: recoveries never accepted, so DyMo is discarding; everybody referred
+    assert summary["margin"] == "inf" and summary["margin_source"] == "certified"
+    assert summary["fixed"]["dymo"] == summary["broken"]["dymo"] == 0
+    assert summary["refer"]["coverage"] == 0.0 and summary["refer"]["referred"] == 9
 
 
 @pytest.mark.slow

@@ -276,3 +276,38 @@ def test_inferer_margin_options_and_refer_fields(toy):
     rec(x, net, present=batch["present"])
     r0 = rec.last_records()[0]
     assert r0["margin_source"] == "fixed" and "refer" not in r0
+
+
+def test_report_writer_shows_margin_and_refer(toy, tmp_path):
+    """CSV columns, the trust summary JSON and the cohort page's guarantees section with the risk-coverage figure."""
+    import json
+
+    import pandas as pd
+
+    from monai_dymo.handlers import SelectionReportWriter
+
+    net, calib, held = toy
+    cert = certify(collect_outcomes(net, calib, held, progress=False), DEFAULT_MARGINS, 0.1)
+    c2 = SubsetCalibration.from_state_dict({**calib.state_dict(), "certification": cert})
+    inferer = DyMoInferer(c2, margin=0.0, refer_alpha=0.6, refer_delta=0.2)
+    records = []
+    for batch in held:
+        inferer({n: batch[n] for n in NAMES}, net, present=batch["present"])
+        for rec, y in zip(inferer.last_records(), batch["label"].tolist()):
+            records.append({**rec, "label": y})
+    writer = SelectionReportWriter(output_dir=str(tmp_path), modalities=NAMES, pictures=False)
+    paths = writer.write(records)
+    df = pd.read_csv(paths["csv"], keep_default_na=False)
+    assert set(df["refer"]) <= {"yes", "no"} and set(df["margin_source"]) == {"method rule"}
+    assert list(df["refer"] == "yes") == [bool(r["refer"]) for r in records]
+    trust = json.loads(open(paths["trust"]).read())
+    assert trust["margin"] == "0" and trust["margin_source"] == "method rule"
+    kept = [r for r in records if not r["refer"]]
+    assert trust["refer"]["coverage"] == pytest.approx(len(kept) / len(records))
+    if kept:
+        err = sum(r["prediction"] != r["label"] for r in kept) / len(kept)
+        assert trust["refer"]["error_not_referred"] == pytest.approx(err)
+    assert trust["refer"]["alpha"] == 0.6 and trust["refer"]["delta"] == 0.2
+    html = open(paths["html"]).read()
+    assert 'id="trust"' in html and "risk_coverage.png" in html
+    assert (tmp_path / "dymo_report_files" / "risk_coverage.png").stat().st_size > 0
