@@ -28,7 +28,8 @@ not referred exceeds ``alpha``; exact binomial tail ``p = P(Bin(n_t, alpha) <= e
 upper bound of the error is ``<= alpha`` at level ``delta`` exactly when ``p <= delta``); stop at the first threshold
 not certified; the lowest certified threshold is used (largest coverage); none certified: everybody is referred. A
 threshold with fewer patients above it than :func:`start_sample_size` (the smallest count at which a held-out error of
-``alpha / 2`` would be certified, and at least ``10 / alpha``; label-free) is skipped, so that the sequence neither starts nor stops among a handful
+``alpha / 2`` would be certified, and at least ``10 / alpha``; on a small split at most half of its patients, but never
+fewer than can reject at all; label-free) is skipped, so that the sequence neither starts nor stops among a handful
 of very confident patients. When the margin itself was chosen on the same held-out patients (``margin: certified``) the refer test runs
 at ``delta / K`` (``K`` margins that the certification could have returned: a union bound), so the refer guarantee holds
 whichever margin was chosen.
@@ -244,7 +245,8 @@ def refer_threshold(
     ok = _as_bool(correct)
     if conf.shape != ok.shape:
         raise ValueError(f"confidence {conf.shape} and correct {ok.shape} differ in shape.")
-    need = start_sample_size(delta, alpha)
+    # start where the test has power, but on a small held-out split no later than at half of it
+    need = min(start_sample_size(delta, alpha), max(min_sample_size(delta, alpha), math.ceil(conf.size / 2)))
     chosen, tested = math.inf, 0
     for t in thresholds:
         keep = conf >= t
