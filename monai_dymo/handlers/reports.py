@@ -253,6 +253,8 @@ _JSON_FIELDS = (
     ("missing_fields / num_fields", "{clinical group: [missing field names]} / {group: number of fields}"),
     ("field_notes", "{clinical group: 'field = blank' or 'field = <missing-value code>' for each missing field}"),
     ("decisions", "{modality: {status, step, reward, rewards, why}}: the CSV's per-modality columns"),
+    ("refer / refer_threshold / refer_alpha / refer_delta", "the refer flag (true / false) and its rule: referred when "
+     "probability < refer_threshold (null: none certified, everybody referred); <prefix>_trust.json summarises the run"),
 )
 
 
