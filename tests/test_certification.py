@@ -311,3 +311,5 @@ def test_report_writer_shows_margin_and_refer(toy, tmp_path):
     html = open(paths["html"]).read()
     assert 'id="trust"' in html and "risk_coverage.png" in html
     assert (tmp_path / "dymo_report_files" / "risk_coverage.png").stat().st_size > 0
+    pages = list((tmp_path / "dymo_report_files" / "patients").glob("*.html"))
+    assert pages and all("<b>Refer:</b>" in p.read_text() for p in pages)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import report_figures
 from .report_figures import STATUS_COLORS, STATUS_LABELS
-from .report_trust import trust_section_html
+from .report_trust import patient_trust_html, trust_section_html
 from .report_records import (
     accuracy_split,
     format_reward,
@@ -279,6 +279,7 @@ def _patient_page(
                                              for k, v in facts) + "</div>")
     if err:
         body.append(f"<p class=warn><b>Not processed:</b> {escape(str(err))}</p>")
+    body.append(patient_trust_html(rec))
     reasons = rec.get("reasons") or {}
     # modalities table
     rows = []

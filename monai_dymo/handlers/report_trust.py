@@ -18,7 +18,14 @@ import numpy as np
 
 from .report_records import is_correct
 
-__all__ = ["TRUST_COLUMNS", "trust_row", "trust_summary", "plot_risk_coverage", "trust_section_html"]
+__all__ = [
+    "TRUST_COLUMNS",
+    "trust_row",
+    "trust_summary",
+    "plot_risk_coverage",
+    "trust_section_html",
+    "patient_trust_html",
+]
 
 TRUST_COLUMNS: list[tuple[str, str, str]] = [
     ("margin", "text", "reward margin in force: a recovered modality was accepted only if its reward was above it "
@@ -148,4 +155,16 @@ def trust_section_html(records: Sequence[Mapping[str, Any]], files_dir: str, out
                          "Error among patients not referred against coverage, as the confidence threshold goes down; "
                          "dot: the certified threshold.</figcaption></figure>")
     parts.append("</section>")
+    return "".join(parts)
+
+
+def patient_trust_html(rec: Mapping[str, Any]) -> str:
+    """A patient page's line: refer yes / no with its reason, and the margin in force (empty without them)."""
+    parts = []
+    if rec.get("refer") is not None:
+        flag = "<b class=warn>yes</b>" if rec["refer"] else "no"
+        parts.append(f"<p><b>Refer:</b> {flag} &mdash; {escape(str(rec.get('refer_reason') or ''))}</p>")
+    if rec.get("margin_source") is not None:
+        parts.append(f"<p class=muted>Reward margin in force: {escape(_margin_text(rec.get('margin')))} "
+                     f"({escape(str(rec['margin_source']))}).</p>")
     return "".join(parts)
