@@ -97,8 +97,9 @@ def main() -> None:
                 + ("n/a" if r["error_not_referred"] is None else f"{100 * r['error_not_referred']:.2f}%")
                 for r in row["refer"].values()
             )
-            print(f"{rate:g} {seed} | {100 * row['discard']:.2f} | {100 * c['accuracy']:.2f} | {c['fixed']}/{c['broken']}"
-                  f" | {100 * z['accuracy']:.2f} | {z['fixed']}/{z['broken']} | {ref}", flush=True)
+            print(f"{rate:g} {seed} | {100 * row['discard']:.2f} | {100 * c['accuracy']:.2f} | "
+                  f"{c['fixed']}/{c['broken']} | {100 * z['accuracy']:.2f} | {z['fixed']}/{z['broken']} | {ref}",
+                  flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=lambda v: None if isinstance(v, float)
                                               and math.isinf(v) else v))

@@ -24,15 +24,20 @@ label-free count) cannot be certified by any outcome; it is skipped (neither cer
 
 **Refer threshold** (:func:`refer_threshold`). A patient is not referred when the softmax probability of DyMo's final
 prediction is ``>= t``. Thresholds of a fixed grid are tested from high to low: ``H0(t)``: the error among patients
-not referred exceeds ``alpha``; exact binomial tail ``p = P(Bin(n_t, alpha) <= errors_t)`` (the Clopper-Pearson
-upper bound of the error is ``<= alpha`` at level ``delta`` exactly when ``p <= delta``); stop at the first threshold
-not certified; the lowest certified threshold is used (largest coverage); none certified: everybody is referred. A
+not referred exceeds ``alpha``; exact binomial tail ``p = P(Bin(n_t, alpha) <= errors_t)`` (the Clopper-Pearson upper
+bound of the error is ``<= alpha`` at level ``delta`` exactly when ``p <= delta``); stop at the first threshold not
+certified; the lowest certified threshold is used (largest coverage); none certified: everybody is referred. A
 threshold with fewer patients above it than :func:`start_sample_size` (the smallest count at which a held-out error of
-``alpha / 2`` would be certified, and at least ``10 / alpha``; on a small split at most half of its patients, but never
-fewer than can reject at all; label-free) is skipped, so that the sequence neither starts nor stops among a handful
-of very confident patients. When the margin itself was chosen on the same held-out patients (``margin: certified``) the refer test runs
-at ``delta / K`` (``K`` margins that the certification could have returned: a union bound), so the refer guarantee holds
-whichever margin was chosen.
+``alpha / 2`` would be certified, and at least ``10 / alpha``; on a small split at most half of its patients, but
+never fewer than can reject at all; label-free) is skipped, so that the sequence neither starts nor stops among a
+handful of very confident patients. When the margin itself was chosen on the same held-out patients (``margin:
+certified``) the refer test runs at ``delta / K`` (``K`` margins that the certification could have returned: a union
+bound), so the refer guarantee holds whichever margin was chosen.
+
+**Validity.** Each test is exact conditional on its count (``n`` discordant patients, ``n_t`` patients not referred):
+with independent exchangeable patients, fixes given ``n`` are binomial with ``P(fix) <= 1/2`` under ``H0`` and errors
+given ``n_t`` are binomial with rate ``> alpha`` under ``H0``. Which hypotheses are skipped depends on label-free
+counts only (predictions, confidences), never on labels. The fixed-sequence order is fixed before seeing data.
 """
 
 from __future__ import annotations
@@ -134,8 +139,8 @@ def fixes_breaks_pvalue(fixed: int, broken: int) -> float:
 
 
 def risk_pvalue(errors: int, n: int, alpha: float) -> float:
-    """Exact binomial p-value of ``H0``: error rate ``> alpha`` given ``errors`` among ``n``: ``P(Bin(n, alpha) <= errors)``
-    (1 when ``n = 0``)."""
+    """Exact binomial p-value of ``H0``: error rate ``> alpha`` given ``errors`` among ``n``:
+    ``P(Bin(n, alpha) <= errors)`` (1 when ``n = 0``)."""
     return 1.0 if int(n) == 0 else _cdf_log(int(errors), int(n), float(alpha))
 
 
@@ -329,7 +334,8 @@ def collect_outcomes(
     modality, ``present`` ``[B, M]`` and ``label``. Missing modalities are zeroed before the recovery. Patients with
     nothing observed are left out. ``drop_observed > 0`` additionally hides each observed modality with that
     probability (seeded by ``seed``; at least one observed modality is kept), to get more patients with something to
-    recover on a cohort whose natural missingness is rare. Returns numpy arrays ``label [N]``, ``prefix_prediction [N, M + 1]`` (-1 padded),
+    recover on a cohort whose natural missingness is rare. Returns numpy arrays ``label [N]``,
+    ``prefix_prediction [N, M + 1]`` (-1 padded),
     ``prefix_probability [N, M + 1]`` (NaN padded), ``accepted_rewards [N, M]`` (NaN padded), ``missing [N]``.
     """
     from tqdm.auto import tqdm
@@ -498,7 +504,9 @@ def refer_for_margin(
     return out
 
 
-def refer_decisions(probability: Sequence[float | None], rule: Mapping[str, Any] | None) -> list[tuple[bool | None, str]]:
+def refer_decisions(
+    probability: Sequence[float | None], rule: Mapping[str, Any] | None
+) -> list[tuple[bool | None, str]]:
     """Per patient ``(refer, refer_reason)`` for the final softmax probabilities under ``rule``
     (:func:`refer_for_margin`); ``(None, why)`` when there is no rule."""
     if rule is None:
@@ -545,6 +553,6 @@ def certification_summary(certification: Mapping[str, Any] | None) -> str:
         "  margin  fixed  broken  changed  p-value   status",
     ]
     for t in certification["tests"]:
-        lines.append(f"  {t['margin']:<6g}  {t['fixed']:>5}  {t['broken']:>6}  {t['changed']:>7}  {t['p_value']:<8.3g}  "
-                     f"{t['status']}")
+        lines.append(f"  {t['margin']:<6g}  {t['fixed']:>5}  {t['broken']:>6}  {t['changed']:>7}  "
+                     f"{t['p_value']:<8.3g}  {t['status']}")
     return "\n".join(lines)

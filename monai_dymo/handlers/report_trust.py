@@ -117,7 +117,8 @@ def plot_risk_coverage(records: Sequence[Mapping[str, Any]], path: str | os.Path
                    label=f"alpha = {refer['alpha']:g}")
     if refer.get("coverage") is not None and refer.get("error_not_referred") is not None:
         ax.plot([100 * refer["coverage"]], [100 * refer["error_not_referred"]], "o", color="#d1495b", markersize=8,
-                label=f"refer threshold {refer['threshold']:.4g}" if isinstance(refer["threshold"], float) else "refer threshold")
+                label=f"refer threshold {refer['threshold']:.4g}" if isinstance(refer["threshold"], float)
+                else "refer threshold")
     ax.set_xlabel("coverage: patients not referred (%)")
     ax.set_ylabel("error among not referred (%)")
     ax.set_xlim(0, 100)
