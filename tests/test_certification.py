@@ -313,3 +313,20 @@ def test_report_writer_shows_margin_and_refer(toy, tmp_path):
     assert (tmp_path / "dymo_report_files" / "risk_coverage.png").stat().st_size > 0
     pages = list((tmp_path / "dymo_report_files" / "patients").glob("*.html"))
     assert pages and all("<b>Refer:</b>" in p.read_text() for p in pages)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_outcomes_and_refer_on_cuda_equal_cpu(toy):
+    net, calib, held = toy
+    cpu = collect_outcomes(net, calib, held, progress=False, drop_observed=0.3, seed=5)
+    gpu_net = ToyNet().cuda().eval()
+    gpu_net.load_state_dict(net.state_dict())
+    gpu = collect_outcomes(gpu_net, calib, held, progress=False, drop_observed=0.3, seed=5)
+    assert np.array_equal(cpu["label"], gpu["label"]) and np.array_equal(cpu["missing"], gpu["missing"])
+    for margin in (0.0, 0.05, math.inf):
+        assert np.array_equal(outcomes_at_margin(cpu, margin)[0], outcomes_at_margin(gpu, margin)[0])
+    c2 = SubsetCalibration.from_state_dict({**calib.state_dict(), "certification": certify(gpu)})
+    inferer = DyMoInferer(c2, margin="certified", refer_alpha=0.5)
+    batch = held[0]
+    inferer({n: batch[n].cuda() for n in NAMES}, gpu_net, present=batch["present"].cuda())
+    assert all(r["refer"] is not None for r in inferer.last_records())
