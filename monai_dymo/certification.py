@@ -68,6 +68,7 @@ __all__ = [
     "refer_for_margin",
     "refer_decisions",
     "holdout_indices",
+    "holdout_part",
     "margin_label",
     "certify_calibration",
     "certification_summary",
@@ -421,6 +422,20 @@ def holdout_indices(num_samples: int, fraction: float | None, seed: int = 0) -> 
         raise ValueError(f"holdout_fraction must be in (0, 1], got {fraction}.")
     n = max(1, int(round(float(fraction) * num_samples)))
     return np.sort(np.random.default_rng(seed).permutation(num_samples)[:n])
+
+
+def holdout_part(dataset: Any, fraction: float | None, seed: int = 1000, part: str = "holdout") -> Any:
+    """``part="holdout"``: the patients of ``dataset`` kept for certification (:func:`holdout_indices`); ``"rest"``:
+    the others, e.g. for choosing the best checkpoint, so that certification runs on patients that chose nothing.
+    With ``fraction`` None (or 1) both are the whole dataset (returned as is)."""
+    if fraction is None or float(fraction) >= 1.0:
+        return dataset
+    if part not in ("holdout", "rest"):
+        raise ValueError(f"part must be 'holdout' or 'rest', got {part!r}.")
+    keep = holdout_indices(len(dataset), fraction, seed)
+    if part == "rest":
+        keep = np.setdiff1d(np.arange(len(dataset)), keep)
+    return torch.utils.data.Subset(dataset, keep.tolist())
 
 
 def certify(

@@ -163,6 +163,20 @@ def test_metric_and_margin_settings_flow_through_the_configs(tiny_polymnist):
     assert parser.get_parsed_content("inferer", lazy=False).margin_source == "fixed"
 
 
+def test_holdout_fraction_keeps_certification_patients_out_of_the_checkpoint_choice(tiny_polymnist):
+    def parsed(config: str, key: str):
+        parser = ConfigParser()
+        parser.read_config(_configs(config))
+        parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tiny_polymnist), "holdout_fraction": 0.5})
+        return parser.get_parsed_content(key)
+
+    checkpoint = parsed("train_fusion.yaml", "validate#dataloader").dataset
+    certify = parsed("calibrate.yaml", "certify_loader").dataset
+    n_val = int(load_polymnist_npz(tiny_polymnist / "polymnist_val.npz")["labels"].shape[0])
+    a, b = set(checkpoint.indices), set(certify.indices)
+    assert not a & b and len(a | b) == n_val and abs(len(a) - len(b)) <= 1
+
+
 def test_every_config_runs_at_ci_size(tiny_polymnist, tmp_path):
     common = {
         "dataset_dir": str(tiny_polymnist),

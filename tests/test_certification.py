@@ -330,3 +330,16 @@ def test_outcomes_and_refer_on_cuda_equal_cpu(toy):
     batch = held[0]
     inferer({n: batch[n].cuda() for n in NAMES}, gpu_net, present=batch["present"].cuda())
     assert all(r["refer"] is not None for r in inferer.last_records())
+
+
+def test_holdout_part_splits_the_validation_split_in_two():
+    from monai_dymo.certification import holdout_indices, holdout_part
+
+    data = list(range(40))
+    assert holdout_part(data, None) is data and holdout_part(data, 1.0) is data
+    held = list(holdout_part(data, 0.25, seed=3))
+    rest = list(holdout_part(data, 0.25, seed=3, part="rest"))
+    assert len(held) == 10 and len(rest) == 30 and sorted(held + rest) == data
+    assert held == holdout_indices(40, 0.25, 3).tolist()  # the same patients every time
+    with pytest.raises(ValueError, match="part"):
+        holdout_part(data, 0.5, part="other")
