@@ -78,6 +78,9 @@ class SubsetCalibration:
         modalities: optional modality names (length ``M``, bit ``m`` of a code = ``modalities[m]``).
         fallback: optional ``BoolTensor[2**M, C]``, True where ``(S, c)`` had too few training samples and its statistics
             were pooled from other subsets (see the module docstring); default: no fallback.
+        certification: optional held-out certification (:func:`monai_dymo.certification.certify`: the certified
+            reward margin, its tests with counts and p-values, and the held-out outcome vectors used by the refer
+            rule); saved with the file. Files without it load as before (``None``).
 
     All tensors are stored as float64 (they are small); use :meth:`to` to move them to a device.
     """
@@ -90,6 +93,7 @@ class SubsetCalibration:
         metric: str = "cosine",
         modalities: Sequence[str] | None = None,
         fallback: torch.Tensor | None = None,
+        certification: Mapping[str, Any] | None = None,
     ) -> None:
         prototypes = torch.as_tensor(prototypes)
         sigma = torch.as_tensor(sigma, device=prototypes.device)
@@ -143,6 +147,7 @@ class SubsetCalibration:
         self.metric = metric
         self.modalities: tuple[str, ...] | None = modalities
         self.fallback = fallback
+        self.certification: dict[str, Any] | None = None if certification is None else dict(certification)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -172,6 +177,7 @@ class SubsetCalibration:
         out.fallback = self.fallback.to(device)
         out.metric = self.metric
         out.modalities = self.modalities
+        out.certification = self.certification
         return out
 
     def __repr__(self) -> str:
@@ -190,6 +196,7 @@ class SubsetCalibration:
             "sigma": self.sigma.cpu(),
             "overall": self.overall.cpu(),
             "fallback": self.fallback.cpu(),
+            **({} if self.certification is None else {"certification": self.certification}),
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -227,6 +234,7 @@ class SubsetCalibration:
                 metric=state["metric"],
                 modalities=state["modalities"],
                 fallback=state.get("fallback"),
+                certification=state.get("certification"),
             )
         except (KeyError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from e

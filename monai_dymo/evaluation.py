@@ -15,6 +15,7 @@ For every batch of patients with a presence mask, four predictions are compared 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from monai_dymo._console import bar_disabled
 from monai_dymo.calibration import SubsetCalibration
+from monai_dymo.certification import refer_decisions, refer_for_margin, resolve_margin
 from monai_dymo.keys import DyMoKeys
 from monai_dymo.presence import align_present
 from monai_dymo.selection import select_modalities
@@ -78,7 +80,7 @@ def compare_methods(
     *,
     recovery: Callable[[Mapping[str, torch.Tensor], torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
     temperature: float = 0.1,
-    margin: float = 0.0,
+    margin: float | str = 0.0,
     device: torch.device | str | None = None,
     present_key: str = DyMoKeys.PRESENT,
     label_key: str = DyMoKeys.LABEL,
@@ -95,7 +97,8 @@ def compare_methods(
         recovery: ``recovery(inputs, present) -> inputs`` filling the missing modalities (None: the zeroed placeholders
             are used as "recoveries").
         temperature: DyMo's temperature ``τ``.
-        margin: DyMo's reward margin (:func:`~monai_dymo.selection.select_modalities`; 0 is the method page's rule).
+        margin: DyMo's reward margin (:func:`~monai_dymo.selection.select_modalities`; 0 is the method page's rule;
+            ``"certified"``: the calibration file's held-out certified margin, :mod:`monai_dymo.certification`).
         device: where to run (default: the network's device).
 
     Returns:
@@ -107,6 +110,7 @@ def compare_methods(
     if device is None:
         device = next(network.parameters()).device
     network.eval()
+    margin, _ = resolve_margin(margin, calibration.certification)
     cal = calibration.to(device)
     correct = dict.fromkeys(METHODS, 0)
     accepted = rejected = steps = missing = 0.0
@@ -151,6 +155,7 @@ def compare_methods(
         dymo_steps=steps / total,
         missing_rate=missing / (total * len(modalities)),
         num_samples=float(total),
+        dymo_margin=float(margin),
     )
     return out
 
@@ -334,6 +339,9 @@ def compare_on_natural_missingness(
     label_key: str = DyMoKeys.LABEL,
     patient_id_key: str = DyMoKeys.PATIENT_ID,
     progress: bool = True,
+    margin: float | str = 0.0,
+    refer_alpha: float | None = None,
+    refer_delta: float = 0.1,
 ) -> pd.DataFrame:
     """Per-patient predictions of DyMo, "discard the missing modalities" and "use every recovery" on data whose
     missingness is real (nothing is hidden: what is missing was never acquired, so there is no complete-data truth).
@@ -341,6 +349,9 @@ def compare_on_natural_missingness(
     Args:
         network, calibration, recovery, temperature, device: as :func:`compare_methods`.
         loader: batches with one tensor per modality (placeholders where missing), ``present`` and ``label``.
+        margin: DyMo's reward margin, as :func:`compare_methods` (``"certified"``: the calibration file's).
+        refer_alpha, refer_delta: with ``refer_alpha``, a ``refer`` column (the refer flag of DyMo's prediction,
+            :func:`monai_dymo.certification.refer_for_margin`) and ``prob_dymo``.
 
     Under ``torchrun`` (a ``DistributedSampler`` in the loader) each rank compares its shard and the rows of every
     rank are gathered in datalist order (``index``).
@@ -356,6 +367,9 @@ def compare_on_natural_missingness(
     if device is None:
         device = next(network.parameters()).device
     network.eval()
+    margin, margin_source = resolve_margin(margin, calibration.certification)
+    rule = (None if refer_alpha is None
+            else refer_for_margin(calibration.certification, margin, margin_source, refer_alpha, refer_delta))
     cal = calibration.to(device)
     rows: list[dict[str, Any]] = []
     for batch in tqdm(loader, desc="comparing on natural missingness", disable=bar_disabled(progress), leave=False):
@@ -375,6 +389,7 @@ def compare_on_natural_missingness(
         single = {m: torch.full_like(labels, -1) for m in modalities}
         accepted = torch.zeros_like(present)
         fallback = torch.zeros_like(valid)
+        prob = torch.full(labels.shape, float("nan"), dtype=torch.float32, device=labels.device)
         if bool(valid.any()):
             idx = valid.nonzero().squeeze(1)
             xv = {m: t.index_select(0, idx) for m, t in x.items()}
@@ -387,12 +402,18 @@ def compare_on_natural_missingness(
                 alone = torch.zeros_like(pv)
                 alone[:, i] = True
                 single[m][idx] = torch.where(pv[:, i], network.fuse(tokens, alone)[0].argmax(-1), -1)
-            res = select_modalities(network.fuse, tokens, pv, cal, temperature=temperature, modalities=modalities)
+            res = select_modalities(network.fuse, tokens, pv, cal, temperature=temperature, modalities=modalities,
+                                    margin=margin)
             preds["dymo"][idx] = res.logits.argmax(-1)
+            prob[idx] = res.probabilities().amax(-1).to(prob.dtype)
             accepted[idx] = res.accepted
             if res.calibration_fallback is not None:
                 fallback[idx] = res.calibration_fallback
+        refer = refer_decisions([float(p) for p in prob.tolist()], rule) if refer_alpha is not None else None
         for b in range(labels.shape[0]):
+            extra = {} if refer is None else {"prob_dymo": float(prob[b]), "refer": bool(refer[b][0]),
+                                              "refer_threshold": None if rule is None else float(rule["threshold"]),
+                                              "refer_alpha": refer_alpha, "refer_delta": refer_delta}
             rows.append(
                 {
                     "index": index[b],
@@ -405,6 +426,9 @@ def compare_on_natural_missingness(
                     **{f"single_{m}": int(single[m][b]) for m in modalities},
                     "calibration_fallback": bool(fallback[b]),
                     "error": "" if bool(valid[b]) else "no modality observed",
+                    "margin": margin,
+                    "margin_source": margin_source,
+                    **extra,
                 }
             )
     from monai_dymo.distributed import gather_rows
@@ -457,6 +481,21 @@ def summarise_natural(per_patient: pd.DataFrame) -> dict[str, Any]:
     single = single_modality_accuracy(df)
     out["single_modality"] = {m: v["accuracy"] for m, v in single.items()}
     out["single_modality_patients"] = {m: v["patients"] for m, v in single.items()}
+    if "margin" in df:
+        m = float(df["margin"].iloc[0])
+        out["margin"] = "inf" if math.isinf(m) else m
+        out["margin_source"] = str(df["margin_source"].iloc[0])
+    if "refer" in df:
+        kept = ~df["refer"].astype(bool).to_numpy()
+        t = df["refer_threshold"].iloc[0]
+        out["refer"] = {
+            "alpha": float(df["refer_alpha"].iloc[0]),
+            "delta": float(df["refer_delta"].iloc[0]),
+            "threshold": None if t is None or pd.isna(t) else ("inf" if math.isinf(float(t)) else float(t)),
+            "coverage": round(float(kept.mean()), 4),
+            "error_not_referred": round(float((~correct["dymo"][kept]).mean()), 4) if kept.any() else None,
+            "referred": int((~kept).sum()),
+        }
     complete = df["complete"].to_numpy()
     if complete.any():
         out["complete"] = {"patients": int(complete.sum()),
@@ -543,6 +582,14 @@ def write_natural_comparison(
               + ("n/a" if a is None else f"{a:.2f}") + (" (near chance)" if a is not None and a < chance + 10 else "")
               + " |" for m, a in s["single_modality"].items()),
         ]
+    if "margin" in s:
+        lines += ["", f"Reward margin in force: {s['margin']} ({s['margin_source']})."]
+    if s.get("refer"):
+        r = s["refer"]
+        lines += [f"Refer (alpha {r['alpha']:g}, delta {r['delta']:g}): threshold {r['threshold']}, coverage "
+                  f"{100 * r['coverage']:.1f} %, error among patients not referred "
+                  + ("n/a" if r["error_not_referred"] is None else f"{100 * r['error_not_referred']:.2f} %")
+                  + f", {r['referred']} referred."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from monai.inferers import Inferer
 
 from .calibration import SubsetCalibration
+from .certification import refer_decisions, refer_for_margin, resolve_margin
 from .keys import DyMoKeys
 from .presence import align_present
 from .selection import SelectionResult, select_modalities
@@ -42,7 +42,13 @@ class DyMoInferer(Inferer):
             Tensor[B, ...]}``, recovered modalities filled in, detached): for report pictures. Off by default, as it
             holds one batch of inputs (on their device) until the next call.
         margin: reward margin of the selection (:func:`~monai_dymo.selection.select_modalities`): a recovered
-            modality is accepted only if its reward is ``> margin``; 0 is the method page's rule.
+            modality is accepted only if its reward is ``> margin``; 0 is the method page's rule; ``"certified"``
+            uses the margin certified on held-out data and saved in the calibration file
+            (:mod:`monai_dymo.certification`; ``inf`` when none was certified: recoveries never accepted).
+        refer_alpha, refer_delta: the refer flag: a patient is not referred when the softmax probability of the final
+            prediction reaches the threshold certified on the calibration file's held-out outcomes so that the error
+            among patients not referred is ``<= refer_alpha`` with probability ``>= 1 - refer_delta``
+            (:func:`~monai_dymo.certification.refer_for_margin`). ``refer_alpha=None``: no refer flag.
 
     After each call, :attr:`last_result` holds the :class:`~monai_dymo.selection.SelectionResult` of the batch (one
     row per input patient) and :meth:`last_records` turns it into per-patient reliability records
@@ -57,7 +63,9 @@ class DyMoInferer(Inferer):
         temperature: float = 0.1,
         on_empty: str = "report",
         keep_inputs: bool = False,
-        margin: float = 0.0,
+        margin: float | str = 0.0,
+        refer_alpha: float | None = None,
+        refer_delta: float = 0.1,
     ) -> None:
         super().__init__()
         if not isinstance(calibration, SubsetCalibration):
@@ -68,10 +76,15 @@ class DyMoInferer(Inferer):
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.calibration = calibration
         self.recovery = recovery
-        if not (math.isfinite(margin) and margin >= 0):
-            raise ValueError(f"margin must be a finite number >= 0, got {margin}.")
+        self.margin, self.margin_source = resolve_margin(margin, calibration.certification)
         self.temperature = float(temperature)
-        self.margin = float(margin)
+        self.refer_rule = (
+            None
+            if refer_alpha is None
+            else refer_for_margin(calibration.certification, self.margin, self.margin_source, refer_alpha, refer_delta)
+        )
+        self.refer_alpha = refer_alpha
+        self.refer_delta = float(refer_delta)
         self.on_empty = on_empty
         self.keep_inputs = bool(keep_inputs)
         self.last_inputs: dict[str, torch.Tensor] | None = None
@@ -244,7 +257,27 @@ class DyMoInferer(Inferer):
         """Per-patient reliability records of the last call (see :meth:`SelectionResult.to_records`)."""
         if self.last_result is None or self.last_modalities is None:
             raise RuntimeError("DyMoInferer.last_records() called before the inferer was run.")
-        return self.last_result.to_records(self.last_modalities, patient_ids=patient_ids, reasons=reasons)
+        records = self.last_result.to_records(self.last_modalities, patient_ids=patient_ids, reasons=reasons)
+        return self.add_trust_fields(records)
+
+    def add_trust_fields(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Add ``margin`` / ``margin_source`` (the reward margin in force and why) and, with ``refer_alpha`` set,
+        ``refer`` / ``refer_reason`` / ``refer_threshold`` / ``refer_alpha`` / ``refer_delta`` to each record."""
+        decisions = (
+            refer_decisions([r.get("probability") for r in records], self.refer_rule)
+            if self.refer_alpha is not None
+            else None
+        )
+        threshold = None if self.refer_rule is None else float(self.refer_rule["threshold"])
+        for i, rec in enumerate(records):
+            rec["margin"] = self.margin if self.margin != float("inf") else "inf"
+            rec["margin_source"] = self.margin_source
+            if decisions is not None:
+                rec["refer"], rec["refer_reason"] = decisions[i]
+                rec["refer_threshold"] = threshold
+                rec["refer_alpha"] = float(self.refer_alpha)  # type: ignore[arg-type]
+                rec["refer_delta"] = self.refer_delta
+        return records
 
 
 class ObservedSubsetInferer(Inferer):

@@ -454,7 +454,8 @@ def select_modalities(
         temperature: ``tau`` of the quality score.
         modalities: modality order (default: ``calibration.modalities``, else the order of ``tokens``).
         margin: reward margin ``delta >= 0``: a candidate is accepted only if its reward is ``> delta`` (0: the
-            method page's rule).
+            method page's rule; ``inf``: recoveries are never accepted, e.g. when no margin was certified on held-out
+            data, see :mod:`monai_dymo.certification`).
 
     Returns:
         :class:`SelectionResult`.
@@ -464,8 +465,8 @@ def select_modalities(
             matching the modalities, ``fuse`` outputs not matching the calibration (classes, projection width), or
             non-finite ``fuse`` outputs.
     """
-    if not (math.isfinite(margin) and margin >= 0):
-        raise ValueError(f"margin must be a finite number >= 0, got {margin}.")
+    if math.isnan(margin) or margin < 0:
+        raise ValueError(f"margin must be a number >= 0 (inf: never accept), got {margin}.")
     with torch.no_grad():
         return _select(fuse, tokens, present, calibration, temperature, modalities, float(margin))
 

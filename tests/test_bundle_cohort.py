@@ -64,6 +64,14 @@ def test_training_stages_write_every_artefact(trained):
     assert "Iter: " in recovery_log and " loss: " in recovery_log and " recon: " in recovery_log  # the training loss
     for stage, proc in logs.items():  # quiet logs: no progress-bar redraws, no nvImageCodec warning
         assert "\r" not in proc.stdout + proc.stderr and "nvImageCodec" not in proc.stdout + proc.stderr, stage
+    # calibrate certified the margin on the validation split (6 patients: too few to certify anything)
+    from monai_dymo import SubsetCalibration
+
+    cert = SubsetCalibration.load(models / "calibration.pt").certification
+    assert cert["num_patients"] == 6 and cert["source"].startswith("validation split")
+    assert cert["margin"] == float("inf") and all(t["status"] in ("skipped", "not certified", "not tested")
+                                                 for t in cert["tests"])
+    assert "held-out certification on 6 patients" in logs["calibrate"].stdout
 
 
 @pytest.mark.slow
@@ -132,6 +140,10 @@ def test_evaluate_on_natural_missingness(trained):
     assert "| modality | patients | accuracy alone |" in (folder / "results.md").read_text()
     assert set(per_patient["label_name"]) <= set(cfg["classes"])  # class names beside the indices
     assert proc.stdout.strip().splitlines()[-1].startswith("DyMo on tiny (testing): 9 patients")
+    # nothing certified on 6 validation patients: recoveries never accepted, so DyMo is discarding; everybody referred
+    assert summary["margin"] == "inf" and summary["margin_source"] == "certified"
+    assert summary["fixed"]["dymo"] == summary["broken"]["dymo"] == 0
+    assert summary["refer"]["coverage"] == 0.0 and summary["refer"]["referred"] == 9
 
 
 @pytest.mark.slow

@@ -147,13 +147,34 @@ def test_metric_and_margin_settings_flow_through_the_configs(tiny_polymnist):
         {"bundle_root": str(BUNDLE), "dataset_dir": str(tiny_polymnist), "max_samples": 20, "metric": "euclidean"}
     )
     assert parser.get_parsed_content("fitted_calibration").metric == "euclidean"
-    # the reward margin: the shipped default and the paper's rule (0)
+    # the reward margin: certified on held-out data by default (the shipped calibration file's), the paper's rule (0)
+    # and a fixed number as options
     parser = ConfigParser()
     parser.read_config(_configs("inference.yaml"))
     parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tiny_polymnist)})
-    assert parser.get_parsed_content("inferer").margin == pytest.approx(0.15)
+    inferer = parser.get_parsed_content("inferer")
+    shipped = monai_dymo.SubsetCalibration.load(BUNDLE / "models" / "calibration.pt").certification
+    assert inferer.margin_source == "certified" and inferer.margin == shipped["margin"]
+    assert inferer.refer_rule is not None and inferer.refer_alpha == 0.1
     parser["margin"] = 0.0
-    assert parser.get_parsed_content("inferer", lazy=False).margin == 0.0
+    inferer = parser.get_parsed_content("inferer", lazy=False)
+    assert inferer.margin == 0.0 and inferer.margin_source == "method rule"
+    parser["margin"] = 0.15
+    assert parser.get_parsed_content("inferer", lazy=False).margin_source == "fixed"
+
+
+def test_holdout_fraction_keeps_certification_patients_out_of_the_checkpoint_choice(tiny_polymnist):
+    def parsed(config: str, key: str):
+        parser = ConfigParser()
+        parser.read_config(_configs(config))
+        parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tiny_polymnist), "holdout_fraction": 0.5})
+        return parser.get_parsed_content(key)
+
+    checkpoint = parsed("train_fusion.yaml", "validate#dataloader").dataset
+    certify = parsed("calibrate.yaml", "certify_loader").dataset
+    n_val = int(load_polymnist_npz(tiny_polymnist / "polymnist_val.npz")["labels"].shape[0])
+    a, b = set(checkpoint.indices), set(certify.indices)
+    assert not a & b and len(a | b) == n_val and abs(len(a) - len(b)) <= 1
 
 
 def test_every_config_runs_at_ci_size(tiny_polymnist, tmp_path):
@@ -178,11 +199,20 @@ def test_every_config_runs_at_ci_size(tiny_polymnist, tmp_path):
     _run("calibrate.yaml", **common)
     cal = monai_dymo.SubsetCalibration.load(tmp_path / "models" / "calibration.pt")
     assert cal.prototypes.shape[:2] == (32, 10)
+    # certified on the held-out validation split: one test per margin, strict to lenient, with counts and p-values
+    cert = cal.certification
+    n_val = int(load_polymnist_npz(tiny_polymnist / "polymnist_val.npz")["labels"].shape[0])
+    assert cert["num_patients"] == n_val and [t["margin"] for t in cert["tests"]] == cert["margins"]
+    certified = [t["margin"] for t in cert["tests"] if t["status"] == "certified"]
+    assert cert["margin"] == (min(certified) if certified else float("inf"))
 
     _run("inference.yaml", "evaluate.yaml", missing_rate=0.8, pattern_seed=1, **common)
     report = pd.read_csv(tmp_path / "runs" / "eval_rate0.8_seed1" / "dymo_report.csv", dtype=str, keep_default_na=False)
     n_test = int(load_polymnist_npz(tiny_polymnist / "polymnist_test.npz")["labels"].shape[0])
     assert len(report) == n_test and report["patient_id"].is_unique
+    assert set(report["refer"]) <= {"yes", "no"} and set(report["margin_source"]) == {"certified"}
+    trust = json.loads((tmp_path / "runs" / "eval_rate0.8_seed1" / "dymo_report_trust.json").read_text())
+    assert trust["refer"]["coverage"] == pytest.approx((report["refer"] == "no").mean())
     pattern = pd.read_csv(tiny_polymnist / "patterns" / "missing_rate0.8_seed1.csv")
     for m in MODALITIES:  # the report's observed modalities are exactly the pattern's
         observed = report[f"{m}_status"] == "observed"

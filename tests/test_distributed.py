@@ -381,6 +381,10 @@ def test_bundle_multi_gpu_inference_and_calibration_with_torchrun(tmp_path: Path
     one, two = (SubsetCalibration.load(tmp_path / d / "calib.pt") for d in ("one", "two"))
     torch.testing.assert_close(two.prototypes[1:], one.prototypes[1:], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(two.sigma[1:], one.sigma[1:], atol=1e-6, rtol=1e-5)
+    # the held-out certification (every rank runs it on the whole validation split) is the single-process one
+    assert two.certification["margin"] == one.certification["margin"]
+    assert [(t["fixed"], t["broken"]) for t in two.certification["tests"]] == [
+        (t["fixed"], t["broken"]) for t in one.certification["tests"]]
 
     torchrun("inference.yaml", "multi_gpu_inference.yaml", out="two")
     single("inference.yaml", out="one")

@@ -18,6 +18,7 @@ _MISSING_PATTERNS = (
     "pattern_stats",
     "read_pattern_csv",
     "write_pattern_csv",
+    "write_holdout_pattern",
 )
 _POLYMNIST = (
     "IMAGE_SIZE",

@@ -33,6 +33,8 @@ __all__ = [
     "read_pattern_csv",
     "pattern_stats",
     "generate_pattern_files",
+    "generate_mixed_rate_pattern",
+    "write_holdout_pattern",
 ]
 
 
@@ -142,3 +144,27 @@ def generate_pattern_files(
         )
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return summary
+
+
+def generate_mixed_rate_pattern(num_samples: int, num_modalities: int, rates: Sequence[float], seed: int) -> np.ndarray:
+    """Observed-modality mask where each sample first draws its missing rate uniformly from ``rates`` (then the rule of
+    :func:`generate_missing_pattern`, keep-one included), with ``numpy.random.default_rng(seed)``: one pattern per
+    sample over a mixture of rates, e.g. for held-out certification (every sample appears once)."""
+    rates = np.asarray([check_missing_rate(r) for r in rates], dtype=float)
+    if rates.size == 0:
+        raise ValueError("rates must not be empty.")
+    rng = np.random.default_rng(seed)
+    rate = rates[rng.integers(0, rates.size, num_samples)]
+    u = rng.random((num_samples, num_modalities))
+    present = u >= rate[:, None]
+    empty = ~present.any(axis=1)
+    present[np.flatnonzero(empty), u[empty].argmax(axis=1)] = True
+    return present
+
+
+def write_holdout_pattern(
+    num_samples: int, modalities: Sequence[str], rates: Sequence[float], seed: int, path: str | Path
+) -> str:
+    """Write :func:`generate_mixed_rate_pattern` as a pattern CSV at ``path``; returns the path as a string."""
+    present = generate_mixed_rate_pattern(int(num_samples), len(modalities), rates, seed)
+    return str(write_pattern_csv(path, present, modalities))

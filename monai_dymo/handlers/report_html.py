@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from .._console import bar_disabled
 from . import report_figures
 from .report_figures import STATUS_COLORS, STATUS_LABELS
+from .report_trust import patient_trust_html, trust_section_html
 from .report_records import (
     accuracy_split,
     class_name,
@@ -300,7 +301,7 @@ def _patient_context(
         "title": f"DyMo report: patient {pid}", "cohort_href": cohort, "patient_id": pid, "facts": facts,
         "error": str(err) if err else None, "modality_rows": modality_rows, "pictures": pictures,
         "trajectory": trajectory, "svg": Markup(_svg_scores(traj)), "candidates": candidates, "steps": steps,
-        "clinical_rows": clinical_rows,
+        "clinical_rows": clinical_rows, "trust_html": Markup(patient_trust_html(rec)),
     }
 
 
@@ -437,6 +438,8 @@ def write_report_html(
                 **common, title=f"DyMo report: patients {chunks[k].start + 1}-{chunks[k].stop}",
                 cohort_href=_rel(path, table_dir), table=table(k, here),
             ))
+    from markupsafe import Markup
+
     html = env.get_template("cohort.html.j2").render(
         **common,
         title="DyMo modality selection report",
@@ -452,6 +455,7 @@ def write_report_html(
         errors=errors,
         n_errors=len(all_errors),
         table=table(0, path),
+        trust_section=Markup(trust_section_html(records, files_dir, out_dir)),
     )
     with open(path, "w", encoding="utf-8") as f:
         f.write(html)

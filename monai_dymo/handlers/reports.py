@@ -30,6 +30,7 @@ from .._console import bar_disabled
 from ..keys import DyMoKeys
 from . import report_figures
 from .pseudonyms import pseudonymize_id, pseudonymize_text
+from .report_trust import TRUST_COLUMNS, trust_row, trust_summary
 from .report_records import (
     MODALITY_STATUSES,
     accuracy_split,
@@ -150,6 +151,7 @@ def report_columns(modalities: Sequence[str], groups: Sequence[str] = ()) -> lis
             (f"{g}_missing_values", "text", f"clinical group {g}: what the table held in each missing field, "
              "'field = blank' for an empty cell, else the missing-value code written there (e.g. 'ldh = -999')"),
         ]
+    cols += TRUST_COLUMNS
     cols.append(("error", "text", "why the patient could not be processed at all (blank if processed)"))
     return cols
 
@@ -203,6 +205,7 @@ def report_rows(
             row[f"{g}_missing_fields"] = "" if fields is None else _join(fields)
             row[f"{g}_num_missing_fields"] = "" if fields is None else len(fields)
             row[f"{g}_missing_values"] = (rec.get("field_notes") or {}).get(g)
+        row.update(trust_row(rec))
         row["error"] = rec.get("error")
         rows.append({k: ("" if v is None else plain(v)) for k, v in row.items()})
     return columns, rows
@@ -291,6 +294,8 @@ _JSON_FIELDS = (
     ("missing_fields / num_fields", "{clinical group: [missing field names]} / {group: number of fields}"),
     ("field_notes", "{clinical group: 'field = blank' or 'field = <missing-value code>' for each missing field}"),
     ("decisions", "{modality: {status, step, reward, rewards, why}}: the CSV's per-modality columns"),
+    ("refer / refer_threshold / refer_alpha / refer_delta", "the refer flag (true / false) and its rule: referred when "
+     "probability < refer_threshold (null: none certified, everybody referred); <prefix>_trust.json summarises the run"),
 )
 
 
@@ -650,7 +655,10 @@ class SelectionReportWriter:
         records = with_class_names(records, self.class_names)
         modalities = self.modalities if self.modalities is not None else report_modalities(records)
         groups = clinical_groups(records)
-        extra = self.summary_extra(records) if callable(self.summary_extra) else self.summary_extra
+        extra = dict((self.summary_extra(records) if callable(self.summary_extra) else self.summary_extra) or {})
+        trust = trust_summary(records)
+        if trust is not None:  # the margin in force and the refer rule of this run in the summary block too
+            extra = {**trust, **extra}
         self.summary = report_summary(records, modalities, extra=extra)
         base = os.path.join(self.output_dir, self.prefix)
         paths = {
@@ -658,6 +666,10 @@ class SelectionReportWriter:
             "json": write_report_json(records, base + ".json", progress=progress, summary=self.summary),
             "columns": write_report_dictionary(base + "_columns.csv", modalities, groups),
         }
+        if trust is not None:  # the same, alone (see report_trust)
+            paths["trust"] = os.path.join(self.output_dir, self.prefix + "_trust.json")
+            with open(paths["trust"], "w", encoding="utf-8") as f:
+                json.dump(plain(trust), f, indent=1, allow_nan=False)
         if self.plot:
             png = os.path.join(self.output_dir, self.summary_filename)
             paths["png"] = plot_selection_summary(records, modalities, png)
@@ -669,7 +681,7 @@ class SelectionReportWriter:
                 base + ".html",
                 modalities,
                 summary_png=paths.get("png"),
-                files={k: paths[k] for k in ("csv", "json", "columns")},
+                files={k: paths[k] for k in ("csv", "json", "columns", "trust") if k in paths},
                 max_patient_pages=self.max_patient_pages,
                 table_rows_per_page=self.table_rows_per_page,
                 progress=progress,

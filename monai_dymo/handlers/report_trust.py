@@ -1,0 +1,171 @@
+"""The report's guarantees (issue 18): the reward margin in force and why, and the refer flag.
+
+Self-contained pieces used by :mod:`.reports` (CSV columns, the summary) and :mod:`.report_html` (one section with the
+risk-coverage figure), so that the rest of the report code does not need to know about them. Records carry
+``margin`` / ``margin_source`` and, with a refer rule, ``refer`` / ``refer_reason`` / ``refer_threshold`` /
+``refer_alpha`` / ``refer_delta`` (added by :meth:`monai_dymo.inferers.DyMoInferer.last_records`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from html import escape
+from typing import Any
+
+import numpy as np
+
+from .report_records import is_correct
+
+__all__ = [
+    "TRUST_COLUMNS",
+    "trust_row",
+    "trust_summary",
+    "plot_risk_coverage",
+    "trust_section_html",
+    "patient_trust_html",
+]
+
+TRUST_COLUMNS: list[tuple[str, str, str]] = [
+    ("margin", "text", "reward margin in force: a recovered modality was accepted only if its reward was above it "
+     "('inf': recoveries never accepted)"),
+    ("margin_source", "text", "why that margin: 'certified' (chosen on held-out data by fixed-sequence binomial "
+     "tests, see the bundle docs), 'method rule' (0, the method page), 'fixed' (set by the user)"),
+    ("refer", "text", "yes: have this prediction checked by a person (its confidence is below the threshold "
+     "validated on held-out data); no: not referred; blank: no refer rule"),
+    ("refer_reason", "text", "why referred or not, with the threshold and the guarantee"),
+]
+
+
+def _margin_text(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    return "inf" if math.isinf(float(v)) else format(float(v), "g")
+
+
+def trust_row(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """The CSV cells of :data:`TRUST_COLUMNS` for one record."""
+    refer = rec.get("refer")
+    return {
+        "margin": _margin_text(rec.get("margin")),
+        "margin_source": rec.get("margin_source") or "",
+        "refer": "" if refer is None else ("yes" if refer else "no"),
+        "refer_reason": rec.get("refer_reason") or "",
+    }
+
+
+def trust_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """``{"margin", "margin_source", "refer": {alpha, delta, threshold, coverage, error_not_referred, referred,
+    patients}}`` of this run (``error_not_referred`` only over patients with a label; None without labels); None when
+    the records carry no margin."""
+    first = next((r for r in records if r.get("margin_source") is not None), None)
+    if first is None:
+        return None
+    out: dict[str, Any] = {"margin": _margin_text(first.get("margin")), "margin_source": first["margin_source"],
+                           "refer": None}
+    flagged = [r for r in records if r.get("refer") is not None]
+    if flagged:
+        kept = [r for r in flagged if not r["refer"]]
+        judged = [is_correct(r) for r in kept]
+        judged = [j for j in judged if j is not None]
+        t = first.get("refer_threshold")
+        out["refer"] = {
+            "alpha": first.get("refer_alpha"),
+            "delta": first.get("refer_delta"),
+            "threshold": None if t is None else _margin_text(t) if math.isinf(float(t)) else float(t),
+            "coverage": len(kept) / len(records) if records else None,
+            "error_not_referred": (1 - sum(judged) / len(judged)) if judged else None,
+            "labelled_not_referred": len(judged),
+            "referred": len(flagged) - len(kept),
+            "patients": len(records),
+        }
+    return out
+
+
+def _risk_coverage(records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(threshold, coverage, error)`` over the labelled processed records, thresholds at every confidence."""
+    pairs = [(float(r["probability"]), bool(is_correct(r))) for r in records
+             if r.get("probability") is not None and is_correct(r) is not None]
+    if not pairs:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    conf = np.array([p for p, _ in pairs])
+    wrong = np.array([not ok for _, ok in pairs], dtype=float)
+    order = np.argsort(-conf, kind="stable")
+    conf, wrong = conf[order], wrong[order]
+    k = np.arange(1, conf.size + 1)
+    return conf, k / conf.size, np.cumsum(wrong) / k
+
+
+def plot_risk_coverage(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> str | None:
+    """Risk-coverage curve of this run (error among patients not referred against the fraction not referred, as the
+    confidence threshold goes down) with the refer rule's point and ``alpha``; None without labelled records."""
+    from .report_figures import _figure, _save
+
+    _, cov, err = _risk_coverage(records)
+    if cov.size == 0:
+        return None
+    s = trust_summary(records) or {}
+    refer = s.get("refer") or {}
+    fig = _figure(5.2, 3.6)
+    ax = fig.add_subplot()
+    ax.plot(100 * cov, 100 * err, color="#3b75af", linewidth=1.8, label="this run (labelled patients)")
+    if refer.get("alpha") is not None:
+        ax.axhline(100 * refer["alpha"], color="#a40e26", linestyle="--", linewidth=1,
+                   label=f"alpha = {refer['alpha']:g}")
+    if refer.get("coverage") is not None and refer.get("error_not_referred") is not None:
+        ax.plot([100 * refer["coverage"]], [100 * refer["error_not_referred"]], "o", color="#d1495b", markersize=8,
+                label=f"refer threshold {refer['threshold']:.4g}" if isinstance(refer["threshold"], float)
+                else "refer threshold")
+    ax.set_xlabel("coverage: patients not referred (%)")
+    ax.set_ylabel("error among not referred (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)
+
+
+def trust_section_html(records: Sequence[Mapping[str, Any]], files_dir: str, out_dir: str) -> str:
+    """The cohort page's ``<section id="trust">``: margin in force and why, refer counts and guarantee, and the
+    risk-coverage figure (written to ``files_dir/risk_coverage.png``); empty string when the records carry none."""
+    s = trust_summary(records)
+    if s is None:
+        return ""
+    parts = [f'<section id="trust"><h2>Guarantees</h2><p>Reward margin in force: <b>{escape(s["margin"])}</b> '
+             f'({escape(str(s["margin_source"]))}).</p>']
+    refer = s.get("refer")
+    if refer:
+        err = refer["error_not_referred"]
+        parts.append(
+            f"<p>Refer flag: a prediction is referred when its confidence is below <b>{escape(str(refer['threshold']))}"
+            f"</b>, the threshold certified on held-out data so that the error among patients not referred is at most "
+            f"{refer['alpha']:g} with probability at least {1 - refer['delta']:g} (exchangeable patients). This run: "
+            f"{refer['referred']} of {refer['patients']} referred, coverage {100 * refer['coverage']:.1f} %"
+            + (f", error among the {refer['labelled_not_referred']} labelled patients not referred {100 * err:.2f} %"
+               if err is not None else "")
+            + ".</p>"
+        )
+        png = plot_risk_coverage(records, os.path.join(files_dir, "risk_coverage.png"))
+        if png:
+            rel = os.path.relpath(png, out_dir).replace(os.sep, "/")
+            parts.append(f'<figure><img src="{escape(rel)}" alt="risk-coverage curve"><figcaption class=muted>'
+                         "Error among patients not referred against coverage, as the confidence threshold goes down; "
+                         "dot: the certified threshold.</figcaption></figure>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def patient_trust_html(rec: Mapping[str, Any]) -> str:
+    """A patient page's line: refer yes / no with its reason, and the margin in force (empty without them)."""
+    parts = []
+    if rec.get("refer") is not None:
+        flag = "<b class=warn>yes</b>" if rec["refer"] else "no"
+        parts.append(f"<p><b>Refer:</b> {flag} &mdash; {escape(str(rec.get('refer_reason') or ''))}</p>")
+    if rec.get("margin_source") is not None:
+        parts.append(f"<p class=muted>Reward margin in force: {escape(_margin_text(rec.get('margin')))} "
+                     f"({escape(str(rec['margin_source']))}).</p>")
+    return "".join(parts)
