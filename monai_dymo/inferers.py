@@ -49,6 +49,9 @@ class DyMoInferer(Inferer):
             prediction reaches the threshold certified on the calibration file's held-out outcomes so that the error
             among patients not referred is ``<= refer_alpha`` with probability ``>= 1 - refer_delta``
             (:func:`~monai_dymo.certification.refer_for_margin`). ``refer_alpha=None``: no refer flag.
+        single_modality: also classify every patient from each OBSERVED modality alone (one extra fused row per
+            observed modality; records get ``alone: {modality: class or None}``), so the report shows what each
+            encoder has learnt; never used for the prediction.
 
     After each call, :attr:`last_result` holds the :class:`~monai_dymo.selection.SelectionResult` of the batch (one
     row per input patient) and :meth:`last_records` turns it into per-patient reliability records
@@ -66,8 +69,11 @@ class DyMoInferer(Inferer):
         margin: float | str = 0.0,
         refer_alpha: float | None = None,
         refer_delta: float = 0.1,
+        single_modality: bool = True,
     ) -> None:
         super().__init__()
+        self.single_modality = bool(single_modality)
+        self.last_alone: torch.Tensor | None = None
         if not isinstance(calibration, SubsetCalibration):
             raise ValueError(f"calibration must be a SubsetCalibration, got {type(calibration).__name__}.")
         if on_empty not in ("report", "raise"):
@@ -194,6 +200,7 @@ class DyMoInferer(Inferer):
         index = valid.nonzero().squeeze(1) if n_valid < batch_size else None
         self.last_inputs = None
 
+        self.last_alone = None
         with torch.no_grad():
             if n_valid == 0:
                 result = SelectionResult.empty(
@@ -214,8 +221,12 @@ class DyMoInferer(Inferer):
                     modalities=modalities,
                     margin=self.margin,
                 )
+                alone = self._alone(net, tokens, present_v) if self.single_modality else None
                 if index is not None:
                     result = result.expand(index, batch_size, present_t, NO_MODALITY_ERROR)
+                    if alone is not None:
+                        alone = torch.full_like(present_t, -1, dtype=torch.long).index_copy(0, index, alone)
+                self.last_alone = alone
                 if self.keep_inputs:
                     self.last_inputs = {
                         m: (x_v[m] if index is None else x[m].index_copy(0, index, x_v[m].to(x[m].dtype))).detach()
@@ -226,6 +237,21 @@ class DyMoInferer(Inferer):
         self.last_result = result
         self.last_modalities = modalities
         return result.logits
+
+    @staticmethod
+    def _alone(net: Any, tokens: Mapping[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        """The fusion network's class from each OBSERVED modality alone: ``LongTensor [B, M]``, -1 where missing (a
+        recovery is never judged alone). Shows which encoders read their modality (the report's "alone" columns)."""
+        out = torch.full(present.shape, -1, dtype=torch.long, device=present.device)
+        for i in range(present.shape[1]):
+            rows = present[:, i].nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            subset = torch.zeros(rows.numel(), present.shape[1], dtype=torch.bool, device=present.device)
+            subset[:, i] = True
+            logits = net.fuse({m: t.index_select(0, rows) for m, t in tokens.items()}, subset)[0]
+            out[rows, i] = logits.argmax(-1)
+        return out
 
     def _recover(
         self, x: Mapping[str, torch.Tensor], present: torch.Tensor, modalities: Sequence[str]
@@ -258,6 +284,10 @@ class DyMoInferer(Inferer):
         if self.last_result is None or self.last_modalities is None:
             raise RuntimeError("DyMoInferer.last_records() called before the inferer was run.")
         records = self.last_result.to_records(self.last_modalities, patient_ids=patient_ids, reasons=reasons)
+        if self.last_alone is not None:  # each observed modality alone (None where missing)
+            alone = self.last_alone.tolist()
+            for rec, row in zip(records, alone):
+                rec["alone"] = {m: (None if c < 0 else int(c)) for m, c in zip(self.last_modalities, row)}
         return self.add_trust_fields(records)
 
     def add_trust_fields(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:

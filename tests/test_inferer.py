@@ -271,3 +271,50 @@ def test_with_dynamic_fusion_transformer():
     assert torch.allclose(logits[:5], final[0], atol=1e-4)
     assert torch.equal(res.selected[:5] & present[:5], present[:5])
     assert math.isfinite(inferer.last_records()[0]["log_ics"])
+
+
+def test_inferer_classifies_each_observed_modality_alone(net_and_calib, tmp_path):
+    """Records carry the class from each OBSERVED modality alone (None where missing); the report turns them into
+    <m>_alone columns, a single_modality block in the JSON summary and an 'accuracy alone' column in the HTML."""
+    from monai_dymo.handlers import SelectionReportWriter, read_report
+
+    net, calib = net_and_calib
+    x, present = _batch(B=12, seed=4)
+    present[3] = False  # nothing observed: an error row, no alone predictions
+    inferer = DyMoInferer(calib)
+    logits = inferer(x, net, present=present)
+    records = inferer.last_records(patient_ids=[f"p{i}" for i in range(12)])
+    with torch.no_grad():
+        tokens = net.encode(x)
+    labels = torch.arange(12) % C
+    for b, rec in enumerate(records):
+        rec["label"] = int(labels[b])
+        for i, m in enumerate(NAMES):
+            if not present[b, i]:
+                assert rec["alone"][m] is None
+                continue
+            alone = torch.zeros(1, len(NAMES), dtype=torch.bool)
+            alone[0, i] = True
+            expected = net.fuse({n: t[b : b + 1] for n, t in tokens.items()}, alone)[0].argmax(-1).item()
+            assert rec["alone"][m] == expected
+    # the prediction itself is untouched by the extra rows
+    keep = present.any(1)
+    with torch.no_grad():
+        ref = select_modalities(net.fuse, net.encode({n: t[keep] for n, t in x.items()}), present[keep], calib)
+    assert torch.equal(logits[keep], ref.logits)
+    writer = SelectionReportWriter(str(tmp_path), modalities=NAMES, class_names=["a", "b", "c"])
+    writer.write(records)
+    summary = read_report(tmp_path / "dymo_report.json")["summary"]
+    for i, m in enumerate(NAMES):
+        seen = [b for b in range(12) if present[b, i]]
+        right = sum(records[b]["alone"][m] == int(labels[b]) for b in seen)
+        assert summary["single_modality"][m] == {"patients": len(seen), "accuracy": round(100 * right / len(seen), 2)}
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "dymo_report.csv")))
+    assert rows[3]["ct_alone"] == "" and {r["pet_alone"] for r in rows} - {""} <= {"a", "b", "c"}
+    html = (tmp_path / "dymo_report.html").read_text()
+    assert "accuracy alone" in html and f"{summary['single_modality']['ct']['accuracy']:.1f}%" in html
+    off = DyMoInferer(calib, single_modality=False)
+    off(x, net, present=present)
+    assert "alone" not in off.last_records()[0]

@@ -450,6 +450,8 @@ def write_report_html(
         pseudonymised=pseudonymised,
         cards=cards,
         modality_rows=_modality_rows(records, modalities),
+        alone={m: v for m, v in (s.get("single_modality") or {}).items()},
+        n_classes=len({label_value(r.get("label")) for r in records if label_value(r.get("label")) is not None}),
         accuracy_rows=_accuracy_rows(records),
         figures=[{"src": _rel(p, out_dir), "caption": c} for p, c in figs],
         errors=errors,

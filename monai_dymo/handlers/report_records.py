@@ -223,7 +223,8 @@ def with_class_names(
     records: Sequence[Mapping[str, Any]], classes: Sequence[Any] | None = None
 ) -> list[dict[str, Any]]:
     """Copies of ``records`` with ``label_name`` and ``prediction_name`` (see :func:`class_name`) beside ``label`` and
-    ``prediction``; a name a record already carries is kept."""
+    ``prediction``, and ``alone_names`` beside ``alone`` (each observed modality alone); a name a record already
+    carries is kept."""
     out = []
     for rec in records:
         r = dict(rec)
@@ -231,6 +232,8 @@ def with_class_names(
             r["label_name"] = class_name(r.get("label"), classes)
         if r.get("prediction_name") is None:
             r["prediction_name"] = None if r.get("error") else class_name(r.get("prediction"), classes)
+        if r.get("alone") and r.get("alone_names") is None:
+            r["alone_names"] = {m: class_name(c, classes) for m, c in r["alone"].items()}
         out.append(r)
     return out
 

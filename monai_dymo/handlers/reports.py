@@ -142,6 +142,9 @@ def report_columns(modalities: Sequence[str], groups: Sequence[str] = ()) -> lis
             (f"{m}_rewards", lst, f"{m}: its reward at every selection step it was a candidate (step 0 first)"),
             (f"{m}_decision", "text", f"{m}: why it was used or not, in words (reward > 0 and the best candidate: "
              "accepted; reward < 0: rejected; positive but another candidate better: kept for the next step)"),
+            (f"{m}_alone", "text", f"{m}: the class the fusion network gives from this modality ALONE where it was "
+             "observed (blank where missing; never used for the prediction): an encoder whose column is no better "
+             "than chance has learnt nothing its modality could add"),
         ]
     for g in groups:
         cols += [
@@ -154,6 +157,28 @@ def report_columns(modalities: Sequence[str], groups: Sequence[str] = ()) -> lis
     cols += TRUST_COLUMNS
     cols.append(("error", "text", "why the patient could not be processed at all (blank if processed)"))
     return cols
+
+
+def single_modality_summary(
+    records: Sequence[Mapping[str, Any]], modalities: Sequence[str]
+) -> dict[str, dict[str, Any]] | None:
+    """``{modality: {"patients": labelled patients with it observed, "accuracy": % or None}}`` of the records'
+    ``alone`` predictions (each observed modality alone); None when the records carry none or have no labels."""
+    if not any(r.get("alone") for r in records):
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    labelled = False
+    for m in modalities:
+        judged = []
+        for r in records:
+            pred = (r.get("alone") or {}).get(m)
+            label = label_value(r.get("label"))
+            if pred is None or label is None:
+                continue
+            judged.append(int(pred) == int(label))
+        labelled = labelled or bool(judged)
+        out[m] = {"patients": len(judged), "accuracy": round(100.0 * sum(judged) / len(judged), 2) if judged else None}
+    return out if labelled else None
 
 
 def report_rows(
@@ -199,6 +224,8 @@ def report_rows(
             row[f"{m}_reward"] = d["reward"]
             row[f"{m}_rewards"] = _join([_fmt_float(r) if r is not None else "n/a" for r in d["rewards"]])
             row[f"{m}_decision"] = d["why"]
+            alone = (rec.get("alone_names") or rec.get("alone") or {}).get(m)
+            row[f"{m}_alone"] = None if alone is None else str(alone)
         missing_fields = rec.get("missing_fields") or {}
         for g in groups:
             fields = missing_fields.get(g)
@@ -284,8 +311,12 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
 _JSON_FIELDS = (
     ("summary", "cohort figures: patients, processed, errors, labelled, correct, accuracy (%, null without labels), "
      "accuracy_by_use, used_recovered, had_rejection, modalities {modality: {observed, recovered, accepted, rejected, "
-     "unused, missing}} (patients per status)"),
+     "unused, missing}} (patients per status); margin, margin_source and refer {alpha, delta, threshold, coverage, "
+     "error_not_referred, ...} (the guarantees of the run); single_modality {modality: {patients, accuracy}} (each "
+     "observed modality alone, labelled patients)"),
     ("patients", "one record per patient, with the fields below"),
+    ("alone / alone_names", "{modality: class index / name from that modality alone, null where missing}: what each "
+     "encoder reads (never used for the prediction)"),
     ("rewards", "{modality: [reward at step 0, 1, ...]} of every recovered modality, up to its decision"),
     ("trajectory", "[{step, added, quality, log_ics, ics}]: scores of the observed set (step 0, added = null) and "
      "after each accepted modality"),
@@ -659,6 +690,9 @@ class SelectionReportWriter:
         trust = trust_summary(records)
         if trust is not None:  # the margin in force and the refer rule of this run in the summary block too
             extra = {**trust, **extra}
+        alone = single_modality_summary(records, modalities)
+        if alone is not None:
+            extra = {"single_modality": alone, **extra}
         self.summary = report_summary(records, modalities, extra=extra)
         base = os.path.join(self.output_dir, self.prefix)
         paths = {
