@@ -79,7 +79,7 @@ def build_cohort_fusion(
 
     - ``image3d``: :class:`ImageTokenEncoder` (3D, 1 channel, ``channels_3d`` stride-2 stages, ``pool_3d**3`` tokens,
       max-pooled by default: a small lesion anywhere in its region should reach the token, not be averaged away);
-    - ``image2d``: the same in 2D (``pool_2d**2`` tokens);
+    - ``image2d``: the same in 2D (``pool_2d**2`` tokens), with the modality's ``channels`` (3 for RGB pictures);
     - ``clinical``: :class:`ClinicalTokenEncoder` (one token per field, cardinalities from the statistics).
     """
     layouts = clinical_layouts(spec, stats)
@@ -92,7 +92,7 @@ def build_cohort_fusion(
             channels = tuple(channels_3d if m.kind == "image3d" else channels_2d)
             encoders[m.name] = ImageTokenEncoder(
                 m.spatial_dims,
-                1,
+                m.channels,
                 dim,
                 channels=channels,
                 strides=(2,) * len(channels),
@@ -156,7 +156,7 @@ def build_cohort_recovery(
             channels, strides = channels[:-1], strides[:-1]
         unit = m.intensity == "minmax"
         specs[m.name] = {
-            "shape": [1, *m.spatial_size],
+            "shape": [m.channels, *m.spatial_size],
             "likelihood": "laplace" if unit else "gaussian",
             "scale": 0.1 if unit else 1.0,
             "channels": channels,
