@@ -219,3 +219,23 @@ def test_bundle_prepare_and_train_on_the_cohort_file(cohort):
         assert (models / name).is_file(), name
     assert (out / "runs" / "prepared" / "patients.csv").is_file()
     assert not (BUNDLE / "models" / "derm7pt").exists() and not (BUNDLE / "runs" / "derm7pt").exists()
+
+
+def test_benchmark_removal_draws_are_seeded():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_derm7pt.py"
+    spec = importlib.util.spec_from_file_location("bench_derm7pt", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ids = [str(i) for i in range(2000)]
+    mods = ("clinic", "derm", "metadata")
+    a = bench.removal_masks(ids, mods, ["clinic", "derm"], [0.3, 0.5], seed=0)
+    b = bench.removal_masks(ids, mods, ["clinic", "derm"], [0.3, 0.5], seed=0)
+    assert list(a) == ["natural", "clinic removed 0.3", "derm removed 0.3", "clinic removed 0.5", "derm removed 0.5"]
+    assert not a["natural"].any()
+    for name, mask in a.items():
+        assert (mask == b[name]).all()
+        assert not mask[:, 2].any()  # the metadata is never removed
+    assert abs(a["derm removed 0.5"][:, 1].mean() - 0.5) < 0.05 and not a["derm removed 0.5"][:, 0].any()
+    assert abs(a["clinic removed 0.3"][:, 0].mean() - 0.3) < 0.05
