@@ -3,7 +3,9 @@
 :func:`load_split` turns one split of the MONAI datalist (``training`` / ``validation`` / ``testing``) into entries that
 the cohort preprocessing reads: image paths made absolute (``None`` where none was given), the label as a class index,
 the clinical fields joined from the CSV by patient id (a patient without a CSV row gets its clinical modalities marked
-``"absent: ..."`` with the reason, not a crash), and the entry's position in the split under ``"index"``.
+``"absent: ..."`` with the reason, not a crash), and the entry's position in the split under ``"index"``. An image
+modality given as null may say why in ``<modality>_missing_reason`` (e.g. ``"clinic": null, "clinic_missing_reason":
+"clinical photo not acquired"``): the reason becomes ``"absent: <that text>"`` in every report.
 
 :func:`prepare_cohort` is the bundle's ``prepare`` stage: it loads every split, checks every image path (existence,
 empty file, a readable image header) with the reason recorded, fits the clinical encoding statistics on the training
@@ -28,12 +30,23 @@ from monai_dymo.keys import DyMoKeys, Reason
 from monai_dymo.transforms.clinical import ClinicalFieldStats
 from monai_dymo.transforms.utils import format_reason, is_missing_path, reason_prefix
 
-__all__ = ["read_datalist", "read_clinical_table", "load_split", "check_image_path", "prepare_cohort", "INDEX_KEY"]
+__all__ = [
+    "read_datalist",
+    "read_clinical_table",
+    "load_split",
+    "check_image_path",
+    "prepare_cohort",
+    "INDEX_KEY",
+    "MISSING_REASON_SUFFIX",
+]
 
 logger = logging.getLogger("monai_dymo.cohort")
 
 INDEX_KEY = "index"
 """Entry key holding the entry's position in its split (keeps report rows in datalist order)."""
+
+MISSING_REASON_SUFFIX = "_missing_reason"
+"""Datalist key suffix: ``<modality>_missing_reason`` says why an image modality given as null is missing."""
 
 
 def read_datalist(spec: CohortSpec, path: str | Path | None = None) -> dict[str, list[dict[str, Any]]]:
@@ -134,10 +147,14 @@ def load_split(
             if entry.get(spec.label) is None:
                 raise ValueError(f"datalist {source}: patient {pid!r} in '{split}' has no label {spec.label!r}.")
             item[DyMoKeys.LABEL] = spec.label_index(entry[spec.label], pid, f"datalist {source}")
+        image_reasons = {}
         for m in spec.image_modalities:
             value = entry.get(m.name)
             if is_missing_path(value):
                 item[m.name] = None
+                why = entry.get(m.name + MISSING_REASON_SUFFIX)
+                if isinstance(why, str) and why.strip():
+                    image_reasons[m.name] = format_reason(Reason.ABSENT, why.strip())
             else:
                 paths = [Path(str(v)).expanduser() for v in (value if isinstance(value, (list, tuple)) else [value])]
                 paths = [p if p.is_absolute() else root / p for p in paths]
@@ -156,6 +173,8 @@ def load_split(
                     reasons = {m.name: reason for m in spec.clinical_modalities}
             if reasons:
                 item[DyMoKeys.REASONS] = reasons
+        if image_reasons:
+            item[DyMoKeys.REASONS] = {**image_reasons, **(item.get(DyMoKeys.REASONS) or {})}
         out.append(item)
     return out
 
@@ -209,7 +228,8 @@ def prepare_cohort(spec: CohortSpec, output_dir: str | Path, stats_file: str | P
         for e in entries:
             row = {"split": split, DyMoKeys.PATIENT_ID: e[DyMoKeys.PATIENT_ID], "label": e.get(DyMoKeys.LABEL)}
             for m in spec.image_modalities:
-                row[m.name] = check_image_path(e[m.name])
+                preset = (e.get(DyMoKeys.REASONS) or {}).get(m.name)
+                row[m.name] = preset if preset is not None and is_missing_path(e[m.name]) else check_image_path(e[m.name])
             for m in spec.clinical_modalities:
                 preset = (e.get(DyMoKeys.REASONS) or {}).get(m.name)
                 blanks = [f for f in m.fields if missing_test[m.name](e.get(f))]

@@ -26,8 +26,8 @@ __all__ = ["preprocessing_key", "cohort_dataset"]
 
 
 #: bumped whenever the preprocessed samples change layout (2: clinical ``field_notes``), so that a disk cache written
-#: by an older version is never mixed into a batch with new samples
-PREPROCESSING_VERSION = 2
+#: by an older version is never mixed into a batch with new samples (3: 2D pictures rows first, RGB option)
+PREPROCESSING_VERSION = 3
 
 
 def preprocessing_key(spec: CohortSpec, stats_file: str | Path | None) -> str:

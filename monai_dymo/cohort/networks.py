@@ -119,7 +119,8 @@ def build_cohort_fusion(
       ``backbone_3d`` / ``backbone_2d`` by name (``"small"``: ``channels_3d`` / ``channels_2d`` stride-2 stages; or a
       MONAI backbone such as ``"resnet10"``, ``"resnet18"``, ``"densenet121"``, ``"efficientnet-b0"``), tokens from
       the last feature map pooled to ``pool_3d**3`` / ``pool_2d**2`` tokens (max-pooled by default: a small lesion
-      anywhere in its region should reach the token, not be averaged away);
+      anywhere in its region should reach the token, not be averaged away), with the modality's ``channels`` (3 for
+      RGB pictures);
     - ``clinical``: :class:`ClinicalTokenEncoder` (one token per field, cardinalities from the statistics).
 
     ``pretrained``: weights files keyed by modality name or by kind (``image3d`` / ``image2d``); a modality's own
@@ -261,7 +262,7 @@ def build_cohort_recovery(
             channels, strides = [*channels, channels[-1]], [*strides, 2]
         unit = m.intensity == "minmax"
         specs[m.name] = {
-            "shape": [1, *m.spatial_size],
+            "shape": [m.channels, *m.spatial_size],
             "likelihood": "laplace" if unit else "gaussian",
             "scale": 0.1 if unit else 1.0,
             "channels": channels,

@@ -5,11 +5,13 @@ Per modality kind (the same chains as the recipes in the project's ``transforms/
 - ``image3d`` (NIfTI, NRRD, DICOM series folders): tolerant load (missing / unreadable -> placeholder and reason),
   orientation RAS, then either spacing ``pixdim`` + centred pad/crop to ``spatial_size`` or a resize to it, intensity
   z-score over non-zero voxels (``intensity: zscore``) or min-max to [0, 1];
-- ``image2d`` (PNG, JPEG, single DICOM frames): tolerant load, RGB / RGBA to grayscale (:class:`AsGrayscale2Dd`), no
-  reorientation, resize to ``spatial_size``, min-max to [0, 1] (default);
+- ``image2d`` (PNG, JPEG, single DICOM frames): tolerant load, RGB / RGBA to grayscale (:class:`AsGrayscale2Dd`) or,
+  with ``channels: 3``, RGB kept (:class:`AsRGB2Dd`), rows first as the picture is viewed (:class:`RowsFirst2Dd`: the
+  tensor is ``[C, H, W]``, ``spatial_size`` is (rows, columns)), resize to ``spatial_size``, min-max to [0, 1]
+  (default);
 - ``clinical``: the fields of each group encoded with the fitted statistics (:class:`ClinicalFieldsd`).
 
-A missing modality's placeholder has the shape of an observed one of that modality (``[1, *spatial_size]``, or
+A missing modality's placeholder has the shape of an observed one of that modality (``[channels, *spatial_size]``, or
 ``[F]`` NaN for a clinical group). Per-patient warnings are logged at DEBUG level; attach a
 :class:`~monai_dymo.handlers.MissingnessSummaryHandler` for one line per modality and run.
 """
@@ -37,7 +39,14 @@ from monai.utils import convert_to_tensor
 
 from monai_dymo.cohort.spec import CohortSpec, ModalityEntry
 from monai_dymo.keys import DyMoKeys, Reason
-from monai_dymo.transforms import AsGrayscale2Dd, ClinicalFieldsd, HarmonizeModalitiesd, LoadModalitiesd
+from monai_dymo.transforms import (
+    AsGrayscale2Dd,
+    AsRGB2Dd,
+    ClinicalFieldsd,
+    HarmonizeModalitiesd,
+    LoadModalitiesd,
+    RowsFirst2Dd,
+)
 from monai_dymo.transforms.utils import format_reason, get_patient_id, make_placeholder, update_presence
 
 __all__ = ["build_preprocessing", "build_augmentation", "modality_transforms", "TolerantPreprocessing"]
@@ -48,21 +57,22 @@ logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR
 
 
 def modality_transforms(entry: ModalityEntry, order: tuple[str, ...]) -> list[Any]:
-    """The load -> (grayscale) -> harmonise -> intensity chain of one image modality."""
+    """The load -> (grayscale or RGB, rows first) -> harmonise -> intensity chain of one image modality."""
     keys = [entry.name]
     loader = LoadModalitiesd(
         keys=keys,
         reader=entry.reader,
         ensure_channel_first=True,
         spatial_size=entry.spatial_size,
-        channels=1,
+        channels=entry.channels,
         spatial_dims=entry.spatial_dims,
         modalities=order,
         warn_each=False,
     )
     chain: list[Any] = [loader]
     if entry.kind == "image2d":
-        chain.append(AsGrayscale2Dd(keys))
+        chain.append(AsRGB2Dd(keys) if entry.channels == 3 else AsGrayscale2Dd(keys))
+        chain.append(RowsFirst2Dd(keys))
         chain.append(HarmonizeModalitiesd(keys, axcodes=None, pixdim=None, spatial_size=entry.spatial_size,
                                           size_mode="resize"))
     else:
@@ -115,7 +125,7 @@ class TolerantPreprocessing(Transform):
         field_mask = {}
         for m in self.spec.modalities:
             if m.is_image:
-                d[m.name] = make_placeholder((1, *m.spatial_size), reason)
+                d[m.name] = make_placeholder((m.channels, *m.spatial_size), reason)
             else:
                 d[m.name] = torch.full((len(m.fields),), math.nan)
                 field_mask[m.name] = torch.zeros(len(m.fields), dtype=torch.bool)

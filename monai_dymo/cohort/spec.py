@@ -14,6 +14,7 @@ The cohort bundle (``bundles/cohort_dymo``) reads one short YAML mapping under t
         - {name: t1, kind: image3d, spatial_size: [64, 64, 64]}
         - {name: flair, kind: image3d, spatial_size: [64, 64, 64], pixdim: [3, 3, 3]}
         - {name: xray, kind: image2d, spatial_size: [128, 128]}
+        - {name: photo, kind: image2d, spatial_size: [128, 128], channels: 3}   # RGB kept
         - {name: clinical, kind: clinical, continuous: [age, kps], categorical: [sex], sentinels: [-999]}
 
 :class:`CohortSpec` validates it with errors that name the offending key, and every bundle stage derives what it needs
@@ -67,6 +68,8 @@ class ModalityEntry:
         sentinels: clinical: values that mean "missing" besides blanks (e.g. ``-999``).
         pretrained: images: optional path of pretrained weights for this modality's encoder backbone (e.g. a
             MedicalNet 3D ResNet or an ImageNet 2D ResNet the site already has; nothing is downloaded).
+        channels: images: channels after preprocessing. ``image2d``: 1 (default: RGB / RGBA to grayscale) or 3 (RGB
+            kept; grayscale pictures repeated, alpha dropped); ``image3d``: 1.
     """
 
     name: str
@@ -79,6 +82,7 @@ class ModalityEntry:
     categorical: tuple[str, ...] = ()
     sentinels: tuple[Any, ...] = ()
     pretrained: str | None = None
+    channels: int = 1
 
     @property
     def is_image(self) -> bool:
@@ -99,7 +103,7 @@ class ModalityEntry:
         if not isinstance(cfg, Mapping):
             raise ValueError(f"{where} must be a mapping with at least 'name' and 'kind', got {cfg!r}.")
         known = {"name", "kind", "spatial_size", "pixdim", "reader", "intensity", "continuous", "categorical",
-                 "sentinels", "pretrained"}
+                 "sentinels", "pretrained", "channels"}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}.")
@@ -120,6 +124,8 @@ class ModalityEntry:
             dup = sorted({f for f in (*cont, *cat) if (*cont, *cat).count(f) > 1})
             if dup:
                 raise ValueError(f"{where}: field(s) {dup} listed twice.")
+            if "channels" in cfg:
+                raise ValueError(f"{where}: 'channels' is for image modalities.")
             return cls(name, kind, continuous=cont, categorical=cat, sentinels=tuple(cfg.get("sentinels") or ()))
         dims = 2 if kind == "image2d" else 3
         if "spatial_size" not in cfg:
@@ -137,8 +143,16 @@ class ModalityEntry:
             raise ValueError(f"{where}: 'intensity' must be one of {list(_INTENSITY)}, got {cfg.get('intensity')!r}.")
         reader = cfg.get("reader")
         pretrained = cfg.get("pretrained")
+        channels = cfg.get("channels", 1)
+        allowed = (1, 3) if kind == "image2d" else (1,)
+        if isinstance(channels, bool) or channels not in allowed:
+            raise ValueError(
+                f"{where}: 'channels' must be one of {list(allowed)} for {kind} modalities, got {cfg.get('channels')!r}"
+                + (" (3: RGB kept, 1: grayscale)." if kind == "image2d" else ".")
+            )
         return cls(name, kind, spatial_size=size, pixdim=pixdim, reader=None if reader is None else str(reader),
-                   intensity=intensity, pretrained=None if pretrained in (None, "") else str(pretrained))
+                   intensity=intensity, channels=int(channels),
+                   pretrained=None if pretrained in (None, "") else str(pretrained))
 
 
 @dataclass(frozen=True)

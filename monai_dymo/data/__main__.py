@@ -1,4 +1,4 @@
-"""Command line: ``python -m monai_dymo.data {polymnist,patterns,brain-cohort} ...`` (see ``--help``)."""
+"""Command line: ``python -m monai_dymo.data {polymnist,patterns,brain-cohort,derm7pt} ...`` (see ``--help``)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ __all__ = ["main", "build_parser"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m monai_dymo.data",
-        description="Build the PolyMNIST dataset, seeded missing-modality pattern files and the synthetic brain MRI cohort.",
+        description="Build the PolyMNIST dataset, seeded missing-modality pattern files, the synthetic brain MRI cohort and "
+        "the derm7pt cohort files.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{polymnist,patterns,brain-cohort}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{polymnist,patterns,brain-cohort,derm7pt}")
 
     p = sub.add_parser(
         "polymnist",
@@ -85,6 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--num-corrupt", type=int, default=None, help="corrupt files per kind (default 1%%)")
     b.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    d = sub.add_parser(
+        "derm7pt",
+        help="cohort files of derm7pt (clinical photo + dermoscopy + metadata, 5-class diagnosis) from release_v0",
+        description="Write the derm7pt cohort for bundles/cohort_dymo from an unpacked release_v0 folder (images/, "
+        "meta/meta.csv, meta/{train,valid,test}_indexes.csv; images referenced, not copied): datalist.json with the "
+        "official split, clinical.csv (sex, location, elevation: what is known before diagnosis; the 7-point "
+        "criteria, management, diagnosis and difficulty are outcomes, never inputs), derm7pt.yaml (RGB image2d "
+        "modalities clinic and derm, clinical group metadata; 5 classes BCC, NEV, MEL, MISC, SK as in Kawahara et "
+        "al. 2018) and manifest.json. Cases whose clinical photo is missing (notes column) get clinic null with "
+        "the reason. Keep --out outside any repository: the images may not be redistributed.",
+    )
+    d.add_argument("--source", required=True, help="the release_v0 folder")
+    d.add_argument("--out", required=True, help="output folder (created if needed)")
+    d.add_argument("--size", type=int, nargs="+", default=[128],
+                   help="image size after preprocessing: one integer (square) or rows columns (default 128)")
+    d.add_argument("--name", default="derm7pt", help="cohort name (default derm7pt)")
+    d.add_argument("--work-dir", default=None, help="bundle work_dir written in the cohort file (default <out>/runs)")
+    d.add_argument("--model-dir", default=None,
+                   help="bundle model_dir written in the cohort file (default <out>/models)")
     return parser
 
 
@@ -113,6 +134,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             manifest = json.loads(paths["manifest"].read_text())
             print(json.dumps({"files": {k: str(v) for k, v in paths.items()}, "summary": manifest["summary"],
                               "seconds": round(time.perf_counter() - start, 1)}, indent=2))
+        elif args.command == "derm7pt":
+            from monai_dymo.data.derm7pt import build_derm7pt
+
+            if len(args.size) not in (1, 2) or min(args.size) < 1:
+                raise ValueError(f"--size takes one or two positive integers, got {args.size}.")
+            size = args.size[0] if len(args.size) == 1 else tuple(args.size)
+            result = build_derm7pt(args.source, args.out, size=size, name=args.name, work_dir=args.work_dir,
+                                   model_dir=args.model_dir)
+            print(json.dumps({**{k: str(v) for k, v in result.items() if k != "summary"},
+                              "summary": result["summary"], "seconds": round(time.perf_counter() - start, 1)},
+                             indent=2))
         else:
             from monai_dymo.data.missing_patterns import generate_pattern_files
 

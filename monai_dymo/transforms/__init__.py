@@ -4,7 +4,8 @@ Modules (array and dictionary forms, MONAI style):
 
 - :mod:`~monai_dymo.transforms.io`: tolerant loading (:class:`LoadModality`, :class:`LoadModalitiesd`);
 - :mod:`~monai_dymo.transforms.readers`: :class:`SimpleITKReader` (NRRD / MetaImage), :func:`inspect_dicom_series`;
-- :mod:`~monai_dymo.transforms.color`: 2D pictures to one channel (:class:`AsGrayscale2Dd`);
+- :mod:`~monai_dymo.transforms.color`: 2D pictures to one channel (:class:`AsGrayscale2Dd`) or RGB kept
+  (:class:`AsRGB2Dd`), rows first as viewed (:class:`RowsFirst2Dd`);
 - :mod:`~monai_dymo.transforms.spatial`: per-patient harmonisation (:class:`HarmonizeModalitiesd`);
 - :mod:`~monai_dymo.transforms.clinical`: clinical field groups (:class:`ClinicalFieldStats`, :class:`ClinicalFieldsd`);
 - :mod:`~monai_dymo.transforms.missingness`: simulated missingness (:class:`RandSimulateMissingModalitiesd`, mask CSVs; the
@@ -25,7 +26,20 @@ from .clinical import (
     ClinicalFieldsDict,
     ClinicalFieldStats,
 )
-from .color import AsGrayscale2D, AsGrayscale2Dd, AsGrayscale2DD, AsGrayscale2DDict
+from .color import (
+    AsGrayscale2D,
+    AsGrayscale2Dd,
+    AsGrayscale2DD,
+    AsGrayscale2DDict,
+    AsRGB2D,
+    AsRGB2Dd,
+    AsRGB2DD,
+    AsRGB2DDict,
+    RowsFirst2D,
+    RowsFirst2Dd,
+    RowsFirst2DD,
+    RowsFirst2DDict,
+)
 from .io import LoadModalitiesd, LoadModalitiesD, LoadModalitiesDict, LoadModality
 from .missingness import (
     RandSimulateMissingModalities,
@@ -62,6 +76,14 @@ __all__ = [
     "AsGrayscale2Dd",
     "AsGrayscale2DD",
     "AsGrayscale2DDict",
+    "AsRGB2D",
+    "AsRGB2Dd",
+    "AsRGB2DD",
+    "AsRGB2DDict",
+    "RowsFirst2D",
+    "RowsFirst2Dd",
+    "RowsFirst2DD",
+    "RowsFirst2DDict",
     "DEFAULT_MISSING_VALUES",
     "UNKNOWN_CATEGORY",
     "ClinicalFieldStats",

@@ -51,6 +51,7 @@ from monai_dymo.transforms.utils import (
     format_reason,
     get_patient_id,
     is_missing_path,
+    is_observed,
     make_placeholder,
     resolve_modality_order,
     update_presence,
@@ -229,7 +230,8 @@ class LoadModalitiesd(MapTransform):
       that patient, else ``(channels, 1, 1, 1)``; placeholders carry the affine of the first observed modality;
     - ``d[present_key]``: ``BoolTensor[M]`` in the order of ``modalities`` (default: the order of the reasons dict, i.e.
       the order in which the pipeline's transforms configured the modalities);
-    - ``d[reasons_key]``: ``{name: reason}`` merged into any reasons already in the sample;
+    - ``d[reasons_key]``: ``{name: reason}`` merged into any reasons already in the sample (a modality given as
+      None / blank keeps a non-observed reason already there, e.g. the datalist's ``<modality>_missing_reason``);
     - ``d[error_key]``: ``""``, or ``"no modality observed: ..."`` for a patient with nothing observed (not raised:
       the inferer reports it).
 
@@ -300,6 +302,9 @@ class LoadModalitiesd(MapTransform):
                 img, reason = None, format_reason(Reason.ABSENT, f"key {str(key)!r} not in sample")
             else:
                 img, reason = self.loader.load(d[key], str(key))
+                preset = reasons.get(str(key))
+                if img is None and is_missing_path(d[key]) and preset and not is_observed(preset):
+                    reason = preset  # the datalist said why no file was given (e.g. "absent: photo not taken")
             loaded[key] = img
             reasons[str(key)] = reason
             if img is None:
