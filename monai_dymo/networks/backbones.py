@@ -216,7 +216,10 @@ _HEADS = ("fc.", "classifier.", "class_layers.", "_fc.", "head.", "heads.")
 def _backbone_of(encoder: nn.Module) -> nn.Module:
     if isinstance(encoder, BackboneTokenEncoder):
         inner = encoder.backbone
-        return getattr(inner, "net", None) or getattr(inner, "features", None) or inner
+        for attr in ("net", "features"):  # the MONAI network inside the feature-map wrapper
+            if isinstance(getattr(inner, attr, None), nn.Module):
+                return getattr(inner, attr)
+        return inner
     if isinstance(encoder, ImageTokenEncoder):
         return encoder.features
     return encoder
