@@ -172,7 +172,8 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
             subsets, in the same batched forward) and adds ``unimodal_weight`` times their cross-entropy, averaged
             within each modality and then over modalities: the unimodal losses of the modality-imbalance literature,
             in the shared-head form, so that no encoder can leave the work to an easier modality. These rows do not
-            enter the prototype loss nor the prototypes; ``engine.state.output["unimodal_loss"]`` logs the term.
+            enter the prototype loss nor the prototypes (they are in the output's ``pred`` / ``label``, so a training
+            metric counts them too); ``engine.state.output["unimodal_loss"]`` logs the term.
     """
 
     def __init__(
