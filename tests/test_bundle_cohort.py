@@ -138,6 +138,12 @@ def test_evaluate_on_natural_missingness(trained):
         assert seen.tolist() == per_patient["observed"].fillna("").str.split(";").apply(lambda o: m in o).tolist()
         assert acc == round(100.0 * float((per_patient.loc[seen, f"single_{m}"] == per_patient.loc[seen, "label"]).mean()), 2)
     assert "| modality | patients | accuracy alone |" in (folder / "results.md").read_text()
+    # and DyMo's per-patient report on the same patients, with pictures, as inference writes it
+    pages = list((folder / "report" / "dymo_report_files" / "patients").glob("*.html"))
+    assert (folder / "report" / "dymo_report.html").is_file() and len(pages) == 9
+    assert any("<img" in p.read_text() for p in pages)
+    report = pd.read_csv(folder / "report" / "dymo_report.csv")
+    assert list(report["prediction"]) == list(per_patient["pred_dymo"])  # the same DyMo predictions
     assert set(per_patient["label_name"]) <= set(cfg["classes"])  # class names beside the indices
     assert proc.stdout.strip().splitlines()[-1].startswith("DyMo on tiny (testing): 9 patients")
     # nothing certified on 6 validation patients: recoveries never accepted, so DyMo is discarding; everybody referred
