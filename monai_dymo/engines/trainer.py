@@ -20,7 +20,7 @@ from monai_dymo.distributed import is_distributed, unwrap
 from monai_dymo.handlers.prototypes import PrototypeRefreshHandler
 from monai_dymo.keys import DyMoKeys
 from monai_dymo.presence import align_present
-from monai_dymo.losses import PrototypeAccumulator, SubsetAugmentedLoss
+from monai_dymo.losses import PrototypeAccumulator, SubsetAugmentedLoss, _group_mean
 from monai_dymo.subsets import all_subset_masks, sample_subsets
 
 if TYPE_CHECKING:
@@ -115,15 +115,6 @@ def subset_augmented_forward(
     if subsets.dtype != torch.bool or subsets.ndim != 2 or subsets.shape[1] != num_mod:
         raise ValueError(f"subsets must be a bool tensor [K, {num_mod}], found {subsets.dtype} {tuple(subsets.shape)}.")
     return network(inputs, subsets=subsets, present=present)
-
-
-def _group_mean_ce(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy averaged within each group (here: each modality alone), then over the groups present."""
-    ce = torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
-    uniq, inverse = torch.unique(groups, return_inverse=True)
-    sums = torch.zeros(uniq.numel(), device=ce.device, dtype=ce.dtype).index_add(0, inverse, ce)
-    counts = torch.zeros(uniq.numel(), device=ce.device, dtype=ce.dtype).index_add(0, inverse, torch.ones_like(ce))
-    return (sums / counts).mean()
 
 
 class SubsetAugmentedTrainer(SupervisedTrainer):
@@ -343,7 +334,8 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
                 uni = torch.zeros_like(terms["loss"])
             else:
                 uni_rows = ~main
-                uni = _group_mean_ce(out["logits"][uni_rows], labels[uni_rows], out["groups"][uni_rows])
+                ce = torch.nn.functional.cross_entropy(out["logits"][uni_rows], labels[uni_rows].long(), reduction="none")
+                uni = _group_mean(ce, out["groups"][uni_rows])  # within each modality alone, then over them
                 if bool(main.any()):
                     terms = engine.loss_function.compute(
                         out["logits"][main], out["z"][main], labels[main], out["groups"][main]
