@@ -21,15 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.data import DataLoader
 
 from monai_dymo.data import PolyMNISTDataset
 from monai_dymo.data.missing_patterns import write_holdout_pattern
 from monai_dymo.selection import select_modalities
+from trust_benchmark import load_polymnist_bundle  # noqa: E402  (a script beside this one)
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "polymnist_dymo"
 
 
 def main() -> None:
@@ -43,15 +42,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "common.yaml")])
-    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": args.dataset_dir, "device": "$torch.device('cpu')"})
-    net = parser.get_parsed_content("network")
-    parser.get_parsed_content("load_fusion_weights")
-    rec = parser.get_parsed_content("recovery_network")
-    parser.get_parsed_content("load_recovery_weights")
-    net.eval(), rec.eval()
-    cal = parser.get_parsed_content("calibration")
+    net, rec, cal = load_polymnist_bundle(args.dataset_dir)
     names = tuple(net.modalities)
 
     with torch.no_grad():

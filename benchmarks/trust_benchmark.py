@@ -30,6 +30,21 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "polymnist_dymo"
 
 
+def load_polymnist_bundle(dataset_dir: str, calibration_file: str | None = None):
+    """The PolyMNIST bundle's fusion and recovery networks with their shipped weights (eval mode, CPU) and its
+    calibration (``calibration_file`` instead of the bundle's when given): ``(network, recovery, calibration)``."""
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "common.yaml")])
+    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": dataset_dir, "device": "$torch.device('cpu')"})
+    if calibration_file:
+        parser["calibration_file"] = calibration_file
+    net = parser.get_parsed_content("network")
+    parser.get_parsed_content("load_fusion_weights")
+    rec = parser.get_parsed_content("recovery_network")
+    parser.get_parsed_content("load_recovery_weights")
+    return net.eval(), rec.eval(), parser.get_parsed_content("calibration")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calibration", default=None, help="calibration file (default: the bundle's)")
@@ -43,17 +58,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "common.yaml")])
-    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": args.dataset_dir, "device": "$torch.device('cpu')"})
-    if args.calibration:
-        parser["calibration_file"] = args.calibration
-    net = parser.get_parsed_content("network")
-    parser.get_parsed_content("load_fusion_weights")
-    rec = parser.get_parsed_content("recovery_network")
-    parser.get_parsed_content("load_recovery_weights")
-    net.eval(), rec.eval()
-    cal = parser.get_parsed_content("calibration")
+    net, rec, cal = load_polymnist_bundle(args.dataset_dir, args.calibration)
     cert = cal.certification
     if cert is None:
         raise SystemExit("the calibration file has no certification; run the bundle's certify config first")

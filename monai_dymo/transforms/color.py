@@ -45,6 +45,12 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 """ITU-R BT.601 luma weights of R, G, B (the weights PIL's ``convert("L")`` uses)."""
 
 
+def _keep_meta(img: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    if isinstance(img, MetaTensor) and not isinstance(out, MetaTensor):
+        out = MetaTensor(out, meta=dict(img.meta))
+    return out
+
+
 class AsGrayscale2D(Transform):
     """Channel-first 2D image ``[C, H, W]`` (or ``[C, H, W, 1]``) -> ``[1, H, W]``.
 
@@ -72,17 +78,16 @@ class AsGrayscale2D(Transform):
             out = (x[:3].float() * w).sum(0, keepdim=True).to(x.dtype if x.is_floating_point() else torch.float32)
         else:
             raise ValueError(f"AsGrayscale2D: {c} channels is not grayscale, gray+alpha, RGB or RGBA (shape {tuple(img.shape)}).")
-        if isinstance(img, MetaTensor) and not isinstance(out, MetaTensor):
-            out = MetaTensor(out, meta=dict(img.meta))
-        return out
+        return _keep_meta(img, out)
 
 
-class AsGrayscale2Dd(MapTransform):
-    """Dictionary form of :class:`AsGrayscale2D`; placeholders (missing modalities) are skipped."""
+class _ObservedOnlyd(MapTransform):
+    """Applies ``converter`` to every key's image except placeholders (missing modalities): the dictionary form shared
+    by the 2D colour / layout transforms below."""
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = True) -> None:
+    def __init__(self, keys: KeysCollection, converter: Transform, allow_missing_keys: bool = True) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.converter = AsGrayscale2D()
+        self.converter = converter
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -90,6 +95,13 @@ class AsGrayscale2Dd(MapTransform):
             if not is_placeholder(d[key]):
                 d[key] = self.converter(d[key])
         return d
+
+
+class AsGrayscale2Dd(_ObservedOnlyd):
+    """Dictionary form of :class:`AsGrayscale2D`; placeholders (missing modalities) are skipped."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = True) -> None:
+        super().__init__(keys, AsGrayscale2D(), allow_missing_keys)
 
 
 AsGrayscale2DD = AsGrayscale2DDict = AsGrayscale2Dd
@@ -100,12 +112,6 @@ def _squeeze_frame(img: torch.Tensor, name: str) -> torch.Tensor:
     if x.ndim != 3:
         raise ValueError(f"{name}: expected a channel-first 2D image [C, H, W], got shape {tuple(img.shape)}.")
     return x
-
-
-def _keep_meta(img: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    if isinstance(img, MetaTensor) and not isinstance(out, MetaTensor):
-        out = MetaTensor(out, meta=dict(img.meta))
-    return out
 
 
 class AsRGB2D(Transform):
@@ -131,19 +137,11 @@ class AsRGB2D(Transform):
         return _keep_meta(img, out)
 
 
-class AsRGB2Dd(MapTransform):
+class AsRGB2Dd(_ObservedOnlyd):
     """Dictionary form of :class:`AsRGB2D`; placeholders (missing modalities) are skipped."""
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = True) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.converter = AsRGB2D()
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            if not is_placeholder(d[key]):
-                d[key] = self.converter(d[key])
-        return d
+        super().__init__(keys, AsRGB2D(), allow_missing_keys)
 
 
 class RowsFirst2D(Transform):
@@ -161,20 +159,12 @@ class RowsFirst2D(Transform):
         return out
 
 
-class RowsFirst2Dd(MapTransform):
+class RowsFirst2Dd(_ObservedOnlyd):
     """Dictionary form of :class:`RowsFirst2D`; placeholders (missing modalities) are skipped: they are made in the
     target layout already."""
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = True) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.converter = RowsFirst2D()
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            if not is_placeholder(d[key]):
-                d[key] = self.converter(d[key])
-        return d
+        super().__init__(keys, RowsFirst2D(), allow_missing_keys)
 
 
 AsRGB2DD = AsRGB2DDict = AsRGB2Dd
