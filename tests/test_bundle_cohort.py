@@ -274,6 +274,25 @@ def test_stage_errors_and_empty_runs_end_with_one_line(trained):
     assert lines[-1].startswith(f"monai-dymo: error: weights {out / 'models' / 'tiny' / 'fusion.pt'} do not fit")
 
 
+def test_train_checkpoint_and_schedule_choices(trained, tmp_path):
+    """`checkpoint: last` (default) saves the final epoch, `best` the best validation epoch; both with a named schedule;
+    an unknown schedule name ends the stage with one line."""
+    import torch
+
+    cfg, cohort_file, out, logs = trained
+    assert "saved final checkpoint" in logs["train"].stdout + logs["train"].stderr  # the fixture ran the default
+    best = run_stage("train", cohort_file, out, "--max_epochs", "2", "--checkpoint", "best", "--lr_schedule", "constant",
+                     "--model_dir", str(tmp_path / "best"))
+    text = best.stdout + best.stderr
+    assert "saved final checkpoint" not in text and "Key metric: val_accuracy best value" in text
+    default = torch.load(out / "models" / "tiny" / "fusion.pt", weights_only=True)
+    chosen = torch.load(tmp_path / "best" / "fusion.pt", weights_only=True)
+    assert default.keys() == chosen.keys()
+    lines = run_stage_failing("train", cohort_file, out, "--max_epochs", "1", "--lr_schedule", "step",
+                              "--model_dir", str(tmp_path / "step"))
+    assert lines[-1] == "monai-dymo: error: lr_schedule must be one of cosine, constant, got 'step'."
+
+
 def test_metadata_verifies_offline():
     if not SCHEMA.is_file():
         pytest.skip(f"MONAI bundle schema not found at {SCHEMA} (../shared/schemas)")

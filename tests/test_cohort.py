@@ -252,3 +252,34 @@ def test_missingness_summary_counts_each_patient_once_over_epochs(caplog):
         engine.run(batches, max_epochs=3)
     assert handler.lines() == ["training / ct: 2 of 3 observed; missing: absent 1"]
     assert caplog.text.count("training / ct:") == 1
+
+
+def test_shared_encoders_learn_from_every_sequence(tiny):
+    cfg, spec, out, root = tiny
+    two = json.loads(json.dumps(cfg))
+    ct = next(m for m in two["modalities"] if m["kind"] == "image3d")
+    two["modalities"] = [ct, dict(ct, name="ct_late"), *[m for m in two["modalities"] if m["kind"] != "image3d"]]
+    spec2 = CohortSpec.from_config(two)
+    own = build_cohort_fusion(spec2, out["stats_file"], dim=16)
+    shared = build_cohort_fusion(spec2, out["stats_file"], dim=16, share_encoders=True)
+    assert own.encoders["ct"] is not own.encoders["ct_late"]
+    assert shared.encoders["ct"] is shared.encoders["ct_late"]  # one encoder for the two volumes of one size
+    assert shared.encoders["xray"] is not shared.encoders["ct"]  # another kind keeps its own
+    n_own, n_shared = (sum(p.numel() for p in n.encoders["ct"].parameters()) for n in (own, shared))
+    assert sum(p.numel() for p in own.parameters()) - sum(p.numel() for p in shared.parameters()) == n_own == n_shared
+    # the modality embedding still tells the two apart: same image, different tokens
+    ds = cohort_dataset(spec, "validation", stats_file=out["stats_file"], cache=None)
+    batch = list_data_collate([ds[i] for i in range(2)])
+    inputs = {m: batch[m] for m in spec.modality_names} | {"ct_late": batch["ct"]}
+    with torch.no_grad():
+        torch.nn.init.normal_(shared.modality_embedding)  # as after training (it starts at zero)
+        tokens = shared.encode(inputs)
+    assert not torch.allclose(tokens["ct"], tokens["ct_late"])
+    x = torch.randn(2, 1, *ct["spatial_size"])
+    # a gradient through either name reaches the one set of weights; the weights file round-trips
+    shared.encoders["ct_late"](x).sum().backward()
+    assert all(p.grad is not None for p in shared.encoders["ct"].parameters())
+    again = build_cohort_fusion(spec2, out["stats_file"], dim=16, share_encoders=True)
+    again.load_state_dict(shared.state_dict())
+    assert again.encoders["ct"] is again.encoders["ct_late"]
+    assert torch.equal(again.encoders["ct_late"](x), shared.encoders["ct"](x))

@@ -403,3 +403,26 @@ def test_unimodal_loss_adds_every_observed_modality_alone():
     with pytest.raises(ValueError, match="unimodal_weight must be >= 0"):
         SubsetAugmentedTrainer(device="cpu", max_epochs=1, train_data_loader=[], network=_net(),
                                optimizer=torch.optim.SGD(_net().parameters(), lr=0.1), unimodal_weight=-1.0)
+
+
+def test_lr_schedules_by_name():
+    from monai_dymo.engines import LR_SCHEDULES, build_lr_scheduler
+
+    assert LR_SCHEDULES == ("cosine", "constant")
+    rates = {}
+    for name in LR_SCHEDULES:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        sched = build_lr_scheduler(opt, name, max_epochs=4)
+        seen = []
+        for _ in range(4):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        rates[name] = seen + [opt.param_groups[0]["lr"]]
+    assert rates["constant"] == [0.1] * 5
+    assert rates["cosine"][0] == 0.1 and rates["cosine"][-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(rates["cosine"], rates["cosine"][1:]))  # falls every epoch
+    with pytest.raises(ValueError, match="lr_schedule must be one of cosine, constant, got 'step'"):
+        build_lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), "step", 4)
+    with pytest.raises(ValueError, match="max_epochs must be at least 1"):
+        build_lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), "cosine", 0)

@@ -112,6 +112,7 @@ def build_cohort_fusion(
     backbone_2d: str = "small",
     pretrained: Mapping[str, str | Path] | None = None,
     input_channels: Mapping[str, int] | None = None,
+    share_encoders: bool = False,
 ) -> DynamicFusionTransformer:
     """DyMo fusion network over the cohort's modalities (in the spec's order).
 
@@ -125,10 +126,16 @@ def build_cohort_fusion(
 
     ``pretrained``: weights files keyed by modality name or by kind (``image3d`` / ``image2d``); a modality's own
     ``pretrained`` entry in the cohort file wins. ``input_channels``: image channels per modality name (default 1).
+
+    ``share_encoders``: image modalities of the same kind, size, channels and starting weights share ONE encoder
+    (e.g. the four co-registered MRI sequences): its filters learn from every sequence of every patient, four times
+    the images of a per-sequence encoder, while the fusion still tells the sequences apart by their modality
+    embedding and token normalisation. The weights file then holds the shared encoder under every modality's name.
     """
     layouts = clinical_layouts(spec, stats)
     given = dict(pretrained or {})
     encoders: dict[str, nn.Module] = {}
+    shared: dict[tuple, nn.Module] = {}
     for m in spec.modalities:
         if m.kind == "clinical":
             info = layouts[m.name]
@@ -136,9 +143,14 @@ def build_cohort_fusion(
             continue
         is_3d = m.kind == "image3d"
         weights = getattr(m, "pretrained", None) or given.get(m.name) or given.get(m.kind)
-        encoders[m.name] = build_token_encoder(
+        in_channels = int((input_channels or {}).get(m.name, getattr(m, "channels", 1) or 1))
+        key = (m.kind, in_channels, tuple(m.spatial_size), str(weights))
+        if share_encoders and key in shared:
+            encoders[m.name] = shared[key]
+            continue
+        encoders[m.name] = shared[key] = build_token_encoder(
             m.spatial_dims,
-            int((input_channels or {}).get(m.name, getattr(m, "channels", 1) or 1)),
+            in_channels,
             dim,
             backbone=backbone_3d if is_3d else backbone_2d,
             pool_size=pool_3d if is_3d else pool_2d,

@@ -11,9 +11,11 @@ from .recovery_trainer import (
     recovery_loss_terms,
     simulate_missing,
 )
+from .schedules import LR_SCHEDULES, build_lr_scheduler
 from .trainer import AllSubsetsEvaluator, PrepareDyMoBatch, SubsetAugmentedTrainer, subset_augmented_forward
 
 __all__ = [
+    "LR_SCHEDULES",
     "AllSubsetsEvaluator",
     "DyMoEvaluator",
     "PrepareDyMoBatch",
@@ -23,6 +25,7 @@ __all__ = [
     "RecoveryMSE",
     "RecoveryTrainer",
     "SubsetAugmentedTrainer",
+    "build_lr_scheduler",
     "recovery_loss_terms",
     "simulate_missing",
     "subset_augmented_forward",

@@ -1,0 +1,117 @@
+"""Benchmark: the cohort bundle's fusion training recipes, scored on what issue 17 asks of them.
+
+For every trained fusion network (``--model-dirs``, each written by the bundle's ``train`` stage), the accuracy of the
+fusion network on each patient's OBSERVED modalities (what discarding the missing ones gives; DyMo equals it when no
+recovery is certified) and on every single modality ALONE (on the patients who have it observed), on the validation and
+test splits. No recovery network and no calibration are needed, so a recipe can be compared before the later stages
+are run. Rows are printed as a table and, with ``--json``, written as a list of records.
+
+The network and the preprocessing are the bundle's (``configs/common.yaml``); ``--size`` overrides the 3D
+``spatial_size`` of every image modality, as ``--cohort#modalities#i#spatial_size`` does for the bundle. Figures of
+the recipes measured with it are in ``bundles/cohort_dymo/docs/README.md`` ("Levers").
+
+Usage::
+
+    # train three seeds with the bundle, then score them
+    for s in 0 1 2; do python -m monai.bundle run --config_file "['configs/common.yaml','configs/train.yaml']" \\
+        --bundle_root bundles/cohort_dymo --seed $s --model_dir runs/S$s; done
+    python benchmarks/bench_fusion_recipe.py --model-dirs runs/S0 runs/S1 runs/S2 --size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from monai.data import DataLoader  # noqa: E402
+
+from monai_dymo.cohort import CohortSpec, build_cohort_fusion, cohort_dataset  # noqa: E402
+from monai_dymo.engines import PrepareDyMoBatch, subset_augmented_forward  # noqa: E402
+
+BUNDLE = ROOT / "bundles" / "cohort_dymo"
+
+
+def bundle_spec(cohort_dir: Path, size: int | None) -> tuple[CohortSpec, dict]:
+    """The bundle's cohort (``common.yaml``) read from ``cohort_dir``, 3D sizes set to ``size``; and ``network_def``."""
+    import yaml
+
+    common = yaml.safe_load((BUNDLE / "configs" / "common.yaml").read_text())
+    cfg = common["cohort"]
+    cfg["datalist"] = str(cohort_dir / "datalist.json")
+    cfg["clinical_csv"] = str(cohort_dir / "clinical.csv")
+    for m in cfg["modalities"]:
+        if size is not None and m["kind"] == "image3d":
+            m["spatial_size"] = [size] * 3
+    net = {k: v for k, v in common["network_def"].items() if k not in ("_target_", "spec", "stats")}
+    return CohortSpec.from_config(cfg), net
+
+
+@torch.no_grad()
+def score(network: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float | int | None]:
+    """``{"observed": %, "<modality>": % alone, "<modality>_patients": n}`` over the loader's patients."""
+    names = list(network.modalities)
+    m = len(names)
+    subsets = torch.cat([torch.ones(1, m, dtype=torch.bool), torch.eye(m, dtype=torch.bool)])  # observed, singletons
+    prepare = PrepareDyMoBatch(names)
+    right = torch.zeros(m + 1)
+    seen = torch.zeros(m + 1)
+    network.eval()
+    for batch in loader:
+        inputs, label, _, kwargs = prepare(batch, device)
+        out = subset_augmented_forward(network, inputs, subsets.to(device), kwargs.get("present"))
+        ok = (out["logits"].argmax(1) == label.reshape(-1)[out["rows"]]).float().cpu()
+        groups = out["groups"].cpu()
+        right += torch.bincount(groups, weights=ok, minlength=m + 1)
+        seen += torch.bincount(groups, minlength=m + 1).float()
+    acc = [round(100.0 * float(r / s), 2) if s > 0 else None for r, s in zip(right, seen)]
+    row: dict[str, float | int | None] = {"observed": acc[0], "patients": int(seen[0])}
+    for i, name in enumerate(names):
+        row[name] = acc[i + 1]
+        row[f"{name}_patients"] = int(seen[i + 1])
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dirs", nargs="+", type=Path, required=True, help="folders holding fusion.pt")
+    p.add_argument("--cohort", type=Path, default=ROOT / "outputs" / "brain_cohort")
+    p.add_argument("--stats", type=Path, default=BUNDLE / "models" / "brain_mri_demo" / "clinical_stats.json")
+    p.add_argument("--cache-dir", type=Path, default=BUNDLE / "runs" / "brain_mri_demo" / "cache")
+    p.add_argument("--size", type=int, default=None, help="3D spatial size (default: the bundle's)")
+    p.add_argument("--splits", nargs="+", default=["validation", "testing"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    spec, net_args = bundle_spec(args.cohort, args.size)
+    device = torch.device(args.device)
+    loaders = {
+        split: DataLoader(cohort_dataset(spec, split, stats_file=args.stats, cache="disk", cache_dir=args.cache_dir),
+                          batch_size=8, shuffle=False)
+        for split in args.splits
+    }
+    rows = []
+    for model_dir in args.model_dirs:
+        network = build_cohort_fusion(spec, stats=str(args.stats), **net_args).to(device)
+        state = torch.load(model_dir / "fusion.pt", map_location=device, weights_only=True)
+        network.load_state_dict(state)
+        for split, loader in loaders.items():
+            rows.append({"model_dir": str(model_dir), "split": split, **score(network, loader, device)})
+    names = spec.modality_names
+    print(f"{'model_dir':40} {'split':10} {'observed':>8} " + " ".join(f"{n:>8}" for n in names))
+    for r in rows:
+        print(f"{r['model_dir'][-40:]:40} {r['split']:10} {r['observed']:8.2f} "
+              + " ".join(f"{r[n]:8.2f}" if r[n] is not None else f"{'-':>8}" for n in names))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
