@@ -44,19 +44,14 @@ from monai_dymo.cohort import CohortSpec, build_augmentation, cohort_dataset  # 
 from monai_dymo.cohort.networks import init_encoders_from_recovery  # noqa: E402
 from monai_dymo.networks import DynamicFusionTransformer, build_token_encoder  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_fusion_recipe import bundle_spec  # noqa: E402
+
 LEVERS = ("scratch", "aug", "aug_recovery", "aug_resnet10", "aug_64")
 
 
 def _spec(size: int, cohort_dir: Path) -> CohortSpec:
-    import yaml
-
-    cfg = yaml.safe_load((ROOT / "bundles" / "cohort_dymo" / "configs" / "common.yaml").read_text())["cohort"]
-    cfg["datalist"] = str(cohort_dir / "datalist.json")
-    cfg["clinical_csv"] = str(cohort_dir / "clinical.csv")
-    for m in cfg["modalities"]:
-        if m["kind"] == "image3d":
-            m["spatial_size"] = [size] * 3
-    return CohortSpec.from_config(cfg)
+    return bundle_spec(cohort_dir, size)[0]
 
 
 def _load(spec: CohortSpec, split: str, modality: str, stats: Path, cache_dir: Path) -> list[dict]:

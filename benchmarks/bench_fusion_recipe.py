@@ -38,8 +38,10 @@ from monai_dymo.engines import PrepareDyMoBatch, subset_augmented_forward  # noq
 BUNDLE = ROOT / "bundles" / "cohort_dymo"
 
 
-def bundle_spec(cohort_dir: Path, size: int | None) -> tuple[CohortSpec, dict]:
-    """The bundle's cohort (``common.yaml``) read from ``cohort_dir``, 3D sizes set to ``size``; and ``network_def``."""
+def bundle_spec(cohort_dir: Path, size: int | None, size_3d: list[int] | None = None,
+                pixdim: float | None = None) -> tuple[CohortSpec, dict]:
+    """The bundle's cohort (``common.yaml``) read from ``cohort_dir``, 3D sizes set to ``size`` (or ``size_3d``, with
+    the spacing ``pixdim``: a centred crop); and ``network_def``."""
     import yaml
 
     common = yaml.safe_load((BUNDLE / "configs" / "common.yaml").read_text())
@@ -47,8 +49,11 @@ def bundle_spec(cohort_dir: Path, size: int | None) -> tuple[CohortSpec, dict]:
     cfg["datalist"] = str(cohort_dir / "datalist.json")
     cfg["clinical_csv"] = str(cohort_dir / "clinical.csv")
     for m in cfg["modalities"]:
-        if size is not None and m["kind"] == "image3d":
-            m["spatial_size"] = [size] * 3
+        if m["kind"] == "image3d":
+            if size is not None or size_3d is not None:
+                m["spatial_size"] = list(size_3d) if size_3d is not None else [size] * 3
+            if pixdim is not None:
+                m["pixdim"] = [pixdim] * 3
     net = {k: v for k, v in common["network_def"].items() if k not in ("_target_", "spec", "stats")}
     return CohortSpec.from_config(cfg), net
 
@@ -86,10 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=BUNDLE / "runs" / "brain_mri_demo" / "cache")
     p.add_argument("--size", type=int, default=None, help="3D spatial size (default: the bundle's)")
     p.add_argument("--splits", nargs="+", default=["validation", "testing"])
+    p.add_argument("--network-def", type=json.loads, default={},
+                   help='JSON overrides of network_def, as trained, e.g. \'{"share_encoders": true}\'')
+    p.add_argument("--pixdim", type=float, default=None, help="3D spacing (mm), with --size-3d, as trained")
+    p.add_argument("--size-3d", type=int, nargs=3, default=None, help="3D spatial size, e.g. 64 80 64")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    spec, net_args = bundle_spec(args.cohort, args.size)
+    spec, net_args = bundle_spec(args.cohort, args.size, args.size_3d, args.pixdim)
+    net_args.update(args.network_def)
     device = torch.device(args.device)
     loaders = {
         split: DataLoader(cohort_dataset(spec, split, stats_file=args.stats, cache="disk", cache_dir=args.cache_dir),
