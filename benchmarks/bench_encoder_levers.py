@@ -50,10 +50,6 @@ from bench_fusion_recipe import bundle_spec  # noqa: E402
 LEVERS = ("scratch", "aug", "aug_recovery", "aug_resnet10", "aug_64")
 
 
-def _spec(size: int, cohort_dir: Path) -> CohortSpec:
-    return bundle_spec(cohort_dir, size)[0]
-
-
 def _load(spec: CohortSpec, split: str, modality: str, stats: Path, cache_dir: Path) -> list[dict]:
     ds = cohort_dataset(spec, split, stats_file=stats, cache="disk", cache_dir=cache_dir)
     col = spec.modality_names.index(modality)
@@ -78,7 +74,7 @@ class _Alone(nn.Module):
 
 def run_lever(lever: str, modality: str, args: argparse.Namespace) -> dict:
     size = 64 if lever == "aug_64" else args.size
-    spec = _spec(size, args.cohort)
+    spec = bundle_spec(args.cohort, size)[0]
     train = _load(spec, "training", modality, args.stats, args.cache_dir)
     val = _load(spec, "validation", modality, args.stats, args.cache_dir)
     set_determinism(args.seed)

@@ -291,6 +291,10 @@ def test_train_checkpoint_and_schedule_choices(trained, tmp_path):
     lines = run_stage_failing("train", cohort_file, out, "--max_epochs", "1", "--lr_schedule", "step",
                               "--model_dir", str(tmp_path / "step"))
     assert lines[-1] == "monai-dymo: error: lr_schedule must be one of cosine, constant, got 'step'."
+    lines = run_stage_failing("train", cohort_file, out, "--max_epochs", "1", "--checkpoint", "Best",
+                              "--model_dir", str(tmp_path / "typo"))
+    assert lines[-1] == "monai-dymo: error: checkpoint must be one of best, last, got 'Best'."
+    assert not (tmp_path / "typo" / "fusion.pt").exists()
 
 
 def test_metadata_verifies_offline():

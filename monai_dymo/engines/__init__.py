@@ -11,10 +11,11 @@ from .recovery_trainer import (
     recovery_loss_terms,
     simulate_missing,
 )
-from .schedules import LR_SCHEDULES, build_lr_scheduler
+from .schedules import CHECKPOINTS, LR_SCHEDULES, build_lr_scheduler, check_checkpoint
 from .trainer import AllSubsetsEvaluator, PrepareDyMoBatch, SubsetAugmentedTrainer, subset_augmented_forward
 
 __all__ = [
+    "CHECKPOINTS",
     "LR_SCHEDULES",
     "AllSubsetsEvaluator",
     "DyMoEvaluator",
@@ -26,6 +27,7 @@ __all__ = [
     "RecoveryTrainer",
     "SubsetAugmentedTrainer",
     "build_lr_scheduler",
+    "check_checkpoint",
     "recovery_loss_terms",
     "simulate_missing",
     "subset_augmented_forward",

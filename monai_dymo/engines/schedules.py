@@ -1,13 +1,26 @@
-"""Learning-rate schedules named in a bundle config, so that a user writes ``lr_schedule: cosine``, not Python."""
+"""Training choices named in a bundle config (``lr_schedule: cosine``, ``checkpoint: last``), so a user writes no Python."""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["LR_SCHEDULES", "build_lr_scheduler"]
+__all__ = ["LR_SCHEDULES", "CHECKPOINTS", "build_lr_scheduler", "check_checkpoint"]
 
 #: names understood by :func:`build_lr_scheduler`
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+#: which weights a training run keeps: the best validation epoch or the last epoch
+CHECKPOINTS: tuple[str, ...] = ("best", "last")
+
+
+def _choose(setting: str, value: str, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise ValueError(f"{setting} must be one of {', '.join(options)}, got {value!r}.")
+    return value
+
+
+def check_checkpoint(checkpoint: str) -> str:
+    """``checkpoint`` if it is one of :data:`CHECKPOINTS` (else ``ValueError``: an unknown name would save nothing)."""
+    return _choose("checkpoint", checkpoint, CHECKPOINTS)
 
 
 def build_lr_scheduler(
@@ -23,8 +36,7 @@ def build_lr_scheduler(
     Raises:
         ValueError: an unknown name (the message lists the known ones) or ``max_epochs < 1``.
     """
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}.")
+    _choose("lr_schedule", schedule, LR_SCHEDULES)
     if int(max_epochs) < 1:
         raise ValueError(f"max_epochs must be at least 1, got {max_epochs}.")
     if schedule == "cosine":
