@@ -15,7 +15,9 @@ Levers (``--levers``):
 - ``aug_recovery``: ``aug`` with the encoder started from the shipped recovery network's image expert (8-16-32-64
   channels, trained without labels on every observed image of the training split);
 - ``aug_resnet10``: ``aug`` with MONAI's 3D ResNet-10 backbone from scratch;
-- ``aug_64``: ``aug`` at 64^3 instead of 48^3.
+- ``aug_64``: ``aug`` at 64^3 instead of 48^3;
+- ``aug_mirror`` / ``aug_mirror_64``: ``aug`` (at 48^3 / 64^3) with the encoder reading the image and its left-right
+  asymmetry (``mirror_axis=0``: :class:`monai_dymo.networks.MirrorInputEncoder`).
 
 Usage::
 
@@ -47,7 +49,7 @@ from monai_dymo.networks import DynamicFusionTransformer, build_token_encoder  #
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_fusion_recipe import bundle_spec  # noqa: E402
 
-LEVERS = ("scratch", "aug", "aug_recovery", "aug_resnet10", "aug_64")
+LEVERS = ("scratch", "aug", "aug_recovery", "aug_resnet10", "aug_64", "aug_mirror", "aug_mirror_64")
 
 
 def _load(spec: CohortSpec, split: str, modality: str, stats: Path, cache_dir: Path) -> list[dict]:
@@ -73,14 +75,16 @@ class _Alone(nn.Module):
 
 
 def run_lever(lever: str, modality: str, args: argparse.Namespace) -> dict:
-    size = 64 if lever == "aug_64" else args.size
+    size = 64 if lever.endswith("_64") else args.size
     spec = bundle_spec(args.cohort, size)[0]
     train = _load(spec, "training", modality, args.stats, args.cache_dir)
     val = _load(spec, "validation", modality, args.stats, args.cache_dir)
     set_determinism(args.seed)
     channels = (8, 16, 32, 64) if lever == "aug_recovery" else (16, 32, 64)
     backbone = "resnet10" if lever == "aug_resnet10" else "small"
-    encoder = build_token_encoder(3, 1, 64, backbone=backbone, channels=channels, pool_size=2, pool_mode="max")
+    mirror = 0 if lever.startswith("aug_mirror") else None
+    encoder = build_token_encoder(3, 1, 64, backbone=backbone, channels=channels, pool_size=2, pool_mode="max",
+                                  mirror_axis=mirror)
     if lever == "aug_recovery":  # through the fusion network's encoder names, as the bundle does it
         holder = DynamicFusionTransformer([modality], {modality: encoder}, num_classes=spec.num_classes, dim=64)
         init_encoders_from_recovery(holder, args.recovery, [modality])

@@ -113,6 +113,7 @@ def build_cohort_fusion(
     pretrained: Mapping[str, str | Path] | None = None,
     input_channels: Mapping[str, int] | None = None,
     share_encoders: bool = False,
+    mirror_3d: bool = False,
 ) -> DynamicFusionTransformer:
     """DyMo fusion network over the cohort's modalities (in the spec's order).
 
@@ -131,6 +132,11 @@ def build_cohort_fusion(
     (e.g. the four co-registered MRI sequences): its filters learn from every sequence of every patient, four times
     the images of a per-sequence encoder, while the fusion still tells the sequences apart by their modality
     embedding and token normalisation. The weights file then holds the shared encoder under every modality's name.
+
+    ``mirror_3d``: every ``image3d`` encoder reads the volume and its left-right asymmetry (the volume minus its
+    mirror image about the brain's centre along axis 0, left-right after the cohort's RAS reorientation;
+    :class:`~monai_dymo.networks.MirrorInputEncoder`): a lesion on one side stands out of the symmetric anatomy.
+    For brain (head) volumes only.
     """
     layouts = clinical_layouts(spec, stats)
     given = dict(pretrained or {})
@@ -159,6 +165,7 @@ def build_cohort_fusion(
             channels=tuple(channels_3d if is_3d else channels_2d),
             norm=norm,
             name=m.name,
+            mirror_axis=0 if (is_3d and mirror_3d) else None,
         )
     return DynamicFusionTransformer(
         spec.modality_names,
@@ -198,7 +205,7 @@ def init_encoders_from_recovery(
     state = state.get("model", state) if isinstance(state, Mapping) else state
     own = network.state_dict()
     names = list(modalities) if modalities is not None else [
-        m for m in network.modalities if hasattr(network.encoders[m], "features")
+        m for m in network.modalities if hasattr(getattr(network.encoders[m], "encoder", network.encoders[m]), "features")
     ]
     pattern = re.compile(r"^encoders\.(?P<m>[^.]+)\.net\.layer_(?P<i>\d+)\.(?P<rest>.+)$")
     copied: dict[str, int] = {m: 0 for m in names}
@@ -208,6 +215,8 @@ def init_encoders_from_recovery(
         if not hit or hit["m"] not in copied:
             continue
         target = f"encoders.{hit['m']}.features.{hit['i']}.{hit['rest']}"
+        if target not in own:  # an encoder reading [image, asymmetry] (mirror_3d): its first convolution differs
+            target = f"encoders.{hit['m']}.encoder.features.{hit['i']}.{hit['rest']}"
         if target in own and tuple(own[target].shape) == tuple(value.shape):
             update[target] = value.to(own[target].dtype)
             copied[hit["m"]] += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .backbones import BACKBONES, BackboneTokenEncoder, build_token_encoder, load_pretrained_backbone
 from .encoders import ClinicalTokenEncoder, ImageTokenEncoder
 from .export import FusionExport, example_fusion_inputs, export_fusion, verify_fusion_in_out
+from .mirror import MirrorAsymmetry, MirrorInputEncoder
 from .fusion import DynamicFusionTransformer, build_image_fusion, build_polymnist_fusion
 
 from .recovery import IterativeImputerRecovery, MoPoERecovery, RecoveryNetwork, build_mri_recovery, build_polymnist_recovery
@@ -16,6 +17,8 @@ __all__ = [
     "load_pretrained_backbone",
     "ClinicalTokenEncoder",
     "ImageTokenEncoder",
+    "MirrorAsymmetry",
+    "MirrorInputEncoder",
     "DynamicFusionTransformer",
     "FusionExport",
     "example_fusion_inputs",

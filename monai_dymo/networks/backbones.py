@@ -35,6 +35,7 @@ from monai.networks.layers.factories import Act, Pool
 from monai.utils import ensure_tuple_rep
 
 from monai_dymo.networks.encoders import ImageTokenEncoder
+from monai_dymo.networks.mirror import MirrorInputEncoder
 
 __all__ = ["BACKBONES", "BackboneTokenEncoder", "build_token_encoder", "load_pretrained_backbone"]
 
@@ -183,12 +184,19 @@ def build_token_encoder(
     norm: tuple | str | None = "INSTANCE",
     act: tuple | str | None = "PRELU",
     name: str = "image",
+    mirror_axis: int | None = None,
 ) -> nn.Module:
     """The token encoder of one image modality, by backbone name (see the module docstring).
 
     ``channels``, ``strides``, ``num_res_units``, ``norm`` and ``act`` configure ``"small"`` only; ``pretrained``
-    loads a state dict into the encoder's backbone (``name``, the modality, is quoted in errors).
+    loads a state dict into the encoder's backbone (``name``, the modality, is quoted in errors). ``mirror_axis``
+    (e.g. 0 for RAS brain volumes): the backbone reads the image and its left-right asymmetry
+    (:class:`~monai_dymo.networks.mirror.MirrorInputEncoder`, twice the input channels).
     """
+    if mirror_axis is not None:
+        inner = build_token_encoder(spatial_dims, 2 * in_channels, dim, backbone, pool_size, pool_mode, pretrained,
+                                    channels, strides, num_res_units, norm, act, name)
+        return MirrorInputEncoder(inner, axis=mirror_axis)
     if backbone == "small":
         enc: nn.Module = ImageTokenEncoder(
             spatial_dims,
@@ -214,6 +222,8 @@ _HEADS = ("fc.", "classifier.", "class_layers.", "_fc.", "head.", "heads.")
 
 
 def _backbone_of(encoder: nn.Module) -> nn.Module:
+    if isinstance(encoder, MirrorInputEncoder):
+        encoder = encoder.encoder
     if isinstance(encoder, BackboneTokenEncoder):
         inner = encoder.backbone
         for attr in ("net", "features"):  # the MONAI network inside the feature-map wrapper
