@@ -19,7 +19,10 @@ from monai_dymo.keys import DyMoKeys
 from monai_dymo.networks import (
     ClinicalTokenEncoder,
     DynamicFusionTransformer,
+    ImageTokenEncoder,
+    MirrorInputEncoder,
     build_token_encoder,
+    encoder_backbone,
     IterativeImputerRecovery,
     MoPoERecovery,
 )
@@ -203,22 +206,21 @@ def init_encoders_from_recovery(
         raise FileNotFoundError(f"recovery weights not found: {path}; train the recovery network first.")
     state = torch.load(path, map_location="cpu", weights_only=False)
     state = state.get("model", state) if isinstance(state, Mapping) else state
-    own = network.state_dict()
+    inner = {m: e.encoder if isinstance(e, MirrorInputEncoder) else e for m, e in network.encoders.items()}
     names = list(modalities) if modalities is not None else [
-        m for m in network.modalities if hasattr(getattr(network.encoders[m], "encoder", network.encoders[m]), "features")
+        m for m in network.modalities if isinstance(inner[m], ImageTokenEncoder)
     ]
+    features = {m: encoder_backbone(network.encoders[m]) for m in names}
     pattern = re.compile(r"^encoders\.(?P<m>[^.]+)\.net\.layer_(?P<i>\d+)\.(?P<rest>.+)$")
     copied: dict[str, int] = {m: 0 for m in names}
-    update = {}
+    targets = {m: features[m].state_dict() for m in names}
     for key, value in state.items():
         hit = pattern.match(key)
         if not hit or hit["m"] not in copied:
             continue
-        target = f"encoders.{hit['m']}.features.{hit['i']}.{hit['rest']}"
-        if target not in own:  # an encoder reading [image, asymmetry] (mirror_3d): its first convolution differs
-            target = f"encoders.{hit['m']}.encoder.features.{hit['i']}.{hit['rest']}"
+        own, target = targets[hit["m"]], f"{hit['i']}.{hit['rest']}"
         if target in own and tuple(own[target].shape) == tuple(value.shape):
-            update[target] = value.to(own[target].dtype)
+            own[target] = value.to(own[target].dtype)
             copied[hit["m"]] += 1
     empty = [m for m, n in copied.items() if n == 0]
     if empty:
@@ -226,7 +228,8 @@ def init_encoders_from_recovery(
             f"no convolution of the recovery network {path} fits the fusion encoder(s) {empty}; build them with the "
             "recovery's channels (e.g. --network_def#channels_3d \"[8, 16, 32, 64]\")."
         )
-    network.load_state_dict({**own, **update})
+    for m in names:
+        features[m].load_state_dict(targets[m])
     return copied
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .backbones import BACKBONES, BackboneTokenEncoder, build_token_encoder, load_pretrained_backbone
+from .backbones import BACKBONES, BackboneTokenEncoder, build_token_encoder, encoder_backbone, load_pretrained_backbone
 from .encoders import ClinicalTokenEncoder, ImageTokenEncoder
 from .export import FusionExport, example_fusion_inputs, export_fusion, verify_fusion_in_out
 from .mirror import MirrorAsymmetry, MirrorInputEncoder
@@ -17,6 +17,7 @@ __all__ = [
     "load_pretrained_backbone",
     "ClinicalTokenEncoder",
     "ImageTokenEncoder",
+    "encoder_backbone",
     "MirrorAsymmetry",
     "MirrorInputEncoder",
     "DynamicFusionTransformer",

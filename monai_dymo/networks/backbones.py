@@ -37,7 +37,7 @@ from monai.utils import ensure_tuple_rep
 from monai_dymo.networks.encoders import ImageTokenEncoder
 from monai_dymo.networks.mirror import MirrorInputEncoder
 
-__all__ = ["BACKBONES", "BackboneTokenEncoder", "build_token_encoder", "load_pretrained_backbone"]
+__all__ = ["BACKBONES", "BackboneTokenEncoder", "build_token_encoder", "encoder_backbone", "load_pretrained_backbone"]
 
 _RESNETS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
 _DENSENETS = ("densenet121", "densenet169", "densenet201", "densenet264")
@@ -221,7 +221,9 @@ _PREFIXES = ("module.", "backbone.", "model.", "encoder.", "net.", "features.")
 _HEADS = ("fc.", "classifier.", "class_layers.", "_fc.", "head.", "heads.")
 
 
-def _backbone_of(encoder: nn.Module) -> nn.Module:
+def encoder_backbone(encoder: nn.Module) -> nn.Module:
+    """The convolutional part of a token encoder (a mirror wrapper unwrapped): a small encoder's ``features``, a MONAI
+    backbone's network; any other module is returned as it is."""
     if isinstance(encoder, MirrorInputEncoder):
         encoder = encoder.encoder
     if isinstance(encoder, BackboneTokenEncoder):
@@ -261,7 +263,7 @@ def load_pretrained_backbone(encoder: nn.Module, path: str | Path, name: str = "
             break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"modality '{name}': {path} holds no state dict of tensors.")
-    target = _backbone_of(encoder)
+    target = encoder_backbone(encoder)
     own = target.state_dict()
 
     def strip(k: str) -> str:

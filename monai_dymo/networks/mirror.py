@@ -36,7 +36,9 @@ class MirrorAsymmetry(nn.Module):
         """``x`` mirrored per sample about its foreground centre along ``axis``; voxels mirrored from outside are 0."""
         dim = 2 + self.axis
         if dim >= x.ndim:
-            raise ValueError(f"MirrorAsymmetry: axis {self.axis} does not exist in a batch of {x.ndim - 2} spatial dimensions.")
+            raise ValueError(
+                f"MirrorAsymmetry: axis {self.axis} does not exist in a batch of {x.ndim - 2} spatial dimensions."
+            )
         n = x.shape[dim]
         pos = torch.arange(n, device=x.device, dtype=torch.float32)
         fg = (x.transpose(1, dim) != 0).to(torch.float32).flatten(2).sum(2)  # [B, n]: foreground voxels per slice
