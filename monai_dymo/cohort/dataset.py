@@ -35,6 +35,8 @@ def preprocessing_key(spec: CohortSpec, stats_file: str | Path | None) -> str:
     # the encoder's pretrained weights do not change the preprocessed tensors
     modalities = [{k: v for k, v in asdict(m).items() if k != "pretrained"} for m in spec.modalities]
     payload: dict[str, Any] = {"modalities": modalities, "version": PREPROCESSING_VERSION}
+    if spec.roi is not None:
+        payload["roi"] = asdict(spec.roi)
     if stats_file is not None and Path(stats_file).is_file():
         payload["stats"] = Path(stats_file).read_text()
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -9,6 +9,8 @@ Per modality kind (the same chains as the recipes in the project's ``transforms/
   with ``channels: 3``, RGB kept (:class:`AsRGB2Dd`), rows first as the picture is viewed (:class:`RowsFirst2Dd`: the
   tensor is ``[C, H, W]``, ``spatial_size`` is (rows, columns)), resize to ``spatial_size``, min-max to [0, 1]
   (default);
+- with ``roi`` (cohort level): the ``image3d`` volumes resampled to ``pixdim`` keep their extent and are cropped
+  together to ``spatial_size`` around the lesion found in the guide sequence (:class:`GuidedROICropd`);
 - ``clinical``: the fields of each group encoded with the fitted statistics (:class:`ClinicalFieldsd`).
 
 A missing modality's placeholder has the shape of an observed one of that modality (``[channels, *spatial_size]``, or
@@ -43,6 +45,7 @@ from monai_dymo.transforms import (
     AsGrayscale2Dd,
     AsRGB2Dd,
     ClinicalFieldsd,
+    GuidedROICropd,
     HarmonizeModalitiesd,
     LoadModalitiesd,
     RowsFirst2Dd,
@@ -56,8 +59,12 @@ logger = logging.getLogger("monai_dymo.cohort")
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 
-def modality_transforms(entry: ModalityEntry, order: tuple[str, ...]) -> list[Any]:
-    """The load -> (grayscale or RGB, rows first) -> harmonise -> intensity chain of one image modality."""
+def modality_transforms(entry: ModalityEntry, order: tuple[str, ...], keep_extent: bool = False) -> list[Any]:
+    """The load -> (grayscale or RGB, rows first) -> harmonise -> intensity chain of one image modality.
+
+    ``keep_extent``: a 3D volume is resampled to ``pixdim`` and keeps its whole extent (a region of interest is cut
+    from it later, see :class:`~monai_dymo.transforms.GuidedROICropd`).
+    """
     keys = [entry.name]
     loader = LoadModalitiesd(
         keys=keys,
@@ -81,7 +88,7 @@ def modality_transforms(entry: ModalityEntry, order: tuple[str, ...]) -> list[An
                 keys,
                 axcodes="RAS",
                 pixdim=entry.pixdim,
-                spatial_size=entry.spatial_size,
+                spatial_size=None if keep_extent else entry.spatial_size,
                 size_mode="pad_crop" if entry.pixdim is not None else "resize",
             )
         )
@@ -148,7 +155,11 @@ def build_preprocessing(spec: CohortSpec, stats_file: str | Path | None = None) 
     order = spec.modality_names
     chain: list[Any] = []
     for entry in spec.image_modalities:
-        chain.extend(modality_transforms(entry, order))
+        chain.extend(modality_transforms(entry, order, keep_extent=spec.roi is not None and entry.kind == "image3d"))
+    if spec.roi is not None:
+        volumes = [m for m in spec.image_modalities if m.kind == "image3d"]
+        chain.append(GuidedROICropd([m.name for m in volumes], guide_keys=spec.roi.guide,
+                                    roi_size=volumes[0].spatial_size, sigma=spec.roi.sigma, margin=spec.roi.margin))
     if spec.clinical_modalities:
         if stats_file is None:
             raise ValueError("the cohort has clinical modalities: give the clinical statistics of the prepare stage.")

@@ -16,6 +16,12 @@ The cohort bundle (``bundles/cohort_dymo``) reads one short YAML mapping under t
         - {name: xray, kind: image2d, spatial_size: [128, 128]}
         - {name: photo, kind: image2d, spatial_size: [128, 128], channels: 3}   # RGB kept
         - {name: clinical, kind: clinical, continuous: [age, kps], categorical: [sex], sentinels: [-999]}
+      roi: {guide: [flair]}   # optional: crop the co-registered volumes around the lesion found in FLAIR
+
+With ``roi`` the ``image3d`` modalities (each with ``pixdim``, one ``spatial_size``) are resampled to ``pixdim`` and
+cropped to ``spatial_size`` around the brightest region of the first observed ``guide`` sequence (the lesion and its
+oedema in FLAIR), the same world point for every sequence of a patient; without an observed guide, around the centre
+of the brain (:class:`~monai_dymo.transforms.GuidedROICropd`; ``sigma`` / ``margin`` in voxels, defaults 2 and 3).
 
 :class:`CohortSpec` validates it with errors that name the offending key, and every bundle stage derives what it needs
 from it (transforms, network sizes, clinical encodings), so the user never writes Python or arithmetic.
@@ -29,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODALITY_KINDS", "ModalityEntry", "CohortSpec"]
+__all__ = ["MODALITY_KINDS", "ModalityEntry", "ROISpec", "CohortSpec"]
 
 MODALITY_KINDS = ("image2d", "image3d", "clinical")
 """Kinds of modality a cohort may declare."""
@@ -156,6 +162,55 @@ class ModalityEntry:
 
 
 @dataclass(frozen=True)
+class ROISpec:
+    """Where the ``image3d`` volumes are cropped: around the brightest region of the first observed guide sequence.
+
+    Attributes:
+        guide: ``image3d`` modality names, by preference (e.g. ``("flair",)``).
+        sigma: Gaussian smoothing of the guide, in voxels.
+        margin: voxels eroded from the guide's foreground before the argmax (the bright rim of the brain).
+    """
+
+    guide: tuple[str, ...]
+    sigma: float = 2.0
+    margin: int = 3
+
+    @classmethod
+    def from_config(cls, cfg: Any, modalities: Sequence[ModalityEntry]) -> ROISpec:
+        """Validate ``cohort.roi`` against the declared modalities.
+
+        Raises:
+            ValueError: naming the key that is wrong.
+        """
+        if not isinstance(cfg, Mapping):
+            raise ValueError(f"cohort roi: must be a mapping like {{guide: [flair]}}, got {cfg!r}.")
+        unknown = sorted(set(cfg) - {"guide", "sigma", "margin"})
+        if unknown:
+            raise ValueError(f"cohort roi: unknown key(s) {unknown}; known keys are ['guide', 'margin', 'sigma'].")
+        guide = cfg.get("guide")
+        guide = (guide,) if isinstance(guide, str) else tuple(str(g) for g in (guide or ()))
+        volumes = [m for m in modalities if m.kind == "image3d"]
+        names = [m.name for m in volumes]
+        if not guide or any(g not in names for g in guide):
+            raise ValueError(f"cohort roi: 'guide' must list image3d modalities (of {names}), got {list(guide)}.")
+        no_pixdim = [m.name for m in volumes if m.pixdim is None]
+        if no_pixdim:
+            raise ValueError(f"cohort roi: the cropped volumes need a 'pixdim' (the resolution the lesion needs); "
+                             f"{no_pixdim} have none.")
+        sizes = {m.spatial_size for m in volumes}
+        if len(sizes) > 1:
+            raise ValueError(f"cohort roi: the cropped volumes share one region, so one 'spatial_size'; got "
+                             f"{ {m.name: list(m.spatial_size) for m in volumes} }.")
+        try:
+            sigma, margin = float(cfg.get("sigma", 2.0)), int(cfg.get("margin", 3))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"cohort roi: 'sigma' and 'margin' must be numbers of voxels ({e}).") from e
+        if sigma < 0 or margin < 0:
+            raise ValueError(f"cohort roi: 'sigma' and 'margin' must be >= 0, got {sigma}, {margin}.")
+        return cls(guide=guide, sigma=sigma, margin=margin)
+
+
+@dataclass(frozen=True)
 class CohortSpec:
     """A validated cohort description (see the module docstring for the YAML form).
 
@@ -168,6 +223,7 @@ class CohortSpec:
         label: label key of the datalist entries.
         classes: class names; labels are class indices into it or the names themselves.
         modalities: the declared modalities, in the order of the networks' modality columns.
+        roi: optional lesion-centred crop of the ``image3d`` volumes (:class:`ROISpec`).
     """
 
     name: str
@@ -178,6 +234,7 @@ class CohortSpec:
     label: str
     classes: tuple[str, ...]
     modalities: tuple[ModalityEntry, ...] = field(default_factory=tuple)
+    roi: ROISpec | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -189,7 +246,7 @@ class CohortSpec:
         """
         if not isinstance(cfg, Mapping):
             raise ValueError(f"the cohort description must be a mapping under the key 'cohort', got {type(cfg).__name__}.")
-        known = {"name", "datalist", "data_root", "clinical_csv", "patient_id", "label", "classes", "modalities"}
+        known = {"name", "datalist", "data_root", "clinical_csv", "patient_id", "label", "classes", "modalities", "roi"}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(f"cohort: unknown key(s) {unknown}; known keys are {sorted(known)}.")
@@ -234,6 +291,7 @@ class CohortSpec:
             label=str(cfg.get("label") or "label"),
             classes=classes,
             modalities=modalities,
+            roi=ROISpec.from_config(cfg["roi"], modalities) if cfg.get("roi") is not None else None,
         )
 
     # ------------------------------------------------------------------ views

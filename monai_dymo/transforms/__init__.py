@@ -7,6 +7,8 @@ Modules (array and dictionary forms, MONAI style):
 - :mod:`~monai_dymo.transforms.color`: 2D pictures to one channel (:class:`AsGrayscale2Dd`) or RGB kept
   (:class:`AsRGB2Dd`), rows first as viewed (:class:`RowsFirst2Dd`);
 - :mod:`~monai_dymo.transforms.spatial`: per-patient harmonisation (:class:`HarmonizeModalitiesd`);
+- :mod:`~monai_dymo.transforms.lesion_crop`: one region of interest around the lesion for a patient's co-registered
+  volumes, found without labels in a guide sequence (:class:`GuidedROICropd`);
 - :mod:`~monai_dymo.transforms.clinical`: clinical field groups (:class:`ClinicalFieldStats`, :class:`ClinicalFieldsd`);
 - :mod:`~monai_dymo.transforms.missingness`: simulated missingness (:class:`RandSimulateMissingModalitiesd`, mask CSVs; the
   names without ``Rand`` are aliases kept from monai_dymo 0.2.0);
@@ -54,6 +56,14 @@ from .missingness import (
     write_missing_patterns,
 )
 from .readers import SimpleITKReader, describe_read_error, inspect_dicom_series
+from .lesion_crop import (
+    FOREGROUND_GUIDE,
+    ROI_GUIDE_KEY,
+    BrightestRegionCentre,
+    GuidedROICropd,
+    GuidedROICropD,
+    GuidedROICropDict,
+)
 from .spatial import HarmonizeModalitiesd, HarmonizeModalitiesD, HarmonizeModalitiesDict, HarmonizeModality
 from .utils import (
     PLACEHOLDER_META_KEY,
@@ -109,6 +119,12 @@ __all__ = [
     "describe_read_error",
     "inspect_dicom_series",
     "HarmonizeModality",
+    "BrightestRegionCentre",
+    "GuidedROICropd",
+    "GuidedROICropD",
+    "GuidedROICropDict",
+    "ROI_GUIDE_KEY",
+    "FOREGROUND_GUIDE",
     "HarmonizeModalitiesd",
     "HarmonizeModalitiesD",
     "HarmonizeModalitiesDict",
