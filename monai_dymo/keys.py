@@ -26,6 +26,8 @@ class DyMoKeys(StrEnum):
     - ``LABEL``, ``PRED``: as :class:`monai.utils.CommonKeys`.
     - ``SELECTION``: per-patient reliability record written by the DyMo inferer / evaluator.
     - ``ERROR``: reason a patient could not be processed at all (kept in reports).
+    - ``ROI_GUIDE``: what placed a patient's region of interest (a guide modality's name, or ``"foreground"`` for the
+      centre of the volume's foreground), set by :class:`~monai_dymo.transforms.GuidedROICropd`.
     - ``INPUTS``: ``{name: Tensor[B, ...]}`` the inputs as the network saw them (recovered modalities filled in), in
       the evaluator's output only when asked for (``DyMoEvaluator(keep_inputs=True)``, for report pictures).
     """
@@ -41,6 +43,7 @@ class DyMoKeys(StrEnum):
     SELECTION = "dymo_selection"
     ERROR = "error"
     INPUTS = "dymo_inputs"
+    ROI_GUIDE = "roi_guide"
 
 
 class Reason(StrEnum):

@@ -361,3 +361,20 @@ def test_read_report_reads_old_bare_list_files(setup, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="not a DyMo JSON report"):
         read_report(tmp_path / "bad.json")
+
+
+def test_region_of_interest_column_says_where_the_volumes_were_read(tmp_path):
+    writer = SelectionReportWriter()
+    records = {"dymo_selection": [{"patient_id": "a"}, {"patient_id": "b"}, {"patient_id": "c"}]}
+    recs = writer.collect(records, batch={"roi_guide": ["flair", "foreground", "t1c"]})
+    assert [r["roi_guide"] for r in recs] == ["flair", "foreground", "t1c"]
+    assert [r.get("roi_guide") for r in writer.collect(records, batch={})] == [None, None, None]
+    base = {"observed": ["a"], "recovered": [], "selected": ["a"], "accepted": [], "rejected": [], "unused": [],
+            "quality": 0.9, "log_ics": -1.0, "ics": math.exp(-1.0), "prediction": 1, "probability": 0.8, "steps": 0,
+            "reasons": {}, "error": None}
+    rows = [{**base, "patient_id": "p1", "roi_guide": "flair"}, {**base, "patient_id": "p2", "roi_guide": "foreground"},
+            {**base, "patient_id": "p3"}]
+    path = write_report_csv(rows, tmp_path / "r.csv")
+    text = [r["region_of_interest"] for r in csv.DictReader(open(path, newline=""))]
+    assert text[0] == "around the lesion found in flair"
+    assert text[1].startswith("brain centre") and "not located" in text[1] and text[2] == ""

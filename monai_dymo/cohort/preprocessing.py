@@ -181,12 +181,14 @@ def build_augmentation(
     noise_prob: float = 0.2,
     noise_std: float = 0.05,
     flip_2d: bool = False,
+    translate: float = 0.0,
 ) -> Compose:
     """Training augmentation of the image modalities (applied after the cached preprocessing) that respects the data.
 
     - ``image3d`` sequences of a patient are co-registered: ONE spatial draw for all of them (a left-right flip with
       ``flip_prob``, the only flip that keeps the anatomy plausible: axis 0 of the RAS-oriented volume; a rotation up
-      to ``rotate_deg`` and a scaling up to ``scale`` with ``affine_prob``), then MRI intensity augmentations drawn
+      to ``rotate_deg``, a scaling up to ``scale`` and a shift up to ``translate`` voxels per axis with ``affine_prob``;
+      the shift suits a lesion-centred region of interest, whose centre is itself an estimate), then MRI intensity augmentations drawn
       per sequence (each acquisition has its own coil bias and noise): MONAI's ``RandBiasFieldd``
       (``bias_field_prob``) and ``RandGaussianNoised`` (``noise_prob``, ``noise_std`` of the z-scored intensity).
     - ``image2d`` pictures come from separate studies (a CT and an MR picture are not co-registered): each gets its
@@ -204,7 +206,7 @@ def build_augmentation(
         if affine_prob > 0:
             angle = math.radians(rotate_deg)
             chain.append(RandAffined(volumes, prob=affine_prob, rotate_range=[angle] * 3, scale_range=[scale] * 3,
-                                     padding_mode="zeros", mode="bilinear"))
+                                     translate_range=[translate] * 3, padding_mode="zeros", mode="bilinear"))
         for name in volumes:  # one draw per sequence
             if bias_field_prob > 0:
                 chain.append(RandBiasFieldd(name, prob=bias_field_prob, coeff_range=(0.0, 0.2)))

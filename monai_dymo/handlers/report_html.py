@@ -44,6 +44,7 @@ from .report_records import (
     modality_decision,
     modality_status,
     patient_priority,
+    region_of_interest_text,
     report_modalities,
     report_summary,
 )
@@ -238,6 +239,9 @@ def _patient_context(
         (_num(rec.get("quality"), ".4f"), "quality q (final)"), (_num(rec.get("ics"), ".4g"), "ICS p (final)"),
         (_num(rec.get("log_ics"), ".4g"), "log ICS"), (_num(rec.get("steps")), "accepted steps"),
     ]
+    region = region_of_interest_text(rec.get("roi_guide"))
+    if region:
+        facts.append((region, "3D volumes read"))
     reasons = rec.get("reasons") or {}
     modality_rows = []
     for m in modalities:

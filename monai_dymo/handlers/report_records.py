@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from ..transforms.lesion_crop import FOREGROUND_GUIDE
+
 __all__ = [
     "MODALITY_STATUSES",
     "modality_status",
@@ -29,6 +31,7 @@ __all__ = [
     "with_class_names",
     "report_summary",
     "summary_line",
+    "region_of_interest_text",
 ]
 
 #: per-modality status values of the report, in plotting order: ``observed`` (measured), ``accepted`` / ``rejected`` /
@@ -323,3 +326,12 @@ def plain(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [plain(x) for x in v]
     return v
+
+
+def region_of_interest_text(guide: str | None) -> str | None:
+    """The ``region_of_interest`` column in words, from the record's ``roi_guide`` (None: no region of interest)."""
+    if not guide:
+        return None
+    if guide == FOREGROUND_GUIDE:
+        return "brain centre: no guide sequence observed, the lesion was not located"
+    return f"around the lesion found in {guide}"

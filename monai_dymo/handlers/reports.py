@@ -43,6 +43,7 @@ from .report_records import (
     names,
     patient_priority,
     plain,
+    region_of_interest_text,
     report_modalities,
     report_summary,
     summary_line,
@@ -154,6 +155,10 @@ def report_columns(modalities: Sequence[str], groups: Sequence[str] = ()) -> lis
             (f"{g}_missing_values", "text", f"clinical group {g}: what the table held in each missing field, "
              "'field = blank' for an empty cell, else the missing-value code written there (e.g. 'ldh = -999')"),
         ]
+    cols.append(("region_of_interest", "text", "where the 3D volumes were read, when the cohort crops them to a region "
+                 "of interest: around the lesion found (without labels) in a guide sequence, or around the centre of "
+                 "the brain when no guide sequence was observed (the lesion may then lie outside what was read); "
+                 "blank without a region of interest"))
     cols += TRUST_COLUMNS
     cols.append(("error", "text", "why the patient could not be processed at all (blank if processed)"))
     return cols
@@ -232,6 +237,7 @@ def report_rows(
             row[f"{g}_missing_fields"] = "" if fields is None else _join(fields)
             row[f"{g}_num_missing_fields"] = "" if fields is None else len(fields)
             row[f"{g}_missing_values"] = (rec.get("field_notes") or {}).get(g)
+        row["region_of_interest"] = region_of_interest_text(rec.get("roi_guide"))
         row.update(trust_row(rec))
         row["error"] = rec.get("error")
         rows.append({k: ("" if v is None else plain(v)) for k, v in row.items()})
@@ -324,6 +330,8 @@ _JSON_FIELDS = (
     ("reasons", "{modality: why it was present or missing in the data}"),
     ("missing_fields / num_fields", "{clinical group: [missing field names]} / {group: number of fields}"),
     ("field_notes", "{clinical group: 'field = blank' or 'field = <missing-value code>' for each missing field}"),
+    ("roi_guide", "what placed the region of interest the 3D volumes were cropped to: a guide sequence's name, or "
+     "'foreground' (the brain centre: no guide observed); absent without a region of interest"),
     ("decisions", "{modality: {status, step, reward, rewards, why}}: the CSV's per-modality columns"),
     ("refer / refer_threshold / refer_alpha / refer_delta", "the refer flag (true / false) and its rule: referred when "
      "probability < refer_threshold (null: none certified, everybody referred); <prefix>_trust.json summarises the run"),
@@ -578,6 +586,18 @@ class SelectionReportWriter:
                 return notes_l
         return [None] * n
 
+    @staticmethod
+    def _roi_guides(batch: Any, n: int) -> list[str | None]:
+        """Per-patient ``roi_guide`` from the batch (batched list or decollated list of dicts), or Nones."""
+        key = str(DyMoKeys.ROI_GUIDE)
+        if isinstance(batch, Mapping):
+            guides = batch.get(key)
+            if isinstance(guides, Sequence) and not isinstance(guides, str) and len(guides) == n:
+                return [str(g) for g in guides]
+        elif isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) and len(batch) == n:
+            return [str(d[key]) if isinstance(d, Mapping) and d.get(key) else None for d in batch]
+        return [None] * n
+
     def _field_masks(self, batch: Any, n: int) -> list[Mapping[str, Any] | None]:
         """Per-patient ``{group: BoolTensor[F]}`` from the batch (batched dict or decollated list), or Nones."""
         if isinstance(batch, Mapping):
@@ -618,8 +638,9 @@ class SelectionReportWriter:
         records, labels, inputs = self._split(output)
         masks = self._field_masks(batch, len(records)) if batch is not None else [None] * len(records)
         notes = self._field_notes(batch, len(records)) if batch is not None else [None] * len(records)
+        guides = self._roi_guides(batch, len(records))
         out = []
-        for rec, label, x, mask, note in zip(records, labels, inputs, masks, notes):
+        for rec, label, x, mask, note, guide in zip(records, labels, inputs, masks, notes, guides):
             rec = dict(rec)
             if label is not None and rec.get("label") is None:
                 rec["label"] = label_value(label)
@@ -627,6 +648,8 @@ class SelectionReportWriter:
                 rec["missing_fields"], rec["num_fields"] = self._missing_fields(rec, mask)
             if note and rec.get("field_notes") is None:
                 rec["field_notes"] = {str(g): str(v) for g, v in note.items()}
+            if guide and rec.get("roi_guide") is None:
+                rec["roi_guide"] = guide
             out.append((rec, x))
         return out
 

@@ -30,6 +30,7 @@ from monai.transforms.transform import MapTransform, Transform
 from monai.transforms.utils import generate_spatial_bounding_box
 from monai.transforms.utils_morphological_ops import erode
 from monai.utils import ensure_tuple, ensure_tuple_rep
+from monai_dymo.keys import DyMoKeys
 from monai_dymo.transforms.utils import REASON_META_KEY, get_patient_id, is_placeholder, make_placeholder
 
 __all__ = [
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 #: sample key recording what placed the region of interest (a guide modality's name or :data:`FOREGROUND_GUIDE`)
-ROI_GUIDE_KEY = "roi_guide"
+ROI_GUIDE_KEY = str(DyMoKeys.ROI_GUIDE)
 #: ``roi_guide`` of a patient without an observed guide: the crop is centred on the foreground's bounding box
 FOREGROUND_GUIDE = "foreground"
 
