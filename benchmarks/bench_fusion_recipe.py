@@ -16,6 +16,8 @@ Usage::
     for s in 0 1 2; do python -m monai.bundle run --config_file "['configs/common.yaml','configs/train.yaml']" \\
         --bundle_root bundles/cohort_dymo --seed $s --model_dir runs/S$s; done
     python benchmarks/bench_fusion_recipe.py --model-dirs runs/S0 runs/S1 runs/S2 --size 64
+    # a network trained on another cohort file (e.g. the lesion-centred crop)
+    python benchmarks/bench_fusion_recipe.py --model-dirs runs/R0 --cohort-file bundles/cohort_dymo/cohorts/brain_mri_roi.yaml
 """
 
 from __future__ import annotations
@@ -39,15 +41,18 @@ BUNDLE = ROOT / "bundles" / "cohort_dymo"
 
 
 def bundle_spec(cohort_dir: Path, size: int | None, size_3d: list[int] | None = None,
-                pixdim: float | None = None) -> tuple[CohortSpec, dict]:
-    """The bundle's cohort (``common.yaml``) read from ``cohort_dir``, 3D sizes set to ``size`` (or ``size_3d``, with
-    the spacing ``pixdim``: a centred crop); and ``network_def``."""
+                pixdim: float | None = None, cohort_file: Path | None = None) -> tuple[CohortSpec, dict]:
+    """The bundle's cohort (``common.yaml``) read from ``cohort_dir``, or the ``cohort`` mapping of ``cohort_file`` (as
+    given to the bundle), 3D sizes set to ``size`` (or ``size_3d``, with the spacing ``pixdim``: a centred crop); and
+    ``network_def``."""
     import yaml
 
     common = yaml.safe_load((BUNDLE / "configs" / "common.yaml").read_text())
     cfg = common["cohort"]
     cfg["datalist"] = str(cohort_dir / "datalist.json")
     cfg["clinical_csv"] = str(cohort_dir / "clinical.csv")
+    if cohort_file is not None:
+        cfg = yaml.safe_load(Path(cohort_file).read_text())["cohort"]
     for m in cfg["modalities"]:
         if m["kind"] == "image3d":
             if size is not None or size_3d is not None:
@@ -55,7 +60,7 @@ def bundle_spec(cohort_dir: Path, size: int | None, size_3d: list[int] | None = 
             if pixdim is not None:
                 m["pixdim"] = [pixdim] * 3
     net = {k: v for k, v in common["network_def"].items() if k not in ("_target_", "spec", "stats")}
-    return CohortSpec.from_config(cfg), net
+    return CohortSpec.from_config(cfg, base_dir=None if cohort_file is None else Path(cohort_file).parent), net
 
 
 @torch.no_grad()
@@ -87,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dirs", nargs="+", type=Path, required=True, help="folders holding fusion.pt")
     p.add_argument("--cohort", type=Path, default=ROOT / "outputs" / "brain_cohort")
+    p.add_argument("--cohort-file", type=Path, default=None,
+                   help="a cohort YAML as given to the bundle (replaces the default cohort; e.g. with 'roi')")
     p.add_argument("--stats", type=Path, default=BUNDLE / "models" / "brain_mri_demo" / "clinical_stats.json")
     p.add_argument("--cache-dir", type=Path, default=BUNDLE / "runs" / "brain_mri_demo" / "cache")
     p.add_argument("--size", type=int, default=None, help="3D spatial size (default: the bundle's)")
@@ -98,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    spec, net_args = bundle_spec(args.cohort, args.size, args.size_3d, args.pixdim)
+    spec, net_args = bundle_spec(args.cohort, args.size, args.size_3d, args.pixdim, args.cohort_file)
     net_args.update(args.network_def)
     device = torch.device(args.device)
     loaders = {

@@ -61,3 +61,24 @@ def test_mri_intensity_augmentation_is_drawn_per_sequence():
     out = aug(_sample(0))
     assert not torch.allclose(out["t1"].as_tensor(), out["t2"].as_tensor())  # each acquisition its own bias / noise
     torch.testing.assert_close(out["ct"].as_tensor(), _sample(0)["ct"].as_tensor())  # pictures untouched here
+
+
+def test_translate_shifts_the_volumes_together_and_keeps_the_content():
+    spec = CohortSpec.from_config(COHORT, base_dir="/tmp")
+    vol = torch.zeros(1, 8, 8, 8)
+    vol[0, 3:5, 3:5, 3:5] = 1.0  # a small 'lesion' in the middle of the region
+    still = build_augmentation(spec, flip_prob=0.0, affine_prob=1.0, rotate_deg=0.0, scale=0.0, translate=0.0,
+                               bias_field_prob=0.0, noise_prob=0.0)
+    moved = build_augmentation(spec, flip_prob=0.0, affine_prob=1.0, rotate_deg=0.0, scale=0.0, translate=2.0,
+                               bias_field_prob=0.0, noise_prob=0.0)
+    moved.set_random_state(1)
+    sample = {**_sample(0), "t1": MetaTensor(vol.clone()), "t2": MetaTensor(vol.clone())}
+    torch.testing.assert_close(still(dict(sample))["t1"].as_tensor(), vol)  # no shift: unchanged
+    shifted = 0
+    for _ in range(5):
+        out = moved(dict(sample))
+        torch.testing.assert_close(out["t1"].as_tensor(), out["t2"].as_tensor())  # one draw for both sequences
+        centre = (out["t1"][0] > 0.5).nonzero().float().mean(0)
+        assert float((centre - 3.5).abs().max()) <= 2.0 + 1e-4  # moved by at most `translate` voxels
+        shifted += int(not torch.allclose(centre, torch.full((3,), 3.5)))
+    assert shifted >= 3
