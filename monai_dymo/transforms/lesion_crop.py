@@ -85,6 +85,12 @@ class BrightestRegionCentre(Transform):
         return torch.tensor(np.unravel_index(flat, tuple(score.shape)), dtype=torch.int64)
 
 
+def _resized_placeholder(img: torch.Tensor, size: Sequence[int], affine: Any = None) -> MetaTensor:
+    """A placeholder of ``size`` in place of the placeholder ``img``, keeping its channels and missingness reason."""
+    reason = img.meta.get(REASON_META_KEY, "") if isinstance(img, MetaTensor) else ""
+    return make_placeholder((img.shape[0], *size), reason, affine=affine, dtype=img.dtype)
+
+
 class GuidedROICropd(MapTransform):
     """Crop a patient's co-registered volumes (``keys``) to ``roi_size`` around the lesion found in a guide sequence.
 
@@ -129,7 +135,7 @@ class GuidedROICropd(MapTransform):
             img = d.get(key)
             if img is not None and not is_placeholder(img):
                 return self._to_world(img, self.centre(img).numpy().astype(np.float64), pid, key), key
-        for key in self.key_iterator(dict(d)):
+        for key in self.key_iterator(d):  # type: ignore[arg-type]
             img = d[key]
             if is_placeholder(img):
                 continue
@@ -154,9 +160,7 @@ class GuidedROICropd(MapTransform):
         if placed is None:  # nothing observed: placeholders only, at the crop's shape
             for key in self.key_iterator(d):
                 img = d[key]
-                reason = img.meta.get(REASON_META_KEY, "") if isinstance(img, MetaTensor) else ""
-                size = ensure_tuple_rep(self.roi_size, img.ndim - 1)
-                d[key] = make_placeholder((img.shape[0], *size), reason, dtype=img.dtype)
+                d[key] = _resized_placeholder(img, ensure_tuple_rep(self.roi_size, img.ndim - 1))
             d[ROI_GUIDE_KEY] = FOREGROUND_GUIDE
             return d
         world, guide = placed
@@ -177,9 +181,7 @@ class GuidedROICropd(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             if is_placeholder(img):
-                reason = img.meta.get(REASON_META_KEY, "") if isinstance(img, MetaTensor) else ""
-                affine = first.affine if isinstance(first, MetaTensor) else None
-                d[key] = make_placeholder((img.shape[0], *roi_size), reason, affine=affine, dtype=img.dtype)
+                d[key] = _resized_placeholder(img, roi_size, first.affine if isinstance(first, MetaTensor) else None)
         d[ROI_GUIDE_KEY] = guide
         return d
 
