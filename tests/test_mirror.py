@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_dymo.networks import MirrorAsymmetry, MirrorInputEncoder, MoPoERecovery, build_token_encoder
+from monai_dymo.networks import (
+    MirrorAsymmetry,
+    MirrorInputEncoder,
+    MoPoERecovery,
+    build_token_encoder,
+    is_small_encoder,
+)
 
 
 def _symmetric_brain(offset: int = 0) -> torch.Tensor:
@@ -64,6 +70,8 @@ def test_cohort_fusion_with_mirror_3d_only_wraps_volumes(tmp_path):
     net = build_cohort_fusion(spec, dim=16, num_heads=2, channels_3d=(4, 8), mirror_3d=True)
     assert isinstance(net.encoders["t1"], MirrorInputEncoder)
     assert not isinstance(net.encoders["xray"], MirrorInputEncoder)
+    assert is_small_encoder(net.encoders["t1"]) and is_small_encoder(net.encoders["xray"])
+    assert not is_small_encoder(build_token_encoder(3, 1, 16, backbone="resnet10"))
     logits, _ = net({"t1": torch.randn(2, 1, 16, 16, 16), "xray": torch.randn(2, 1, 16, 16)})
     assert logits.shape == (2, 2)
     # the recovery start still fits every convolution after the first (which reads two channels here)

@@ -377,4 +377,4 @@ def test_region_of_interest_column_says_where_the_volumes_were_read(tmp_path):
     path = write_report_csv(rows, tmp_path / "r.csv")
     text = [r["region_of_interest"] for r in csv.DictReader(open(path, newline=""))]
     assert text[0] == "around the lesion found in flair"
-    assert text[1].startswith("brain centre") and "not located" in text[1] and text[2] == ""
+    assert text[1].startswith("centre of the scanned volume") and "not located" in text[1] and text[2] == ""

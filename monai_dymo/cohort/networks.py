@@ -19,10 +19,9 @@ from monai_dymo.keys import DyMoKeys
 from monai_dymo.networks import (
     ClinicalTokenEncoder,
     DynamicFusionTransformer,
-    ImageTokenEncoder,
-    MirrorInputEncoder,
     build_token_encoder,
     encoder_backbone,
+    is_small_encoder,
     IterativeImputerRecovery,
     MoPoERecovery,
 )
@@ -206,9 +205,8 @@ def init_encoders_from_recovery(
         raise FileNotFoundError(f"recovery weights not found: {path}; train the recovery network first.")
     state = torch.load(path, map_location="cpu", weights_only=False)
     state = state.get("model", state) if isinstance(state, Mapping) else state
-    inner = {m: e.encoder if isinstance(e, MirrorInputEncoder) else e for m, e in network.encoders.items()}
     names = list(modalities) if modalities is not None else [
-        m for m in network.modalities if isinstance(inner[m], ImageTokenEncoder)
+        m for m in network.modalities if is_small_encoder(network.encoders[m])
     ]
     features = {m: encoder_backbone(network.encoders[m]) for m in names}
     pattern = re.compile(r"^encoders\.(?P<m>[^.]+)\.net\.layer_(?P<i>\d+)\.(?P<rest>.+)$")

@@ -333,5 +333,5 @@ def region_of_interest_text(guide: str | None) -> str | None:
     if not guide:
         return None
     if guide == FOREGROUND_GUIDE:
-        return "brain centre: no guide sequence observed, the lesion was not located"
+        return "centre of the scanned volume: no guide sequence observed, the lesion was not located"
     return f"around the lesion found in {guide}"

@@ -331,7 +331,7 @@ _JSON_FIELDS = (
     ("missing_fields / num_fields", "{clinical group: [missing field names]} / {group: number of fields}"),
     ("field_notes", "{clinical group: 'field = blank' or 'field = <missing-value code>' for each missing field}"),
     ("roi_guide", "what placed the region of interest the 3D volumes were cropped to: a guide sequence's name, or "
-     "'foreground' (the brain centre: no guide observed); absent without a region of interest"),
+     "'foreground' (the centre of the scanned volume: no guide observed); absent without a region of interest"),
     ("decisions", "{modality: {status, step, reward, rewards, why}}: the CSV's per-modality columns"),
     ("refer / refer_threshold / refer_alpha / refer_delta", "the refer flag (true / false) and its rule: referred when "
      "probability < refer_threshold (null: none certified, everybody referred); <prefix>_trust.json summarises the run"),

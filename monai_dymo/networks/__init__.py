@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from .backbones import BACKBONES, BackboneTokenEncoder, build_token_encoder, encoder_backbone, load_pretrained_backbone
+from .backbones import (
+    BACKBONES,
+    BackboneTokenEncoder,
+    build_token_encoder,
+    encoder_backbone,
+    is_small_encoder,
+    load_pretrained_backbone,
+)
 from .encoders import ClinicalTokenEncoder, ImageTokenEncoder
 from .export import FusionExport, example_fusion_inputs, export_fusion, verify_fusion_in_out
 from .mirror import MirrorAsymmetry, MirrorInputEncoder
@@ -18,6 +25,7 @@ __all__ = [
     "ClinicalTokenEncoder",
     "ImageTokenEncoder",
     "encoder_backbone",
+    "is_small_encoder",
     "MirrorAsymmetry",
     "MirrorInputEncoder",
     "DynamicFusionTransformer",

@@ -221,6 +221,12 @@ _PREFIXES = ("module.", "backbone.", "model.", "encoder.", "net.", "features.")
 _HEADS = ("fc.", "classifier.", "class_layers.", "_fc.", "head.", "heads.")
 
 
+def is_small_encoder(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` is the package's small convolutional token encoder (``ImageTokenEncoder``), plain or inside
+    a mirror wrapper: the encoders the recovery network's image experts can start (``init_encoders_from_recovery``)."""
+    return isinstance(encoder.encoder if isinstance(encoder, MirrorInputEncoder) else encoder, ImageTokenEncoder)
+
+
 def encoder_backbone(encoder: nn.Module) -> nn.Module:
     """The convolutional part of a token encoder (a mirror wrapper unwrapped): a small encoder's ``features``, a MONAI
     backbone's network; any other module is returned as it is."""

@@ -31,7 +31,7 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from monai.transforms.utils_morphological_ops import erode
 from monai.utils import ensure_tuple, ensure_tuple_rep
 from monai_dymo.keys import DyMoKeys
-from monai_dymo.transforms.utils import REASON_META_KEY, get_patient_id, is_placeholder, make_placeholder
+from monai_dymo.transforms.utils import get_patient_id, is_placeholder, resized_placeholder
 
 __all__ = [
     "ROI_GUIDE_KEY",
@@ -83,12 +83,6 @@ class BrightestRegionCentre(Transform):
         score = torch.where(inside, score[0], torch.full_like(score[0], -torch.inf))
         flat = int(torch.argmax(score))
         return torch.tensor(np.unravel_index(flat, tuple(score.shape)), dtype=torch.int64)
-
-
-def _resized_placeholder(img: torch.Tensor, size: Sequence[int], affine: Any = None) -> MetaTensor:
-    """A placeholder of ``size`` in place of the placeholder ``img``, keeping its channels and missingness reason."""
-    reason = img.meta.get(REASON_META_KEY, "") if isinstance(img, MetaTensor) else ""
-    return make_placeholder((img.shape[0], *size), reason, affine=affine, dtype=img.dtype)
 
 
 class GuidedROICropd(MapTransform):
@@ -160,7 +154,7 @@ class GuidedROICropd(MapTransform):
         if placed is None:  # nothing observed: placeholders only, at the crop's shape
             for key in self.key_iterator(d):
                 img = d[key]
-                d[key] = _resized_placeholder(img, ensure_tuple_rep(self.roi_size, img.ndim - 1))
+                d[key] = resized_placeholder(img, ensure_tuple_rep(self.roi_size, img.ndim - 1))
             d[ROI_GUIDE_KEY] = FOREGROUND_GUIDE
             return d
         world, guide = placed
@@ -181,7 +175,7 @@ class GuidedROICropd(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             if is_placeholder(img):
-                d[key] = _resized_placeholder(img, roi_size, first.affine if isinstance(first, MetaTensor) else None)
+                d[key] = resized_placeholder(img, roi_size, first.affine if isinstance(first, MetaTensor) else None)
         d[ROI_GUIDE_KEY] = guide
         return d
 

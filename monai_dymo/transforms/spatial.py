@@ -23,7 +23,7 @@ from monai.transforms.croppad.array import ResizeWithPadOrCrop
 from monai.transforms.spatial.array import Orientation, Resize, Spacing
 from monai.transforms.transform import MapTransform, Transform
 from monai.utils import ensure_tuple
-from monai_dymo.transforms.utils import REASON_META_KEY, is_placeholder, make_placeholder
+from monai_dymo.transforms.utils import is_placeholder, resized_placeholder
 
 __all__ = ["HarmonizeModality", "HarmonizeModalitiesd", "HarmonizeModalitiesD", "HarmonizeModalitiesDict"]
 
@@ -125,15 +125,11 @@ class HarmonizeModalitiesd(MapTransform):
             img = d[key]
             if not is_placeholder(img):
                 continue
-            if first is not None:
-                shape = (img.shape[0], *first.shape[1:])  # the harmonised shape (spatial_size when given)
+            if first is not None:  # the harmonised shape (spatial_size when given)
                 affine = first.affine if isinstance(first, MetaTensor) else None
+                d[key] = resized_placeholder(img, first.shape[1:], affine)
             elif self.harmonize.spatial_size is not None:
-                shape, affine = (img.shape[0], *self.harmonize.target_size(img.ndim - 1)), None  # type: ignore[misc]
-            else:
-                continue
-            reason = img.meta.get(REASON_META_KEY, "") if isinstance(img, MetaTensor) else ""
-            d[key] = make_placeholder(shape, reason, affine=affine, dtype=img.dtype)
+                d[key] = resized_placeholder(img, self.harmonize.target_size(img.ndim - 1))
         return d
 
 

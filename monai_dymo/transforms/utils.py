@@ -101,6 +101,15 @@ def make_placeholder(
     return out
 
 
+def resized_placeholder(
+    img: torch.Tensor, size: Sequence[int], affine: torch.Tensor | np.ndarray | None = None
+) -> MetaTensor:
+    """A placeholder of spatial ``size`` (``[C, *size]``) in place of the placeholder ``img``, keeping its channels, dtype
+    and missingness reason, with ``affine`` (none: identity)."""
+    reason = img.meta.get(REASON_META_KEY, "") if isinstance(img, MetaTensor) else ""
+    return make_placeholder((img.shape[0], *size), reason, affine=affine, dtype=img.dtype)
+
+
 def placeholder_like(img: torch.Tensor, reason: str, fill_value: float = 0.0) -> MetaTensor:
     """``fill_value`` (zeros; NaN for clinical fields) with the shape, dtype and meta (affine, ...) of ``img``, marked as
     a placeholder with ``reason``."""
