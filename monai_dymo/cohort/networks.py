@@ -106,6 +106,7 @@ def build_cohort_fusion(
     dropout: float = 0.1,
     channels_3d: Sequence[int] = (16, 32, 64),
     channels_2d: Sequence[int] = (16, 32, 64),
+    strides_3d: Sequence[int] | None = None,
     pool_3d: int = 2,
     pool_2d: int = 2,
     pool_mode: str = "max",
@@ -126,6 +127,11 @@ def build_cohort_fusion(
       anywhere in its region should reach the token, not be averaged away), with the modality's ``channels`` (3 for
       RGB pictures);
     - ``clinical``: :class:`ClinicalTokenEncoder` (one token per field, cardinalities from the statistics).
+
+    ``strides_3d``: the stride of each ``channels_3d`` stage of the small 3D encoder (default: 2 each), e.g.
+    ``[2, 2, 1]`` keeps a finer last feature map. ``pool_mode="shells"`` (every image modality): the tokens are the
+    averages over ``pool_3d`` / ``pool_2d`` concentric shells about the centre of the last feature map, for regions
+    of interest centred on the lesion (cohort ``roi``; :class:`~monai_dymo.networks.RadialShellPool`).
 
     ``pretrained``: weights files keyed by modality name or by kind (``image3d`` / ``image2d``); a modality's own
     ``pretrained`` entry in the cohort file wins. ``input_channels``: image channels per modality name (default 1).
@@ -165,6 +171,7 @@ def build_cohort_fusion(
             pool_mode=pool_mode,
             pretrained=weights,
             channels=tuple(channels_3d if is_3d else channels_2d),
+            strides=tuple(strides_3d) if (is_3d and strides_3d is not None) else None,
             norm=norm,
             name=m.name,
             mirror_axis=0 if (is_3d and mirror_3d) else None,

@@ -13,6 +13,7 @@ from .backbones import (
 from .encoders import ClinicalTokenEncoder, ImageTokenEncoder
 from .export import FusionExport, example_fusion_inputs, export_fusion, verify_fusion_in_out
 from .mirror import MirrorAsymmetry, MirrorInputEncoder
+from .shell_pool import RadialShellPool
 from .fusion import DynamicFusionTransformer, build_image_fusion, build_polymnist_fusion
 
 from .recovery import IterativeImputerRecovery, MoPoERecovery, RecoveryNetwork, build_mri_recovery, build_polymnist_recovery
@@ -28,6 +29,7 @@ __all__ = [
     "is_small_encoder",
     "MirrorAsymmetry",
     "MirrorInputEncoder",
+    "RadialShellPool",
     "DynamicFusionTransformer",
     "FusionExport",
     "example_fusion_inputs",

@@ -36,6 +36,7 @@ from monai.utils import ensure_tuple_rep
 
 from monai_dymo.networks.encoders import ImageTokenEncoder
 from monai_dymo.networks.mirror import MirrorInputEncoder
+from monai_dymo.networks.shell_pool import RadialShellPool
 
 __all__ = ["BACKBONES", "BackboneTokenEncoder", "build_token_encoder", "encoder_backbone", "load_pretrained_backbone"]
 
@@ -127,7 +128,8 @@ class BackboneTokenEncoder(nn.Module):
         in_channels: image channels.
         dim: token width.
         pool_size: token grid (int or one value per spatial dim).
-        pool_mode: ``"max"`` or ``"avg"``.
+        pool_mode: ``"max"`` or ``"avg"``; ``"shells"``: the average over ``pool_size`` (an int) concentric shells
+            about the centre (:class:`~monai_dymo.networks.shell_pool.RadialShellPool`).
     """
 
     def __init__(
@@ -140,8 +142,8 @@ class BackboneTokenEncoder(nn.Module):
         pool_mode: str = "max",
     ) -> None:
         super().__init__()
-        if pool_mode not in ("avg", "max"):
-            raise ValueError(f"pool_mode must be 'avg' or 'max', got {pool_mode!r}.")
+        if pool_mode not in ("avg", "max", "shells"):
+            raise ValueError(f"pool_mode must be 'avg', 'max' or 'shells', got {pool_mode!r}.")
         if backbone in _RESNETS:
             self.backbone: nn.Module = _ResNetFeatureMap(backbone, spatial_dims, in_channels)
         elif backbone in _DENSENETS:
@@ -155,9 +157,15 @@ class BackboneTokenEncoder(nn.Module):
         self.in_channels = in_channels
         self.dim = dim
         self.to_tokens = Convolution(spatial_dims, int(self.backbone.out_channels), dim, kernel_size=1, conv_only=True)
-        self.pool_size = tuple(int(p) for p in ensure_tuple_rep(pool_size, spatial_dims))
-        pool_type = Pool.ADAPTIVEAVG if pool_mode == "avg" else Pool.ADAPTIVEMAX
-        self.pool = Pool[pool_type, spatial_dims](self.pool_size)
+        self.pool: nn.Module
+        if pool_mode == "shells":
+            num_shells = int(pool_size) if isinstance(pool_size, int) else int(tuple(pool_size)[0])
+            self.pool_size: tuple[int, ...] = (num_shells,)
+            self.pool = RadialShellPool(num_shells)
+        else:
+            self.pool_size = tuple(int(p) for p in ensure_tuple_rep(pool_size, spatial_dims))
+            pool_type = Pool.ADAPTIVEAVG if pool_mode == "avg" else Pool.ADAPTIVEMAX
+            self.pool = Pool[pool_type, spatial_dims](self.pool_size)
         self.num_tokens: int | None = math.prod(self.pool_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

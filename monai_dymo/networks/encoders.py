@@ -17,6 +17,8 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.layers.factories import Pool
 from monai.utils import ensure_tuple_rep
 
+from monai_dymo.networks.shell_pool import RadialShellPool
+
 __all__ = ["ImageTokenEncoder", "ClinicalTokenEncoder"]
 
 
@@ -45,7 +47,10 @@ class ImageTokenEncoder(nn.Module):
         kernel_size: convolution kernel size.
         num_res_units: 0 for plain ``Convolution`` blocks, otherwise the number of sub-units of each ``ResidualUnit``.
         pool_size: fixed token grid (int or one value per spatial dim); ``None`` keeps the whole feature map.
-        pool_mode: ``"avg"`` (adaptive average) or ``"max"`` (adaptive max) pooling to ``pool_size``.
+        pool_mode: ``"avg"`` (adaptive average) or ``"max"`` (adaptive max) pooling to ``pool_size``; ``"shells"``:
+            the average over ``pool_size`` (an int) concentric shells about the centre of the feature map, one token
+            per shell from the centre out, for lesion-centred regions of interest
+            (:class:`~monai_dymo.networks.shell_pool.RadialShellPool`).
         spatial_size: input spatial size, only used to compute ``num_tokens`` when ``pool_size`` is None.
         act, norm, dropout: as in :class:`monai.networks.blocks.Convolution`.
 
@@ -71,8 +76,8 @@ class ImageTokenEncoder(nn.Module):
         pool_mode: str = "avg",
     ) -> None:
         super().__init__()
-        if pool_mode not in ("avg", "max"):
-            raise ValueError(f"pool_mode must be 'avg' or 'max', got {pool_mode!r}.")
+        if pool_mode not in ("avg", "max", "shells"):
+            raise ValueError(f"pool_mode must be 'avg', 'max' or 'shells', got {pool_mode!r}.")
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if len(channels) == 0 or len(channels) != len(strides):
@@ -120,7 +125,13 @@ class ImageTokenEncoder(nn.Module):
 
         self.pool_size: tuple[int, ...] | None = None
         self.pool: nn.Module = nn.Identity()
-        if pool_size is not None:
+        if pool_mode == "shells":
+            if pool_size is None:
+                raise ValueError("pool_mode 'shells' needs pool_size, the number of shells.")
+            num_shells = int(pool_size) if isinstance(pool_size, int) else int(tuple(pool_size)[0])
+            self.pool = RadialShellPool(num_shells)
+            self.pool_size = (num_shells,)
+        elif pool_size is not None:
             self.pool_size = tuple(int(p) for p in ensure_tuple_rep(pool_size, spatial_dims))
             if any(p < 1 for p in self.pool_size):
                 raise ValueError(f"pool_size must be positive, got {self.pool_size}.")
