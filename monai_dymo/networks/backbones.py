@@ -31,12 +31,10 @@ import torch
 from torch import nn
 
 from monai.networks.blocks import Convolution
-from monai.networks.layers.factories import Act, Pool
-from monai.utils import ensure_tuple_rep
+from monai.networks.layers.factories import Act
 
-from monai_dymo.networks.encoders import ImageTokenEncoder
+from monai_dymo.networks.encoders import ImageTokenEncoder, token_pool
 from monai_dymo.networks.mirror import MirrorInputEncoder
-from monai_dymo.networks.shell_pool import RadialShellPool
 
 __all__ = ["BACKBONES", "BackboneTokenEncoder", "build_token_encoder", "encoder_backbone", "load_pretrained_backbone"]
 
@@ -157,15 +155,7 @@ class BackboneTokenEncoder(nn.Module):
         self.in_channels = in_channels
         self.dim = dim
         self.to_tokens = Convolution(spatial_dims, int(self.backbone.out_channels), dim, kernel_size=1, conv_only=True)
-        self.pool: nn.Module
-        if pool_mode == "shells":
-            num_shells = int(pool_size) if isinstance(pool_size, int) else int(tuple(pool_size)[0])
-            self.pool_size: tuple[int, ...] = (num_shells,)
-            self.pool = RadialShellPool(num_shells)
-        else:
-            self.pool_size = tuple(int(p) for p in ensure_tuple_rep(pool_size, spatial_dims))
-            pool_type = Pool.ADAPTIVEAVG if pool_mode == "avg" else Pool.ADAPTIVEMAX
-            self.pool = Pool[pool_type, spatial_dims](self.pool_size)
+        self.pool, self.pool_size = token_pool(pool_mode, pool_size, spatial_dims)
         self.num_tokens: int | None = math.prod(self.pool_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,24 @@ def _shape_str(shape: list[int]) -> str:
     return "(" + ", ".join([str(v) for v in shape]) + ")"
 
 
+def token_pool(
+    pool_mode: str, pool_size: Sequence[int] | int | None, spatial_dims: int
+) -> tuple[nn.Module, tuple[int, ...]]:
+    """The pool that turns a last feature map into tokens, and its token grid: adaptive ``"avg"`` / ``"max"`` pooling
+    to ``pool_size`` (int or one value per spatial dim), or ``"shells"``: :class:`RadialShellPool` over ``pool_size``
+    (an int) concentric shells, grid ``(num_shells,)``."""
+    if pool_mode == "shells":
+        if pool_size is None:
+            raise ValueError("pool_mode 'shells' needs pool_size, the number of shells.")
+        num_shells = int(pool_size) if isinstance(pool_size, int) else int(tuple(pool_size)[0])
+        return RadialShellPool(num_shells), (num_shells,)
+    grid = tuple(int(p) for p in ensure_tuple_rep(pool_size, spatial_dims))
+    if any(p < 1 for p in grid):
+        raise ValueError(f"pool_size must be positive, got {grid}.")
+    pool_type = Pool.ADAPTIVEAVG if pool_mode == "avg" else Pool.ADAPTIVEMAX
+    return Pool[pool_type, spatial_dims](grid), grid
+
+
 class ImageTokenEncoder(nn.Module):
     """Convolutional encoder whose final feature-map positions become tokens.
 
@@ -125,18 +143,8 @@ class ImageTokenEncoder(nn.Module):
 
         self.pool_size: tuple[int, ...] | None = None
         self.pool: nn.Module = nn.Identity()
-        if pool_mode == "shells":
-            if pool_size is None:
-                raise ValueError("pool_mode 'shells' needs pool_size, the number of shells.")
-            num_shells = int(pool_size) if isinstance(pool_size, int) else int(tuple(pool_size)[0])
-            self.pool = RadialShellPool(num_shells)
-            self.pool_size = (num_shells,)
-        elif pool_size is not None:
-            self.pool_size = tuple(int(p) for p in ensure_tuple_rep(pool_size, spatial_dims))
-            if any(p < 1 for p in self.pool_size):
-                raise ValueError(f"pool_size must be positive, got {self.pool_size}.")
-            pool_type = Pool.ADAPTIVEAVG if pool_mode == "avg" else Pool.ADAPTIVEMAX
-            self.pool = Pool[pool_type, spatial_dims](self.pool_size)
+        if pool_mode == "shells" or pool_size is not None:
+            self.pool, self.pool_size = token_pool(pool_mode, pool_size, spatial_dims)
 
         grid: tuple[int, ...] | None = self.pool_size
         if grid is None and spatial_size is not None:
