@@ -64,19 +64,25 @@ def bundle_spec(cohort_dir: Path, size: int | None, size_3d: list[int] | None = 
 
 
 @torch.no_grad()
-def score(network: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float | int | None]:
-    """``{"observed": %, "<modality>": % alone, "<modality>_patients": n}`` over the loader's patients."""
-    names = list(network.modalities)
+def score(networks: torch.nn.Module | list[torch.nn.Module], loader: DataLoader,
+          device: torch.device) -> dict[str, float | int | None]:
+    """``{"observed": %, "<modality>": % alone, "<modality>_patients": n}`` over the loader's patients; several
+    networks (trained on the same cohort) are scored as their ensemble: the mean of their class probabilities."""
+    nets = networks if isinstance(networks, list) else [networks]
+    names = list(nets[0].modalities)
     m = len(names)
     subsets = torch.cat([torch.ones(1, m, dtype=torch.bool), torch.eye(m, dtype=torch.bool)])  # observed, singletons
     prepare = PrepareDyMoBatch(names)
     right = torch.zeros(m + 1)
     seen = torch.zeros(m + 1)
-    network.eval()
+    for net in nets:
+        net.eval()
     for batch in loader:
         inputs, label, _, kwargs = prepare(batch, device)
-        out = subset_augmented_forward(network, inputs, subsets.to(device), kwargs.get("present"))
-        ok = (out["logits"].argmax(1) == label.reshape(-1)[out["rows"]]).float().cpu()
+        outs = [subset_augmented_forward(net, inputs, subsets.to(device), kwargs.get("present")) for net in nets]
+        out = outs[0]
+        prob = torch.stack([o["logits"].softmax(1) for o in outs]).mean(0)
+        ok = (prob.argmax(1) == label.reshape(-1)[out["rows"]]).float().cpu()
         groups = out["groups"].cpu()
         right += torch.bincount(groups, weights=ok, minlength=m + 1)
         seen += torch.bincount(groups, minlength=m + 1).float()
@@ -104,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size-3d", type=int, nargs=3, default=None, help="3D spatial size, e.g. 64 80 64")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--ensemble", action="store_true",
+                   help="also score the ensemble of the --model-dirs (mean of their class probabilities)")
     args = p.parse_args(argv)
     spec, net_args = bundle_spec(args.cohort, args.size, args.size_3d, args.pixdim, args.cohort_file)
     net_args.update(args.network_def)
@@ -114,12 +122,18 @@ def main(argv: list[str] | None = None) -> int:
         for split in args.splits
     }
     rows = []
+    networks = []
     for model_dir in args.model_dirs:
         network = build_cohort_fusion(spec, stats=str(args.stats), **net_args).to(device)
         state = torch.load(model_dir / "fusion.pt", map_location=device, weights_only=True)
         network.load_state_dict(state)
+        networks.append(network)
         for split, loader in loaders.items():
             rows.append({"model_dir": str(model_dir), "split": split, **score(network, loader, device)})
+    if args.ensemble and len(networks) > 1:
+        for split, loader in loaders.items():
+            rows.append({"model_dir": f"ensemble of {len(networks)}", "split": split,
+                         **score(networks, loader, device)})
     names = spec.modality_names
     print(f"{'model_dir':40} {'split':10} {'observed':>8} " + " ".join(f"{n:>8}" for n in names))
     for r in rows:

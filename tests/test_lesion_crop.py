@@ -45,6 +45,39 @@ def test_centre_is_the_smoothed_lesion_not_the_bright_rim():
         BrightestRegionCentre()(torch.zeros(1, 8, 8, 8))
 
 
+def _ring_lesion(centre=(20, 18, 22), size=40):
+    """A brain (1.0) with a lesion whose oedema ring (radius 5-8 voxels, 4.0) is brighter than its core (2.0), plus a
+    small, brighter spot (6.0) far from it: FLAIR's picture of a tumour and a bright artefact."""
+    grid = torch.stack(torch.meshgrid(*[torch.arange(size, dtype=torch.float32)] * 3, indexing="ij"))
+    r = (grid - torch.tensor(centre, dtype=torch.float32)[:, None, None, None]).pow(2).sum(0).sqrt()
+    x = torch.zeros(size, size, size)
+    x[2:-2, 2:-2, 2:-2] = 1.0
+    x[r < 8] = 4.0
+    x[r < 5] = 2.0
+    x[30:32, 6:8, 6:8] = 6.0
+    return x[None]
+
+
+def test_fraction_centres_the_crop_on_the_lesion_region_not_its_brightest_voxel():
+    img = _ring_lesion()
+    peak = BrightestRegionCentre(sigma=0.0, margin=1)(img)
+    assert peak.tolist() == [30, 6, 6]  # the artefact is the brightest voxel, then the ring: never the lesion's centre
+    ring = BrightestRegionCentre(sigma=1.0, margin=1)(img)
+    assert float((ring - torch.tensor([20, 18, 22])).abs().max()) >= 3
+    centre = BrightestRegionCentre(sigma=1.0, margin=1, fraction=0.5)(img)
+    assert centre.dtype == torch.int64 and centre.tolist() == [20, 18, 22]
+    # a uniform region that is all brighter than the fraction of its peak: its centroid, the centre of the brain
+    flat = torch.zeros(1, 21, 21, 21)
+    flat[:, 2:-2, 2:-2, 2:-2] = 1.0
+    assert BrightestRegionCentre(sigma=0.0, margin=0, fraction=0.5)(flat).tolist() == [10, 10, 10]
+    # nothing brighter than zero (a negative z-scored image): the argmax
+    assert BrightestRegionCentre(sigma=0.0, margin=0, fraction=0.5)(-img - 10).tolist() == \
+        BrightestRegionCentre(sigma=0.0, margin=0)(-img - 10).tolist()
+    for bad in (0.0, 1.0, -0.2, 1.5):
+        with pytest.raises(ValueError, match="fraction must be in"):
+            BrightestRegionCentre(fraction=bad)
+
+
 def test_every_volume_is_cropped_around_the_same_world_point():
     flair = _brain()
     # T2 on another grid (1 mm, other origin) that covers the same world region: a ramp so the crop's origin shows
@@ -91,6 +124,8 @@ def test_a_region_leaving_the_volume_is_zero_padded_and_without_guide_the_brain_
         ({"guide": ["xray"]}, "must list image3d modalities"),
         ({"guide": ["ct"], "radius": 3}, r"unknown key\(s\) \['radius'\]"),
         ({"guide": ["ct"], "sigma": -1}, ">= 0"),
+        ({"guide": ["ct"], "fraction": 1.2}, r"'fraction' must be in \(0, 1\)"),
+        ({"guide": ["ct"], "fraction": "half"}, "'fraction' must be a number"),
         ("ct", "must be a mapping"),
     ],
 )

@@ -159,7 +159,8 @@ def build_preprocessing(spec: CohortSpec, stats_file: str | Path | None = None) 
     if spec.roi is not None:
         volumes = [m for m in spec.image_modalities if m.kind == "image3d"]
         chain.append(GuidedROICropd([m.name for m in volumes], guide_keys=spec.roi.guide,
-                                    roi_size=volumes[0].spatial_size, sigma=spec.roi.sigma, margin=spec.roi.margin))
+                                    roi_size=volumes[0].spatial_size, sigma=spec.roi.sigma, margin=spec.roi.margin,
+                                    fraction=spec.roi.fraction))
     if spec.clinical_modalities:
         if stats_file is None:
             raise ValueError("the cohort has clinical modalities: give the clinical statistics of the prepare stage.")

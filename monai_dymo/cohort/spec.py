@@ -169,11 +169,14 @@ class ROISpec:
         guide: ``image3d`` modality names, by preference (e.g. ``("flair",)``).
         sigma: Gaussian smoothing of the guide, in voxels.
         margin: voxels eroded from the guide's foreground before the argmax (the bright rim of the brain).
+        fraction: None: the crop is centred on the argmax of the smoothed guide; a number in (0, 1): on the centroid
+            of the largest connected region brighter than ``fraction`` times that peak.
     """
 
     guide: tuple[str, ...]
     sigma: float = 2.0
     margin: int = 3
+    fraction: float | None = None
 
     @classmethod
     def from_config(cls, cfg: Any, modalities: Sequence[ModalityEntry]) -> ROISpec:
@@ -184,9 +187,10 @@ class ROISpec:
         """
         if not isinstance(cfg, Mapping):
             raise ValueError(f"cohort roi: must be a mapping like {{guide: [flair]}}, got {cfg!r}.")
-        unknown = sorted(set(cfg) - {"guide", "sigma", "margin"})
+        unknown = sorted(set(cfg) - {"guide", "sigma", "margin", "fraction"})
         if unknown:
-            raise ValueError(f"cohort roi: unknown key(s) {unknown}; known keys are ['guide', 'margin', 'sigma'].")
+            raise ValueError(f"cohort roi: unknown key(s) {unknown}; known keys are ['fraction', 'guide', 'margin', "
+                             "'sigma'].")
         guide = cfg.get("guide")
         guide = (guide,) if isinstance(guide, str) else tuple(str(g) for g in (guide or ()))
         volumes = [m for m in modalities if m.kind == "image3d"]
@@ -207,7 +211,15 @@ class ROISpec:
             raise ValueError(f"cohort roi: 'sigma' and 'margin' must be numbers of voxels ({e}).") from e
         if sigma < 0 or margin < 0:
             raise ValueError(f"cohort roi: 'sigma' and 'margin' must be >= 0, got {sigma}, {margin}.")
-        return cls(guide=guide, sigma=sigma, margin=margin)
+        fraction = cfg.get("fraction")
+        if fraction is not None:
+            try:
+                fraction = float(fraction)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"cohort roi: 'fraction' must be a number in (0, 1) or null, got {fraction!r}.") from e
+            if not 0.0 < fraction < 1.0:
+                raise ValueError(f"cohort roi: 'fraction' must be in (0, 1) or null, got {fraction}.")
+        return cls(guide=guide, sigma=sigma, margin=margin, fraction=fraction)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ resized to 48^3: it memorises each patient instead. Cropping every sequence arou
 resolution shows the network what the radiologist looks at. The centre is found in a *guide* sequence in which the
 lesion (with its oedema) is the brightest region of the brain, FLAIR for brain tumours: the argmax of the guide
 smoothed with a Gaussian (MONAI's ``GaussianSmooth``) inside its foreground eroded by a margin (MONAI's ``erode``; the
-rim of the brain is bright in several sequences). The first *observed* guide of ``guide_keys`` is used; a patient
+rim of the brain is bright in several sequences), or, with ``fraction``, the centroid of the largest connected region
+brighter than ``fraction`` times that peak (the peak of FLAIR lies in the oedema ring, one radius away from the
+lesion's centre; the ring's region is centred on it). The first *observed* guide of ``guide_keys`` is used; a patient
 with none falls back to the centre of the foreground's bounding box of its first observed volume (MONAI's
 ``generate_spatial_bounding_box``). The centre travels in world coordinates (the guide's affine), so every volume,
 whatever its own grid, is cropped around the same point; each crop is MONAI's ``BorderPad`` + ``SpatialCrop`` and
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from monai.config import KeysCollection
 from monai.data.meta_tensor import MetaTensor
@@ -55,16 +58,22 @@ class BrightestRegionCentre(Transform):
         sigma: Gaussian smoothing in voxels (about the radius of the smallest lesion to find).
         margin: voxels eroded from the foreground (``img != 0``) before the argmax; 0 keeps it whole. A foreground
             that the erosion empties is used whole.
+        fraction: None: the argmax of the smoothed image. A number in (0, 1): the centroid (rounded to a voxel) of
+            the largest connected region (face-connected, ``scipy.ndimage.label``) of the eroded foreground whose
+            smoothed value exceeds ``fraction`` times the peak; the argmax when the peak is not positive.
 
     Raises:
         ValueError: the image has no foreground.
     """
 
-    def __init__(self, sigma: float = 2.0, margin: int = 3) -> None:
+    def __init__(self, sigma: float = 2.0, margin: int = 3, fraction: float | None = None) -> None:
         if sigma < 0 or margin < 0:
             raise ValueError(f"BrightestRegionCentre: sigma and margin must be >= 0, got {sigma}, {margin}.")
+        if fraction is not None and not 0.0 < float(fraction) < 1.0:
+            raise ValueError(f"BrightestRegionCentre: fraction must be in (0, 1) or None, got {fraction}.")
         self.smooth = GaussianSmooth(sigma=sigma) if sigma > 0 else None
         self.margin = int(margin)
+        self.fraction = None if fraction is None else float(fraction)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         x = torch.as_tensor(img, dtype=torch.float32).detach()
@@ -82,7 +91,20 @@ class BrightestRegionCentre(Transform):
             score = torch.as_tensor(self.smooth(score))
         score = torch.where(inside, score[0], torch.full_like(score[0], -torch.inf))
         flat = int(torch.argmax(score))
-        return torch.tensor(np.unravel_index(flat, tuple(score.shape)), dtype=torch.int64)
+        peak = torch.tensor(np.unravel_index(flat, tuple(score.shape)), dtype=torch.int64)
+        top = float(score.reshape(-1)[flat])
+        if self.fraction is None or top <= 0:
+            return peak
+        return self._largest_region_centroid((score > self.fraction * top).numpy())
+
+    @staticmethod
+    def _largest_region_centroid(mask: np.ndarray) -> torch.Tensor:
+        """Rounded centroid ``[D]`` (int64) of the largest connected region of a non-empty boolean ``mask``."""
+        labels, count = ndimage.label(mask)
+        sizes = np.bincount(labels.reshape(-1), minlength=count + 1)
+        sizes[0] = 0
+        largest = np.argwhere(labels == int(np.argmax(sizes)))
+        return torch.from_numpy(np.rint(largest.mean(0)).astype(np.int64))
 
 
 class GuidedROICropd(MapTransform):
@@ -97,7 +119,7 @@ class GuidedROICropd(MapTransform):
         keys: the volumes to crop (a patient's co-registered sequences).
         guide_keys: sequences to find the lesion in, by preference (e.g. ``["flair"]``); each must be in ``keys``.
         roi_size: spatial size of the crops, in voxels.
-        sigma, margin: see :class:`BrightestRegionCentre`.
+        sigma, margin, fraction: see :class:`BrightestRegionCentre`.
 
     Raises:
         ValueError: a guide is not one of ``keys``; at run time, a volume without an affine (naming the patient and
@@ -111,6 +133,7 @@ class GuidedROICropd(MapTransform):
         roi_size: Sequence[int] | int,
         sigma: float = 2.0,
         margin: int = 3,
+        fraction: float | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
         self.guide_keys = tuple(str(g) for g in ensure_tuple(guide_keys))
@@ -121,7 +144,7 @@ class GuidedROICropd(MapTransform):
         self.roi_size: tuple[int, ...] | int = size[0] if len(size) == 1 else size
         if any(s < 1 for s in size):
             raise ValueError(f"GuidedROICropd: roi_size must be positive, got {size}.")
-        self.centre = BrightestRegionCentre(sigma=sigma, margin=margin)
+        self.centre = BrightestRegionCentre(sigma=sigma, margin=margin, fraction=fraction)
 
     def _world_centre(self, d: Mapping[Hashable, Any], pid: str) -> tuple[np.ndarray, str] | None:
         """World point (mm) the crops are centred on, and what placed it; None when no volume is observed."""
