@@ -16,6 +16,8 @@ Usage::
     for s in 0 1 2; do python -m monai.bundle run --config_file "['configs/common.yaml','configs/train.yaml']" \\
         --bundle_root bundles/cohort_dymo --seed $s --model_dir runs/S$s; done
     python benchmarks/bench_fusion_recipe.py --model-dirs runs/S0 runs/S1 runs/S2 --size 64
+    # the same three, and their ensemble (mean of the class probabilities)
+    python benchmarks/bench_fusion_recipe.py --model-dirs runs/S0 runs/S1 runs/S2 --ensemble
     # a network trained on another cohort file (e.g. the lesion-centred crop)
     python benchmarks/bench_fusion_recipe.py --model-dirs runs/R0 --cohort-file bundles/cohort_dymo/cohorts/brain_mri_roi.yaml
 """

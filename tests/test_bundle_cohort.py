@@ -315,7 +315,7 @@ def test_train_ema_saves_the_averaged_weights(trained, tmp_path):
     assert any(not torch.allclose(weights["plain"][k], weights["ema"][k], atol=1e-4) for k in floats)
     lines = run_stage_failing("train", cohort_file, out, "--max_epochs", "1", "--ema_momentum", "2",
                               "--model_dir", str(tmp_path / "bad"))
-    assert "momentum" in lines[-1] and lines[-1].startswith("monai-dymo: error:")
+    assert lines[-1] == "monai-dymo: error: ema_momentum must be in (0, 1) or null, got 2."
 
 
 def test_metadata_verifies_offline():

@@ -11,7 +11,7 @@ from .recovery_trainer import (
     recovery_loss_terms,
     simulate_missing,
 )
-from .schedules import CHECKPOINTS, LR_SCHEDULES, build_lr_scheduler, check_checkpoint
+from .schedules import CHECKPOINTS, LR_SCHEDULES, build_ema_handler, build_lr_scheduler, check_checkpoint
 from .trainer import AllSubsetsEvaluator, PrepareDyMoBatch, SubsetAugmentedTrainer, subset_augmented_forward
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "RecoveryMSE",
     "RecoveryTrainer",
     "SubsetAugmentedTrainer",
+    "build_ema_handler",
     "build_lr_scheduler",
     "check_checkpoint",
     "recovery_loss_terms",

@@ -1,10 +1,12 @@
-"""Training choices named in a bundle config (``lr_schedule: cosine``, ``checkpoint: last``), so a user writes no Python."""
+"""Training choices named in a bundle config (``lr_schedule: cosine``, ``checkpoint: last``, ``ema_momentum: 0.01``),
+so a user writes no Python."""
 
 from __future__ import annotations
 
 import torch
+from ignite.handlers import EMAHandler
 
-__all__ = ["LR_SCHEDULES", "CHECKPOINTS", "build_lr_scheduler", "check_checkpoint"]
+__all__ = ["LR_SCHEDULES", "CHECKPOINTS", "build_lr_scheduler", "check_checkpoint", "build_ema_handler"]
 
 #: names understood by :func:`build_lr_scheduler`
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
@@ -42,3 +44,22 @@ def build_lr_scheduler(
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(max_epochs), eta_min=0.0)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def build_ema_handler(network: torch.nn.Module, momentum: float | None) -> EMAHandler | None:
+    """Ignite's ``EMAHandler`` keeping an exponential moving average of ``network``'s weights (its ``ema_model``,
+    updated after every iteration once attached to the trainer: ``average <- (1 - momentum) * average + momentum *
+    weights``, buffers copied), or None when ``momentum`` is None or 0 (off).
+
+    Raises:
+        ValueError: ``momentum`` is not a number in (0, 1).
+    """
+    if momentum is None or momentum == 0:
+        return None
+    try:
+        value = float(momentum)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"ema_momentum must be a number in (0, 1) or null, got {momentum!r}.") from e
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"ema_momentum must be in (0, 1) or null, got {momentum!r}.")
+    return EMAHandler(network, momentum=value)
