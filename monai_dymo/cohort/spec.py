@@ -20,8 +20,10 @@ The cohort bundle (``bundles/cohort_dymo``) reads one short YAML mapping under t
 
 With ``roi`` the ``image3d`` modalities (each with ``pixdim``, one ``spatial_size``) are resampled to ``pixdim`` and
 cropped to ``spatial_size`` around the brightest region of the first observed ``guide`` sequence (the lesion and its
-oedema in FLAIR), the same world point for every sequence of a patient; without an observed guide, around the centre
-of the brain (:class:`~monai_dymo.transforms.GuidedROICropd`; ``sigma`` / ``margin`` in voxels, defaults 2 and 3).
+oedema in FLAIR): the centroid of the largest connected region brighter than ``fraction`` (default 0.7) times the peak
+of the smoothed guide (``fraction: null``: the peak itself), the same world point for every sequence of a patient;
+without an observed guide, around the centre of the brain (:class:`~monai_dymo.transforms.GuidedROICropd`; ``sigma`` /
+``margin`` in voxels, defaults 2 and 1).
 
 :class:`CohortSpec` validates it with errors that name the offending key, and every bundle stage derives what it needs
 from it (transforms, network sizes, clinical encodings), so the user never writes Python or arithmetic.
@@ -169,14 +171,14 @@ class ROISpec:
         guide: ``image3d`` modality names, by preference (e.g. ``("flair",)``).
         sigma: Gaussian smoothing of the guide, in voxels.
         margin: voxels eroded from the guide's foreground before the argmax (the bright rim of the brain).
-        fraction: None: the crop is centred on the argmax of the smoothed guide; a number in (0, 1): on the centroid
-            of the largest connected region brighter than ``fraction`` times that peak.
+        fraction: a number in (0, 1): the crop is centred on the centroid of the largest connected region brighter
+            than ``fraction`` times the peak of the smoothed guide; None: on the peak (the argmax; release 0.5).
     """
 
     guide: tuple[str, ...]
     sigma: float = 2.0
-    margin: int = 3
-    fraction: float | None = None
+    margin: int = 1
+    fraction: float | None = 0.7
 
     @classmethod
     def from_config(cls, cfg: Any, modalities: Sequence[ModalityEntry]) -> ROISpec:
@@ -206,12 +208,12 @@ class ROISpec:
             raise ValueError(f"cohort roi: the cropped volumes share one region, so one 'spatial_size'; got "
                              f"{ {m.name: list(m.spatial_size) for m in volumes} }.")
         try:
-            sigma, margin = float(cfg.get("sigma", 2.0)), int(cfg.get("margin", 3))
+            sigma, margin = float(cfg.get("sigma", 2.0)), int(cfg.get("margin", 1))
         except (TypeError, ValueError) as e:
             raise ValueError(f"cohort roi: 'sigma' and 'margin' must be numbers of voxels ({e}).") from e
         if sigma < 0 or margin < 0:
             raise ValueError(f"cohort roi: 'sigma' and 'margin' must be >= 0, got {sigma}, {margin}.")
-        fraction = cfg.get("fraction")
+        fraction = cfg.get("fraction", 0.7)
         if fraction is not None:
             try:
                 fraction = float(fraction)
