@@ -117,6 +117,8 @@ def build_cohort_fusion(
     input_channels: Mapping[str, int] | None = None,
     share_encoders: bool = False,
     mirror_3d: bool = False,
+    histogram_bins_3d: int | None = None,
+    histogram_shells_3d: int = 1,
 ) -> DynamicFusionTransformer:
     """DyMo fusion network over the cohort's modalities (in the spec's order).
 
@@ -145,6 +147,12 @@ def build_cohort_fusion(
     mirror image about the brain's centre along axis 0, left-right after the cohort's RAS reorientation;
     :class:`~monai_dymo.networks.MirrorInputEncoder`): a lesion on one side stands out of the symmetric anatomy.
     For brain (head) volumes only.
+
+    ``histogram_bins_3d`` (e.g. 16): every ``image3d`` encoder adds one token, the log histogram of its region's
+    z-scored intensities in that many bins over [-3, 6] (:class:`~monai_dymo.networks.HistogramTokenEncoder`): how
+    much of the region lies in each intensity band, e.g. bright oedema against less bright tumour in FLAIR;
+    ``histogram_shells_3d`` > 1: one histogram per concentric shell about the region's centre (how far out each band
+    reaches around a lesion-centred region).
     """
     layouts = clinical_layouts(spec, stats)
     given = dict(pretrained or {})
@@ -175,6 +183,8 @@ def build_cohort_fusion(
             norm=norm,
             name=m.name,
             mirror_axis=0 if (is_3d and mirror_3d) else None,
+            histogram_bins=histogram_bins_3d if is_3d else None,
+            histogram_shells=histogram_shells_3d,
         )
     return DynamicFusionTransformer(
         spec.modality_names,

@@ -12,6 +12,7 @@ from .backbones import (
 )
 from .encoders import ClinicalTokenEncoder, ImageTokenEncoder
 from .export import FusionExport, example_fusion_inputs, export_fusion, verify_fusion_in_out
+from .histogram import HistogramTokenEncoder, IntensityHistogram
 from .mirror import MirrorAsymmetry, MirrorInputEncoder
 from .shell_pool import RadialShellPool
 from .fusion import DynamicFusionTransformer, build_image_fusion, build_polymnist_fusion
@@ -27,6 +28,8 @@ __all__ = [
     "ImageTokenEncoder",
     "encoder_backbone",
     "is_small_encoder",
+    "HistogramTokenEncoder",
+    "IntensityHistogram",
     "MirrorAsymmetry",
     "MirrorInputEncoder",
     "RadialShellPool",

@@ -34,6 +34,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Act
 
 from monai_dymo.networks.encoders import ImageTokenEncoder, token_pool
+from monai_dymo.networks.histogram import HistogramTokenEncoder
 from monai_dymo.networks.mirror import MirrorInputEncoder
 
 __all__ = ["BACKBONES", "BackboneTokenEncoder", "build_token_encoder", "encoder_backbone", "load_pretrained_backbone"]
@@ -183,14 +184,22 @@ def build_token_encoder(
     act: tuple | str | None = "PRELU",
     name: str = "image",
     mirror_axis: int | None = None,
+    histogram_bins: int | None = None,
+    histogram_shells: int = 1,
 ) -> nn.Module:
     """The token encoder of one image modality, by backbone name (see the module docstring).
 
     ``channels``, ``strides``, ``num_res_units``, ``norm`` and ``act`` configure ``"small"`` only; ``pretrained``
     loads a state dict into the encoder's backbone (``name``, the modality, is quoted in errors). ``mirror_axis``
     (e.g. 0 for RAS brain volumes): the backbone reads the image and its left-right asymmetry
-    (:class:`~monai_dymo.networks.mirror.MirrorInputEncoder`, twice the input channels).
+    (:class:`~monai_dymo.networks.mirror.MirrorInputEncoder`, twice the input channels). ``histogram_bins``: one
+    more token, the log histogram of the image's intensities in that many bins, in each of ``histogram_shells``
+    concentric shells (:class:`~monai_dymo.networks.histogram.HistogramTokenEncoder`).
     """
+    if histogram_bins is not None:
+        inner = build_token_encoder(spatial_dims, in_channels, dim, backbone, pool_size, pool_mode, pretrained,
+                                    channels, strides, num_res_units, norm, act, name, mirror_axis)
+        return HistogramTokenEncoder(inner, num_bins=histogram_bins, num_shells=histogram_shells)
     if mirror_axis is not None:
         inner = build_token_encoder(spatial_dims, 2 * in_channels, dim, backbone, pool_size, pool_mode, pretrained,
                                     channels, strides, num_res_units, norm, act, name)
@@ -219,17 +228,24 @@ _PREFIXES = ("module.", "backbone.", "model.", "encoder.", "net.", "features.")
 _HEADS = ("fc.", "classifier.", "class_layers.", "_fc.", "head.", "heads.")
 
 
+def _unwrap(encoder: nn.Module) -> nn.Module:
+    """The token encoder inside any histogram / mirror wrappers."""
+    while isinstance(encoder, (HistogramTokenEncoder, MirrorInputEncoder)):
+        encoder = encoder.encoder
+    return encoder
+
+
 def is_small_encoder(encoder: nn.Module) -> bool:
     """Whether ``encoder`` is the package's small convolutional token encoder (``ImageTokenEncoder``), plain or inside
-    a mirror wrapper: the encoders the recovery network's image experts can start (``init_encoders_from_recovery``)."""
-    return isinstance(encoder.encoder if isinstance(encoder, MirrorInputEncoder) else encoder, ImageTokenEncoder)
+    histogram / mirror wrappers: the encoders the recovery network's image experts can start
+    (``init_encoders_from_recovery``)."""
+    return isinstance(_unwrap(encoder), ImageTokenEncoder)
 
 
 def encoder_backbone(encoder: nn.Module) -> nn.Module:
     """The convolutional part of a token encoder (a mirror wrapper unwrapped): a small encoder's ``features``, a MONAI
     backbone's network; any other module is returned as it is."""
-    if isinstance(encoder, MirrorInputEncoder):
-        encoder = encoder.encoder
+    encoder = _unwrap(encoder)
     if isinstance(encoder, BackboneTokenEncoder):
         inner = encoder.backbone
         for attr in ("net", "features"):  # the MONAI network inside the feature-map wrapper
