@@ -40,9 +40,9 @@ class IntensityHistogram(nn.Module):
             raise ValueError(f"num_bins must be >= 2, got {num_bins}.")
         if int(num_shells) < 1:
             raise ValueError(f"num_shells must be >= 1, got {num_shells}.")
-        self.num_shells = int(num_shells)
         if not float(high) > float(low):
             raise ValueError(f"the histogram range must have high > low, got low={low}, high={high}.")
+        self.num_shells = int(num_shells)
         self.num_bins = int(num_bins)
         self.width = (float(high) - float(low)) / (self.num_bins - 1)
         self.low = float(low)
