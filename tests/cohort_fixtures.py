@@ -94,3 +94,14 @@ def make_tiny_cohort(root: str | Path, n_train: int = 24, n_val: int = 9, n_test
             {"name": "clinical", "kind": "clinical", "continuous": ["age"], "categorical": ["sex"]},
         ],
     }
+
+
+def two_sequence_spec(root: str | Path, size: int = 24):
+    """A cohort spec of two 3D sequences (t1, flair) at ``size^3`` and three classes, for network-building tests."""
+    from monai_dymo.cohort import CohortSpec
+
+    return CohortSpec.from_config({
+        "name": "c", "datalist": str(Path(root) / "d.json"), "classes": ["a", "b", "c"],
+        "modalities": [{"name": "t1", "kind": "image3d", "spatial_size": [size] * 3},
+                       {"name": "flair", "kind": "image3d", "spatial_size": [size] * 3}],
+    })

@@ -58,14 +58,11 @@ def test_bad_histograms_are_refused():
 
 
 def test_cohort_fusion_adds_the_histogram_token_to_image_modalities_only(tmp_path):
-    from monai_dymo.cohort import CohortSpec
+    from tests.cohort_fixtures import two_sequence_spec
+
     from monai_dymo.cohort.networks import build_cohort_fusion
 
-    spec = CohortSpec.from_config({
-        "name": "c", "datalist": str(tmp_path / "d.json"), "classes": ["a", "b", "c"],
-        "modalities": [{"name": "t1", "kind": "image3d", "spatial_size": [24, 24, 24]},
-                       {"name": "flair", "kind": "image3d", "spatial_size": [24, 24, 24]}],
-    })
+    spec = two_sequence_spec(tmp_path)
     net = build_cohort_fusion(spec, dim=16, num_heads=2, channels_3d=(4, 8, 8), strides_3d=(2, 2, 1),
                               pool_3d=4, pool_mode="shells", histogram_bins_3d=8)
     assert net.num_tokens == {"t1": 5, "flair": 5}

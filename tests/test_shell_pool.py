@@ -68,14 +68,11 @@ def test_small_shell_encoder_is_scriptable_and_rejects_unknown_pooling():
 
 
 def test_cohort_fusion_takes_strides_and_shells(tmp_path):
-    from monai_dymo.cohort import CohortSpec
+    from tests.cohort_fixtures import two_sequence_spec
+
     from monai_dymo.cohort.networks import build_cohort_fusion
 
-    spec = CohortSpec.from_config({
-        "name": "c", "datalist": str(tmp_path / "d.json"), "classes": ["a", "b", "c"],
-        "modalities": [{"name": "t1", "kind": "image3d", "spatial_size": [24, 24, 24]},
-                       {"name": "flair", "kind": "image3d", "spatial_size": [24, 24, 24]}],
-    })
+    spec = two_sequence_spec(tmp_path)
     net = build_cohort_fusion(spec, dim=16, num_heads=2, channels_3d=(4, 8, 8), strides_3d=(2, 2, 1),
                               pool_3d=5, pool_mode="shells")
     assert net.encoders["t1"].num_tokens == 5
