@@ -61,14 +61,14 @@ def features(spec, cohort: Path, sequence: str, shells: int, bins: int, cache_di
     ``sequence`` observed."""
     manifest = {p["patient_id"]: p for p in json.loads((cohort / "manifest.json").read_text())["patients"]}
     hist = IntensityHistogram(bins, -3.0, 6.0, num_shells=shells)
+    index = list(spec.modality_names).index(sequence)
     out = {}
     for split in SPLITS:
         ds = cohort_dataset(spec, split, stats_file=stats, cache="disk", cache_dir=cache_dir)
-        names = list(spec.modality_names)
         x, attr, y = [], [], []
         for i in range(len(ds)):
             sample = ds[i]
-            if not bool(sample["present"][names.index(sequence)]):
+            if not bool(sample["present"][index]):
                 continue
             x.append(hist(torch.as_tensor(sample[sequence])[None].float()).numpy()[0])
             attr.append(manifest[sample["patient_id"]]["attributes"][ATTRIBUTE[sequence]])

@@ -148,7 +148,7 @@ def build_cohort_fusion(
     :class:`~monai_dymo.networks.MirrorInputEncoder`): a lesion on one side stands out of the symmetric anatomy.
     For brain (head) volumes only.
 
-    ``histogram_bins_3d`` (e.g. 16): every ``image3d`` encoder adds one token, the log histogram of its region's
+    ``histogram_bins_3d`` (the bundle: 10, with 8 shells): every ``image3d`` encoder adds one token, the log histogram of its region's
     z-scored intensities in that many bins over [-3, 6] (:class:`~monai_dymo.networks.HistogramTokenEncoder`): how
     much of the region lies in each intensity band, e.g. bright oedema against less bright tumour in FLAIR;
     ``histogram_shells_3d`` > 1: one histogram per concentric shell about the region's centre (how far out each band

@@ -243,8 +243,8 @@ def is_small_encoder(encoder: nn.Module) -> bool:
 
 
 def encoder_backbone(encoder: nn.Module) -> nn.Module:
-    """The convolutional part of a token encoder (a mirror wrapper unwrapped): a small encoder's ``features``, a MONAI
-    backbone's network; any other module is returned as it is."""
+    """The convolutional part of a token encoder (histogram / mirror wrappers unwrapped): a small encoder's
+    ``features``, a MONAI backbone's network; any other module is returned as it is."""
     encoder = _unwrap(encoder)
     if isinstance(encoder, BackboneTokenEncoder):
         inner = encoder.backbone

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from monai_dymo.networks.shell_pool import shell_index
+from monai_dymo.networks.shell_pool import shell_membership
 
 __all__ = ["IntensityHistogram", "HistogramTokenEncoder"]
 
@@ -57,9 +57,7 @@ class IntensityHistogram(nn.Module):
         v = flat.clamp(self.low, self.high).unsqueeze(2)  # [B, C, 1, N]
         weight = (1.0 - (v - self.centres.to(flat.dtype)[None, None, :, None]).abs() / self.width).clamp_min(0.0)
         weight = weight * fg.unsqueeze(2)  # [B, C, K, N]
-        shell = shell_index([int(s) for s in x.shape[2:]], self.num_shells, x.device)
-        member = torch.zeros(shell.numel(), self.num_shells, device=x.device, dtype=flat.dtype)
-        member[torch.arange(shell.numel(), device=x.device), shell] = 1.0  # [N, S]
+        member = shell_membership([int(s) for s in x.shape[2:]], self.num_shells, x.device, flat.dtype)  # [N, S]
         counts = torch.matmul(weight, member)  # [B, C, K, S]
         total = torch.matmul(fg, member).unsqueeze(2)  # [B, C, 1, S]
         frac = counts / total.clamp_min(1.0)
@@ -87,9 +85,8 @@ class HistogramTokenEncoder(nn.Module):
         inner_tokens = getattr(encoder, "num_tokens", None)
         self.num_tokens: int | None = None if inner_tokens is None else int(inner_tokens) + 1
         self.histogram = IntensityHistogram(num_bins, low, high, num_shells=num_shells)
-        self.to_token = nn.Sequential(
-            nn.Linear(self.in_channels * int(num_shells) * int(num_bins), self.dim), nn.GELU(), nn.Linear(self.dim, self.dim)
-        )
+        features = self.in_channels * int(num_shells) * int(num_bins)
+        self.to_token = nn.Sequential(nn.Linear(features, self.dim), nn.GELU(), nn.Linear(self.dim, self.dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.encoder(x)

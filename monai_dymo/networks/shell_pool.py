@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["RadialShellPool", "shell_index"]
+__all__ = ["RadialShellPool", "shell_index", "shell_membership"]
 
 
 def shell_index(spatial_shape: list[int], num_shells: int, device: torch.device) -> torch.Tensor:
@@ -31,6 +31,15 @@ def shell_index(spatial_shape: list[int], num_shells: int, device: torch.device)
     radius = max(float(min(spatial_shape)) / 2.0, 1e-6)
     shell = torch.floor(dist2.sqrt() / radius * num_shells).to(torch.int64)
     return shell.clamp(0, num_shells - 1).reshape(-1)
+
+
+def shell_membership(spatial_shape: list[int], num_shells: int, device: torch.device,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """One-hot shell of every voxel of a grid (see :func:`shell_index`): ``[prod(spatial_shape), num_shells]``."""
+    shell = shell_index(spatial_shape, num_shells, device)
+    member = torch.zeros(shell.numel(), num_shells, device=device, dtype=dtype)
+    member[torch.arange(shell.numel(), device=device), shell] = 1.0
+    return member
 
 
 class RadialShellPool(nn.Module):
@@ -50,8 +59,6 @@ class RadialShellPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, *S]`` -> ``[B, C, num_shells]``."""
-        shell = shell_index([int(s) for s in x.shape[2:]], self.num_shells, x.device)
-        weights = torch.zeros(shell.numel(), self.num_shells, device=x.device, dtype=x.dtype)
-        weights[torch.arange(shell.numel(), device=x.device), shell] = 1.0
+        weights = shell_membership([int(s) for s in x.shape[2:]], self.num_shells, x.device, x.dtype)
         weights = weights / weights.sum(0, keepdim=True).clamp_min(1.0)
         return torch.matmul(x.flatten(2), weights)
