@@ -90,3 +90,28 @@ def test_shell_histograms_say_how_far_out_each_band_reaches():
     assert enc.to_token[0].in_features == 20 and enc(torch.randn(1, 1, 20, 20, 20)).shape == (1, 5, 16)
     with pytest.raises(ValueError, match="num_shells"):
         IntensityHistogram(num_shells=0)
+
+
+def test_histogram_only_encoder_has_one_token_and_no_convolution(tmp_path):
+    enc = build_token_encoder(3, 1, 16, backbone="none", histogram_bins=6, histogram_shells=3, name="flair").eval()
+    assert isinstance(enc, HistogramTokenEncoder) and enc.encoder is None and not is_small_encoder(enc)
+    assert enc.num_tokens == 1 and not any(isinstance(m, torch.nn.Conv3d) for m in enc.modules())
+    x = torch.randn(2, 1, 12, 12, 12)
+    out = enc(x)
+    assert out.shape == (2, 1, 16)
+    torch.testing.assert_close(torch.jit.script(enc)(x), out)
+    # the token is a function of the histogram alone: permuting voxels within a shell does not change it
+    flipped = torch.flip(x, dims=(2, 3, 4))  # central symmetry keeps every voxel's shell
+    torch.testing.assert_close(enc(flipped), out)
+    with pytest.raises(ValueError, match="'flair'.*histogram_bins"):
+        build_token_encoder(3, 1, 16, backbone="none", name="flair")
+    with pytest.raises(ValueError, match="pretrained"):
+        build_token_encoder(3, 1, 16, backbone="none", histogram_bins=6, pretrained=tmp_path / "w.pt")
+
+    from tests.cohort_fixtures import two_sequence_spec
+
+    from monai_dymo.cohort.networks import build_cohort_fusion
+
+    net = build_cohort_fusion(two_sequence_spec(tmp_path), dim=16, num_heads=2, backbone_3d="none",
+                              histogram_bins_3d=6, histogram_shells_3d=3)
+    assert net.num_tokens == {"t1": 1, "flair": 1}

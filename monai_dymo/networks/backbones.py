@@ -8,6 +8,8 @@ not depend on the image size).
 Backbones (:data:`BACKBONES`):
 
 - ``"small"``: :class:`~monai_dymo.networks.encoders.ImageTokenEncoder` (stride-2 convolutions, ``channels``);
+- ``"none"``: no convolution; the one token is the intensity histogram (needs ``histogram_bins``;
+  :class:`~monai_dymo.networks.histogram.HistogramTokenEncoder` without an inner encoder);
 - ``"resnet10"`` ... ``"resnet200"``: :class:`monai.networks.nets.ResNet`; in 3D with MedicalNet's layout (its
   shortcut type and biases, so a MedicalNet checkpoint loads), in 2D with torchvision's layout (so an ImageNet
   ``resnet18`` / ``resnet50`` state dict loads);
@@ -43,7 +45,7 @@ _RESNETS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet
 _DENSENETS = ("densenet121", "densenet169", "densenet201", "densenet264")
 _EFFICIENTNETS = tuple(f"efficientnet-b{i}" for i in range(8))
 #: backbone names understood by :func:`build_token_encoder`
-BACKBONES: tuple[str, ...] = ("small", *_RESNETS, *_DENSENETS, *_EFFICIENTNETS)
+BACKBONES: tuple[str, ...] = ("small", "none", *_RESNETS, *_DENSENETS, *_EFFICIENTNETS)
 
 
 class _ResNetFeatureMap(nn.Module):
@@ -196,6 +198,14 @@ def build_token_encoder(
     more token, the log histogram of the image's intensities in that many bins, in each of ``histogram_shells``
     concentric shells (:class:`~monai_dymo.networks.histogram.HistogramTokenEncoder`).
     """
+    if backbone == "none":
+        if histogram_bins is None or mirror_axis is not None or pretrained is not None:
+            raise ValueError(
+                f"modality '{name}': backbone 'none' (no convolutional encoder) needs `histogram_bins` (its only "
+                "token is the intensity histogram) and takes no `mirror_axis` or `pretrained` weights."
+            )
+        return HistogramTokenEncoder(None, num_bins=histogram_bins, num_shells=histogram_shells,
+                                     in_channels=in_channels, dim=dim, spatial_dims=spatial_dims)
     if histogram_bins is not None:
         inner = build_token_encoder(spatial_dims, in_channels, dim, backbone, pool_size, pool_mode, pretrained,
                                     channels, strides, num_res_units, norm, act, name, mirror_axis)
@@ -230,7 +240,7 @@ _HEADS = ("fc.", "classifier.", "class_layers.", "_fc.", "head.", "heads.")
 
 def _unwrap(encoder: nn.Module) -> nn.Module:
     """The token encoder inside any histogram / mirror wrappers."""
-    while isinstance(encoder, (HistogramTokenEncoder, MirrorInputEncoder)):
+    while isinstance(encoder, (HistogramTokenEncoder, MirrorInputEncoder)) and encoder.encoder is not None:
         encoder = encoder.encoder
     return encoder
 

@@ -67,28 +67,35 @@ class IntensityHistogram(nn.Module):
 class HistogramTokenEncoder(nn.Module):
     """A token encoder plus one token from the image's intensity histogram: ``[B, C, *S]`` -> ``[B, n + 1, dim]``.
 
+    With ``encoder=None`` the histogram token is the only token (``[B, 1, dim]``): a first-order-radiomics encoder
+    with no convolution, for cohorts too small for a convolutional encoder to learn without memorising.
+
     Args:
         encoder: any image token encoder (``[B, C, *S]`` -> ``[B, n, dim]``) with ``in_channels`` and ``dim``
-            attributes.
+            attributes, or ``None``.
         num_bins, low, high, num_shells: see :class:`IntensityHistogram`.
+        in_channels, dim, spatial_dims: the input channels, token width and spatial dimensions when ``encoder`` is
+            ``None`` (otherwise read from the encoder).
     """
 
-    def __init__(self, encoder: nn.Module, num_bins: int = 16, low: float = -3.0, high: float = 6.0,
-                 num_shells: int = 1) -> None:
+    def __init__(self, encoder: nn.Module | None, num_bins: int = 16, low: float = -3.0, high: float = 6.0,
+                 num_shells: int = 1, in_channels: int = 1, dim: int = 0, spatial_dims: int = 3) -> None:
         super().__init__()
         self.encoder = encoder
-        self.in_channels = int(getattr(encoder, "in_channels", 1))
-        self.dim = int(getattr(encoder, "dim", 0))
+        self.in_channels = int(getattr(encoder, "in_channels", in_channels))
+        self.dim = int(getattr(encoder, "dim", dim))
         if self.dim < 1:
-            raise ValueError("HistogramTokenEncoder needs an encoder with a positive `dim` attribute (token width).")
-        self.spatial_dims = int(getattr(encoder, "spatial_dims", 3))
-        inner_tokens = getattr(encoder, "num_tokens", None)
+            raise ValueError("HistogramTokenEncoder needs a positive token width: an encoder with a `dim` attribute, "
+                             "or `dim` when `encoder` is None.")
+        self.spatial_dims = int(getattr(encoder, "spatial_dims", spatial_dims))
+        inner_tokens = 0 if encoder is None else getattr(encoder, "num_tokens", None)
         self.num_tokens: int | None = None if inner_tokens is None else int(inner_tokens) + 1
         self.histogram = IntensityHistogram(num_bins, low, high, num_shells=num_shells)
         features = self.in_channels * int(num_shells) * int(num_bins)
         self.to_token = nn.Sequential(nn.Linear(features, self.dim), nn.GELU(), nn.Linear(self.dim, self.dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.encoder(x)
         hist = self.to_token(self.histogram(x)).unsqueeze(1)
-        return torch.cat([tokens, hist], dim=1)
+        if self.encoder is None:
+            return hist
+        return torch.cat([self.encoder(x), hist], dim=1)
