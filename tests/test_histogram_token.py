@@ -115,3 +115,9 @@ def test_histogram_only_encoder_has_one_token_and_no_convolution(tmp_path):
     net = build_cohort_fusion(two_sequence_spec(tmp_path), dim=16, num_heads=2, backbone_3d="none",
                               histogram_bins_3d=6, histogram_shells_3d=3)
     assert net.num_tokens == {"t1": 1, "flair": 1}
+    # nothing convolutional to start from the recovery network: said, not silently skipped
+    from monai_dymo.cohort.networks import init_encoders_from_recovery
+
+    torch.save({}, tmp_path / "recovery.pt")
+    with pytest.raises(ValueError, match="backbone_3d small"):
+        init_encoders_from_recovery(net, tmp_path / "recovery.pt")

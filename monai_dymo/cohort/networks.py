@@ -225,6 +225,12 @@ def init_encoders_from_recovery(
     names = list(modalities) if modalities is not None else [
         m for m in network.modalities if is_small_encoder(network.encoders[m])
     ]
+    if not names:
+        raise ValueError(
+            f"init_from_recovery: the fusion network has no convolutional ('small') image encoder to start from {path} "
+            "(with backbone 'none' a sequence's only token is its histogram); build the encoders with "
+            "--network_def#backbone_3d small."
+        )
     features = {m: encoder_backbone(network.encoders[m]) for m in names}
     pattern = re.compile(r"^encoders\.(?P<m>[^.]+)\.net\.layer_(?P<i>\d+)\.(?P<rest>.+)$")
     copied: dict[str, int] = {m: 0 for m in names}
