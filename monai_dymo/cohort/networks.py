@@ -119,6 +119,7 @@ def build_cohort_fusion(
     mirror_3d: bool = False,
     histogram_bins_3d: int | None = None,
     histogram_shells_3d: int = 1,
+    logit_fusion: str = "transformer",
 ) -> DynamicFusionTransformer:
     """DyMo fusion network over the cohort's modalities (in the spec's order).
 
@@ -153,6 +154,9 @@ def build_cohort_fusion(
     much of the region lies in each intensity band, e.g. bright oedema against less bright tumour in FLAIR;
     ``histogram_shells_3d`` > 1: one histogram per concentric shell about the region's centre (how far out each band
     reaches around a lesion-centred region).
+
+    ``logit_fusion``: ``"transformer"`` (the method page's classifier on the fused CLS state) or ``"product"`` (the
+    product of the subset's single-modality experts; :class:`~monai_dymo.networks.DynamicFusionTransformer`).
     """
     layouts = clinical_layouts(spec, stats)
     given = dict(pretrained or {})
@@ -196,6 +200,7 @@ def build_cohort_fusion(
         mlp_ratio=mlp_ratio,
         proj_dim=proj_dim,
         dropout=dropout,
+        logit_fusion=logit_fusion,
     )
 
 

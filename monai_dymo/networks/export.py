@@ -61,6 +61,8 @@ class FusionExport(nn.Module):
         self.classifier = network.classifier
         self.projection = network.projection  # unused here; kept so that the state_dict keys equal the network's
         self.register_buffer("token_modality", network.token_modality.clone(), persistent=False)
+        # logit_fusion "product": the sum of the log-probabilities of each present modality fused alone
+        self.product: bool = getattr(network, "logit_fusion", "transformer") == "product"
 
     def forward(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         raw: list[torch.Tensor] = []
@@ -77,6 +79,18 @@ class FusionExport(nn.Module):
         cls = (self.cls_token + self.pos_embedding[:, :1]).to(tokens.dtype).expand(batch, -1, -1)
         x = torch.cat([cls, tokens], dim=1)
         subset = present.to(torch.bool)
+        if not self.product:
+            return self._classify(x, subset)
+        total = torch.zeros(batch, self.num_classes, dtype=x.dtype, device=x.device)
+        for m in range(len(self.modalities)):
+            alone = torch.zeros_like(subset)
+            alone[:, m] = True
+            logp = torch.log_softmax(self._classify(x, alone), dim=-1)
+            total = total + logp * subset[:, m : m + 1].to(x.dtype)
+        return total
+
+    def _classify(self, x: torch.Tensor, subset: torch.Tensor) -> torch.Tensor:
+        """The transformer's logits ``[B, C]`` for the sequence ``x [B, 1 + N, dim]`` with ``subset [B, M]`` visible."""
         visible = torch.cat([torch.ones_like(subset[:, :1]), subset[:, self.token_modality]], dim=1)
         hidden = ~visible
         for block in self.blocks:

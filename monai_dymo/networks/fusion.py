@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 
 from .encoders import ImageTokenEncoder
+
+#: how the logits of a subset are formed (see :class:`DynamicFusionTransformer`, ``logit_fusion``)
+LOGIT_FUSIONS = ("transformer", "product")
 
 __all__ = ["DynamicFusionTransformer", "build_image_fusion", "build_polymnist_fusion"]
 
@@ -59,6 +62,12 @@ class DynamicFusionTransformer(nn.Module):
         num_tokens: tokens per modality; defaults to each encoder's ``num_tokens`` attribute.
         metric: ``"cosine"`` (``z`` L2-normalised) or ``"euclidean"`` (``z`` as projected: the method page's
             Euclidean variant); the prototype loss, calibration and selection must use the same metric.
+        logit_fusion: ``"transformer"`` (the method page's network: the CLS classifier's logits for the subset) or
+            ``"product"``: the sum of the log-probabilities of the subset's modalities each fused ALONE (a product of
+            single-modality experts, trained as every subset's transformer logits are, by :meth:`fuse_subsets`; the
+            per-modality auxiliary loss trains each expert alone). ``z`` is the transformer's in both, so prototypes,
+            calibration and the quality score are unchanged; the prediction and the class ``c`` of the in-class score
+            follow the product.
     """
 
     def __init__(
@@ -74,11 +83,15 @@ class DynamicFusionTransformer(nn.Module):
         dropout: float = 0.0,
         num_tokens: Mapping[str, int] | None = None,
         metric: str = "cosine",
+        logit_fusion: str = "transformer",
     ) -> None:
         super().__init__()
         if metric not in ("cosine", "euclidean"):
             raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}.")
+        if logit_fusion not in LOGIT_FUSIONS:
+            raise ValueError(f"logit_fusion must be one of {list(LOGIT_FUSIONS)}, got {logit_fusion!r}.")
         self.metric = metric
+        self.logit_fusion = logit_fusion
         if isinstance(modalities, str):
             raise ValueError("modalities must be a sequence of names, not a single string.")
         self.modalities: tuple[str, ...] = tuple(str(m) for m in modalities)
@@ -200,11 +213,54 @@ class DynamicFusionTransformer(nn.Module):
             tokens: ``{name: [B, n_m, dim]}``.
             subset: BoolTensor ``[R, M]`` (``[M]``: the same subset for every row).
             index: optional LongTensor ``[R]``: row ``r`` fuses the tokens of sample ``index[r]`` (default: ``R = B``,
-                row ``r`` uses sample ``r``). Several rows may share a sample: their subset-independent work (the first
-                block's LayerNorm and query/key/value projection) is then done once per sample.
+                row ``r`` uses sample ``r``).
 
-        Only each row's visible tokens are computed: they are packed without padding (rows of equal sequence length
-        run their attention together) and the last block only computes the CLS query, the one output used.
+        ``z`` is the transformer's projection for the subset; the logits are the transformer's own
+        (``logit_fusion="transformer"``) or the product of the subset's single-modality experts (``"product"``,
+        :meth:`product_of_experts`). Computed by the packed path (:meth:`fuse_packed`).
+        """
+        logits, z = self.fuse_packed(tokens, subset, index)
+        if self.logit_fusion == "product":
+            logits = self.product_of_experts(tokens, subset, index, self.fuse_packed)
+        return logits, z
+
+    def product_of_experts(
+        self,
+        tokens: Mapping[str, torch.Tensor],
+        subset: torch.Tensor,
+        index: torch.Tensor | None,
+        fuse_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """Logits ``[R, C]`` of the product of the subset's single-modality experts.
+
+        ``logits = sum_{m in S} log_softmax(l({m}))``, ``l({m})`` the transformer's logits of modality ``m`` alone.
+
+        Each modality fused ALONE (``fuse_fn(tokens, {m}, index)``) is an expert ``p(y | x_m)``; with modalities
+        independent given the class and balanced classes, their product is the Bayes rule on the subset (naive Bayes
+        over modalities). Every (sample, modality) pair the rows need is fused once. An empty row gives zeros.
+        """
+        batch = self._check_tokens(tokens)
+        rows, index = self._check_index(index, batch)
+        subset = self._check_subset(subset, rows)
+        num_mod = len(self.modalities)
+        sample = torch.arange(rows, device=subset.device) if index is None else index.to(subset.device)
+        need = torch.zeros(batch, num_mod, dtype=torch.int64, device=subset.device).index_add_(0, sample, subset.long())
+        pairs = (need > 0).nonzero()  # [P, 2]: (sample, modality)
+        eye = torch.eye(num_mod, dtype=torch.bool, device=subset.device)
+        alone, _ = fuse_fn(tokens, eye.index_select(0, pairs[:, 1]), pairs[:, 0])
+        table = alone.new_zeros(batch, num_mod, self.num_classes)
+        table[pairs[:, 0], pairs[:, 1]] = alone.log_softmax(-1)
+        return (table.index_select(0, sample) * subset.unsqueeze(-1).to(table.dtype)).sum(1)
+
+    def fuse_packed(
+        self, tokens: Mapping[str, torch.Tensor], subset: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformer's own ``(logits [R, C], z [R, proj_dim])`` for per-row subsets (arguments of :meth:`fuse`).
+
+        Several rows may share a sample (``index``): their subset-independent work (the first block's LayerNorm and
+        query/key/value projection) is then done once per sample. Only each row's visible tokens are computed: they
+        are packed without padding (rows of equal sequence length run their attention together) and the last block
+        only computes the CLS query, the one output used.
         """
         batch = self._check_tokens(tokens)
         rows, index = self._check_index(index, batch)
@@ -264,6 +320,14 @@ class DynamicFusionTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference path of :meth:`fuse`: the whole sequence ``[CLS, all tokens]`` through the blocks' own
         ``forward`` with a key mask hiding modalities outside the subset (same arguments and results as ``fuse``)."""
+        logits, z = self._fuse_full_transformer(tokens, subset, index)
+        if self.logit_fusion == "product":
+            logits = self.product_of_experts(tokens, subset, index, self._fuse_full_transformer)
+        return logits, z
+
+    def _fuse_full_transformer(
+        self, tokens: Mapping[str, torch.Tensor], subset: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self._check_tokens(tokens)
         rows, index = self._check_index(index, batch)
         subset = self._check_subset(subset, rows)
@@ -284,6 +348,11 @@ class DynamicFusionTransformer(nn.Module):
 
         Row ``(k, b)`` uses subset ``subsets[k]``, restricted to ``present[b]`` when ``present`` is given; rows whose
         restricted subset is empty are skipped.
+
+        The logits are the transformer's own for every row, whatever ``logit_fusion``: they are what training's
+        cross-entropy fits and what the checkpoint criterion scores (a one-modality row trains that modality's
+        expert); ``logit_fusion="product"`` only changes the decision of :meth:`fuse`. (Fitting the product itself
+        measured lower on the default cohort's validation split: bundle docs, "Levers".)
 
         Args:
             tokens: ``{name: [B, n_m, dim]}``.
@@ -321,7 +390,7 @@ class DynamicFusionTransformer(nn.Module):
             tok = {m: t.repeat(subsets.shape[0], *([1] * (t.ndim - 1))) for m, t in tokens.items()}
         else:
             tok = {m: t.index_select(0, rows) for m, t in tokens.items()}
-        logits, z = self.fuse(tok, flat[keep])
+        logits, z = self.fuse_packed(tok, flat[keep])  # the transformer's own logits, also with logit_fusion "product"
         return {"logits": logits, "z": z, "rows": rows, "groups": groups, "subset": flat[keep]}
 
     def forward(
