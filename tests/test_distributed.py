@@ -369,7 +369,9 @@ def test_bundle_multi_gpu_inference_and_calibration_with_torchrun(tmp_path: Path
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
         cmd = [*launcher, "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(bundle), *args]
         env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True, timeout=600)
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        # on failure show what the ranks said (the default CalledProcessError message truncates it)
+        assert done.returncode == 0, f"torchrun {configs} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
 
     def single(*configs: str, out: str) -> None:
         run(config_file=cfg + [str(bundle / "configs" / c) for c in configs], bundle_root=str(bundle), **overrides(out))
