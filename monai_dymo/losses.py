@@ -123,6 +123,8 @@ class SubsetAugmentedLoss(nn.Module):
         prototype_weight: ``λ`` (1 in DyMo).
         temperature: ``τ`` (0.1 in DyMo).
         metric: ``"cosine"`` or ``"euclidean"`` (the fusion network's metric), see :class:`PrototypeLoss`.
+        label_smoothing: label smoothing of the classifier's cross-entropy (``torch.nn.functional.cross_entropy``'s;
+            0: none, DyMo's); the prototype term is never smoothed.
     """
 
     def __init__(
@@ -132,8 +134,12 @@ class SubsetAugmentedLoss(nn.Module):
         prototype_weight: float = 1.0,
         temperature: float = 0.1,
         metric: str = "cosine",
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
+        self.label_smoothing = float(label_smoothing)
         self.num_classes = int(num_classes)
         self.proj_dim = int(proj_dim)
         self.prototype_weight = float(prototype_weight)
@@ -165,6 +171,10 @@ class SubsetAugmentedLoss(nn.Module):
             )
         self.prototypes.copy_(prototypes.detach())
 
+    def classifier_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-row cross-entropy ``[N]`` of the classifier's ``logits [N, C]`` (with this loss's label smoothing)."""
+        return F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing)
+
     def compute(
         self, logits: torch.Tensor, z: torch.Tensor, target: torch.Tensor, groups: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
@@ -181,7 +191,7 @@ class SubsetAugmentedLoss(nn.Module):
         if z.ndim != 2 or z.shape != (logits.shape[0], self.proj_dim):
             raise ValueError(f"z must have shape {(logits.shape[0], self.proj_dim)}, found {tuple(z.shape)}.")
         target = _check_targets(target, logits.shape[0], self.num_classes)
-        ce = _group_mean(F.cross_entropy(logits, target, reduction="none"), groups)
+        ce = _group_mean(self.classifier_loss(logits, target), groups)
         if self.active and self.prototype_weight != 0.0:
             proto = _group_mean(self.prototype_loss(z, target, self.prototypes), groups)
         else:

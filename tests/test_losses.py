@@ -83,6 +83,27 @@ def test_subset_augmented_loss_group_averaging():
     torch.testing.assert_close(loss.compute(logits, z, y, groups * 2)["ce_loss"], ce)
 
 
+def test_subset_augmented_loss_label_smoothing():
+    """label_smoothing eps: each row's classifier term is (1 - eps) * CE(y) + eps * mean over classes of CE(c); the
+    prototype term is not smoothed."""
+    z, protos, logits, y = _data(n=9)
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2])
+    plain = SubsetAugmentedLoss(3, 4, prototype_weight=0.5)
+    smooth = SubsetAugmentedLoss(3, 4, prototype_weight=0.5, label_smoothing=0.2)
+    logp = torch.log_softmax(logits, 1)
+    rows = torch.stack([-(0.8 * logp[i, y[i]] + 0.2 * logp[i].mean()) for i in range(9)])
+    expected = torch.stack([rows[groups == k].mean() for k in range(3)]).mean()
+    for loss in (plain, smooth):
+        loss.set_prototypes(protos)
+        loss.set_active(True)
+    terms, reference = smooth.compute(logits, z, y, groups), plain.compute(logits, z, y, groups)
+    torch.testing.assert_close(terms["ce_loss"], expected)
+    assert float(terms["ce_loss"]) != pytest.approx(float(reference["ce_loss"]))
+    torch.testing.assert_close(terms["prototype_loss"], reference["prototype_loss"])
+    with pytest.raises(ValueError, match="label_smoothing must be in \\[0, 1\\), got 1.0"):
+        SubsetAugmentedLoss(3, 4, label_smoothing=1.0)
+
+
 def test_subset_augmented_loss_state_and_errors():
     loss = SubsetAugmentedLoss(3, 4)
     assert set(loss.state_dict()) == {"prototypes", "prototype_active"}

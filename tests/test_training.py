@@ -43,7 +43,7 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def _net(seed: int = 0, metric: str = "cosine") -> DynamicFusionTransformer:
+def _net(seed: int = 0, metric: str = "cosine", logit_fusion: str = "transformer") -> DynamicFusionTransformer:
     torch.manual_seed(seed)
     encoders = {
         "a": ImageTokenEncoder(2, 1, 32, channels=(8,), strides=(2,), pool_size=2),
@@ -51,7 +51,8 @@ def _net(seed: int = 0, metric: str = "cosine") -> DynamicFusionTransformer:
         "c": ImageTokenEncoder(2, 1, 32, channels=(8,), strides=(2,), pool_size=2),
     }
     return DynamicFusionTransformer(
-        MODALITIES, encoders, num_classes=3, dim=32, depth=1, num_heads=2, proj_dim=16, metric=metric
+        MODALITIES, encoders, num_classes=3, dim=32, depth=1, num_heads=2, proj_dim=16, metric=metric,
+        logit_fusion=logit_fusion,
     )
 
 
@@ -309,6 +310,38 @@ def test_all_subsets_evaluator_pools_accuracy_over_subsets(missing_c):
     assert evaluator.state.output["label"].shape == (14 - int(missing_c),)
 
 
+@pytest.mark.parametrize("scores", ["transformer", "decision"])
+def test_all_subsets_evaluator_scores_the_transformer_or_the_decision(scores):
+    """With logit_fusion "product", scores "decision" pools the product of experts (the network's decision, as
+    ``net(x, subset)`` gives it) and "transformer" the transformer's own logits (as with logit_fusion "transformer")."""
+    samples, x, y, present = _toy(20, seed=5, missing_c=True)
+    product = _net(seed=3, logit_fusion="product")
+    for p in product.parameters():  # away from the zero initialisation, so that the two logits differ
+        p.data.add_(0.2 * torch.randn_like(p))
+    plain = _net(seed=3)
+    plain.load_state_dict(product.state_dict())
+    evaluator = AllSubsetsEvaluator(
+        "cpu",
+        DataLoader(samples, batch_size=20),
+        product,
+        key_val_metric={"val_accuracy": Accuracy(output_transform=from_engine(["pred", "label"]))},
+        scores=scores,
+    )
+    evaluator.run()
+    reference = product if scores == "decision" else plain
+    assert evaluator.state.metrics["val_accuracy"] == pytest.approx(_pooled_accuracy(reference, x, y, present))
+    with torch.no_grad():
+        plain.eval()
+        out = plain(x, subsets=all_subset_masks(3), present=present)
+        product.eval()
+        rows = {"transformer": out["logits"],
+                "decision": product.fuse(product.encode(x), out["subset"], index=out["rows"])[0]}
+    torch.testing.assert_close(evaluator.state.output["pred"], rows[scores], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(rows["decision"].softmax(-1), rows["transformer"].softmax(-1), atol=1e-3)
+    with pytest.raises(ValueError, match="scores must be 'transformer' or 'decision', got 'product'"):
+        AllSubsetsEvaluator("cpu", DataLoader(samples), product, scores="product")
+
+
 def test_best_validation_checkpoint_and_early_stopping(tmp_path: Path):
     train, _, _, _ = _toy(60, seed=6)
     val, x_val, y_val, _ = _toy(30, seed=7)
@@ -365,12 +398,12 @@ def test_unimodal_loss_adds_every_observed_modality_alone():
     samples, inputs, y, present = _toy(8, seed=3, missing_c=True)
     seen: dict[str, torch.Tensor] = {}
 
-    def run(weight: float) -> SubsetAugmentedTrainer:
+    def run(weight: float, smoothing: float = 0.0) -> SubsetAugmentedTrainer:
         net = _net(seed=1)
         trainer = SubsetAugmentedTrainer(
             device="cpu", max_epochs=1, train_data_loader=DataLoader(samples, batch_size=8), network=net,
             optimizer=torch.optim.SGD(net.parameters(), lr=0.0), num_subsets=1, seed=5, prototype_warmup_epochs=None,
-            unimodal_weight=weight,
+            unimodal_weight=weight, label_smoothing=smoothing,
         )
 
         @trainer.on(Events.ITERATION_COMPLETED)
@@ -396,6 +429,19 @@ def test_unimodal_loss_adds_every_observed_modality_alone():
             expected.append(F.cross_entropy(net.fuse({m: t[rows] for m, t in tokens.items()}, alone)[0], y[rows]))
     assert float(out["unimodal_loss"]) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-4)
     assert float(out["loss"]) == pytest.approx(float(out["ce_loss"]) + 2.0 * float(out["unimodal_loss"]), rel=1e-5)
+    # label smoothing reaches the modalities alone as well as the sampled subsets
+    smooth = run(2.0, smoothing=0.3).state.output
+    smoothed = []
+    for i in range(3):
+        rows = present[:, i].nonzero().flatten()
+        alone = torch.zeros(len(rows), 3, dtype=torch.bool)
+        alone[:, i] = True
+        with torch.no_grad():
+            logits = net.fuse({m: t[rows] for m, t in tokens.items()}, alone)[0]
+        smoothed.append(F.cross_entropy(logits, y[rows], label_smoothing=0.3))
+    assert float(smooth["unimodal_loss"]) == pytest.approx(float(torch.stack(smoothed).mean()), rel=1e-4)
+    assert float(smooth["unimodal_loss"]) != pytest.approx(float(out["unimodal_loss"]), rel=1e-3)
+    assert float(smooth["ce_loss"]) != pytest.approx(float(out["ce_loss"]), rel=1e-3)
     assert all(float(seen[f"encoders.{m}.{p}"]) > 0 for m, p in (("a", "features.0.conv.weight"),
                                                                   ("c", "features.0.conv.weight")))
     # the singleton rows are not counted in the prototypes: as many rows as the single sampled subset gives

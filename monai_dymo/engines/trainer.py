@@ -149,8 +149,9 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
     Args (beyond :class:`monai.engines.SupervisedTrainer`, whose other arguments keep their meaning):
         network: a :class:`monai_dymo.networks.fusion.DynamicFusionTransformer`, or one wrapped in
             ``DistributedDataParallel`` (unwrapped through ``.module`` for attribute access only).
-        loss_function: a :class:`SubsetAugmentedLoss`; default built from the network with ``prototype_weight`` and
-            ``temperature``.
+        loss_function: a :class:`SubsetAugmentedLoss`; default built from the network with ``prototype_weight``,
+            ``temperature`` and ``label_smoothing`` (the smoothing of the classifier's cross-entropy, also of the
+            per-modality auxiliary loss; 0: none).
         num_subsets: ``K`` subsets per batch (5 in DyMo's PolyMNIST setting; at most ``2**M - 1``).
         seed: seed of the subset sampler (None: random).
         prototype_warmup_epochs: warm-up of the automatically attached refresh handler (None: attach none).
@@ -202,6 +203,7 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         accumulation_steps: int = 1,
         progress: bool | None = None,
         unimodal_weight: float = 0.0,
+        label_smoothing: float = 0.0,
     ) -> None:
         if unimodal_weight < 0:
             raise ValueError(f"unimodal_weight must be >= 0, got {unimodal_weight}.")
@@ -228,6 +230,7 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
                 prototype_weight=prototype_weight,
                 temperature=temperature,
                 metric=metric,
+                label_smoothing=label_smoothing,
             )
         if not isinstance(loss_function, SubsetAugmentedLoss):
             raise ValueError(f"loss_function must be a SubsetAugmentedLoss, found {type(loss_function).__name__}.")
@@ -334,7 +337,7 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
                 uni = torch.zeros_like(terms["loss"])
             else:
                 uni_rows = ~main
-                ce = torch.nn.functional.cross_entropy(out["logits"][uni_rows], labels[uni_rows].long(), reduction="none")
+                ce = engine.loss_function.classifier_loss(out["logits"][uni_rows], labels[uni_rows].long())
                 uni = _group_mean(ce, out["groups"][uni_rows])  # within each modality alone, then over them
                 if bool(main.any()):
                     terms = engine.loss_function.compute(
@@ -393,6 +396,11 @@ class AllSubsetsEvaluator(SupervisedEvaluator):
     early-stopping / best-checkpoint criterion of the reference's recipe (use it with MONAI's ``ValidationHandler``,
     ``CheckpointSaver(save_key_metric=True)`` and ``EarlyStopHandler``). Outputs are not per-patient, so ``decollate``
     is False. Other arguments as in :class:`monai.engines.SupervisedEvaluator`.
+
+    ``scores``: which logits the rows carry: ``"transformer"`` (default; the transformer's own, those training's
+    cross-entropy fits) or ``"decision"``: the network's ``fuse`` (its decision; with ``logit_fusion="product"`` the
+    product of the row's single-modality experts), so that the kept epoch is the best for how the network decides.
+    For ``logit_fusion="transformer"`` the two are equal.
     """
 
     def __init__(
@@ -403,8 +411,12 @@ class AllSubsetsEvaluator(SupervisedEvaluator):
         label_key: str = DyMoKeys.LABEL,
         present_key: str | None = DyMoKeys.PRESENT,
         prepare_batch: Callable | None = None,
+        scores: str = "transformer",
         **kwargs: Any,
     ) -> None:
+        if scores not in ("transformer", "decision"):
+            raise ValueError(f"scores must be 'transformer' or 'decision', got {scores!r}.")
+        self.scores = scores
         for attr in ("encode", "fuse", "modalities"):
             if not hasattr(network, attr):
                 raise ValueError(f"network must be a DynamicFusionTransformer-like module; it has no '{attr}'.")
@@ -425,7 +437,11 @@ class AllSubsetsEvaluator(SupervisedEvaluator):
         targets = convert_to_tensor(targets, track_meta=False, wrap_sequence=True).reshape(-1)
         with engine.mode(engine.network):
             out = subset_augmented_forward(engine.network, inputs, engine.subsets, kwargs.get("present"))
-        engine.state.output = {Keys.PRED: out["logits"], Keys.LABEL: targets.to(out["rows"].device)[out["rows"]]}
+            logits = out["logits"]
+            if engine.scores == "decision":  # the network's own decision for every row (same rows, same order)
+                network = unwrap(engine.network)
+                logits = network.fuse(network.encode(inputs), out["subset"], index=out["rows"])[0]
+        engine.state.output = {Keys.PRED: logits, Keys.LABEL: targets.to(out["rows"].device)[out["rows"]]}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
