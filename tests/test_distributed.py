@@ -31,7 +31,10 @@ from monai_dymo.networks.encoders import ClinicalTokenEncoder, ImageTokenEncoder
 from monai_dymo.networks.fusion import DynamicFusionTransformer
 from monai_dymo.networks.recovery.mopoe import MoPoERecovery
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+pytestmark = [
+    pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available"),
+    pytest.mark.usefixtures("one_thread"),  # tests/conftest.py
+]
 
 NAMES = ("a", "b", "c")
 WORLD = 2
@@ -91,12 +94,6 @@ def _entry(rank: int, fn, tmp: str, args: tuple) -> None:
         dist.destroy_process_group()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_helpers_without_process_group():

@@ -15,12 +15,7 @@ from monai_dymo.subsets import all_subset_masks
 MODALITIES = ("t1", "clin", "t2")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _pair() -> tuple[DynamicFusionTransformer, DynamicFusionTransformer]:

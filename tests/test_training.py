@@ -34,13 +34,8 @@ from monai_dymo.subsets import all_subset_masks
 MODALITIES = ("a", "b", "c")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: a single thread is faster and immune to other processes competing for the cores
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# tiny tensors: a single thread is faster and immune to other processes competing for the cores
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _net(seed: int = 0, metric: str = "cosine", logit_fusion: str = "transformer") -> DynamicFusionTransformer:
