@@ -436,11 +436,14 @@ class AllSubsetsEvaluator(SupervisedEvaluator):
         )
         targets = convert_to_tensor(targets, track_meta=False, wrap_sequence=True).reshape(-1)
         with engine.mode(engine.network):
-            out = subset_augmented_forward(engine.network, inputs, engine.subsets, kwargs.get("present"))
-            logits = out["logits"]
-            if engine.scores == "decision":  # the network's own decision for every row (same rows, same order)
+            if engine.scores == "decision":  # encoded once; every row scored by the network's own decision
                 network = unwrap(engine.network)
-                logits = network.fuse(network.encode(inputs), out["subset"], index=out["rows"])[0]
+                tokens = network.encode(inputs)
+                out = network.fuse_subsets(tokens, engine.subsets, kwargs.get("present"))
+                logits = None if out["logits"] is None else network.fuse(tokens, out["subset"], index=out["rows"])[0]
+            else:
+                out = subset_augmented_forward(engine.network, inputs, engine.subsets, kwargs.get("present"))
+                logits = out["logits"]
         engine.state.output = {Keys.PRED: logits, Keys.LABEL: targets.to(out["rows"].device)[out["rows"]]}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
