@@ -80,6 +80,27 @@ def _normal_logpdf(x: float, mean: float, sd: float) -> float:
     return -0.5 * ((x - mean) / sd) ** 2 - math.log(sd * math.sqrt(2 * math.pi))
 
 
+def observed_sequences(patient: dict[str, Any], sequences: list[str]) -> list[str]:
+    """The patient's sequences whose file every stage can read (natural missingness)."""
+    return [s for s in sequences if patient["files"].get(s, {}).get("status") in READABLE]
+
+
+def has_clinical(patient: dict[str, Any]) -> bool:
+    """Whether the patient has a clinical row with at least one field filled in."""
+    return patient.get("clinical_status") not in (None, "row_missing", "all_blank")
+
+
+def usable_clinical(patient: dict[str, Any]) -> dict[str, float]:
+    """The clinical values a stage can use: ``age`` / ``kps`` / ``ldh`` and ``female`` (1 / 0), blank and sentinel
+    fields (``clinical_blank_fields`` / ``clinical_sentinel_fields``) left out."""
+    values = patient.get("clinical_values") or {}
+    unused = set(patient.get("clinical_blank_fields") or []) | set(patient.get("clinical_sentinel_fields") or [])
+    usable = {f: float(values[f]) for f in ("age", "kps", "ldh") if f not in unused and values.get(f) is not None}
+    if "sex" not in unused and values.get("sex") in ("F", "M"):
+        usable["female"] = float(values["sex"] == "F")
+    return usable
+
+
 def generator_model(manifest: dict[str, Any]) -> dict[str, Any]:
     """The generator's own class-conditional probabilities (what it drew every patient from)."""
     return {
@@ -102,7 +123,7 @@ def learned_model(manifest: dict[str, Any], shows: dict[str, tuple[str, ...]]) -
     fields: dict[str, list[list[float]]] = {f: [[] for _ in range(3)] for f in ("age", "kps", "ldh", "female")}
     for p in train:
         c = int(p["label"])
-        observed = [s for s in manifest["sequences"] if p["files"].get(s, {}).get("status") in READABLE]
+        observed = observed_sequences(p, manifest["sequences"])
         shown = {a for s in observed for a in shows.get(s, ())}
         for name, t in tables.items():
             if name in shown:
@@ -110,14 +131,9 @@ def learned_model(manifest: dict[str, Any], shows: dict[str, tuple[str, ...]]) -
         if observed:
             blobs[c, p["attributes"]["num_blobs"] - 1] += 1
             radius[c].append(p["blobs"][0]["radius_mm"])
-        values = p.get("clinical_values") or {}
-        unused = set(p.get("clinical_blank_fields") or []) | set(p.get("clinical_sentinel_fields") or [])
-        if p.get("clinical_status") not in (None, "row_missing", "all_blank") and values:
-            for f in ("age", "kps", "ldh"):
-                if f not in unused and values.get(f) is not None:
-                    fields[f][c].append(float(values[f]))
-            if "sex" not in unused and values.get("sex") in ("F", "M"):
-                fields["female"][c].append(float(values["sex"] == "F"))
+        if has_clinical(p):
+            for f, x in usable_clinical(p).items():
+                fields[f][c].append(x)
     gauss = [(float(np.mean(r)), float(np.std(r))) for r in radius]
     clinical = tuple({**{f: (float(np.mean(fields[f][c])), float(np.std(fields[f][c]))) for f in ("age", "kps", "ldh")},
                       "female": float(np.mean(fields["female"][c]))} for c in range(3))
@@ -142,15 +158,13 @@ def log_likelihood(patient: dict[str, Any], model: dict[str, Any], sequences: li
     if geometry and sequences:
         ll += np.log(np.maximum(model["blobs"][:, patient["attributes"]["num_blobs"] - 1], 1e-12))
         ll += model["radius"](patient["blobs"][0]["radius_mm"])
-    values = patient.get("clinical_values") or {}
-    if clinical and values:
-        unused = set(patient.get("clinical_blank_fields") or []) | set(patient.get("clinical_sentinel_fields") or [])
+    if clinical:
         params = model["clinical"]
-        for field in ("age", "kps", "ldh"):
-            if field not in unused and values.get(field) is not None:
-                ll += [_normal_logpdf(float(values[field]), *params[c][field]) for c in range(3)]
-        if "sex" not in unused and values.get("sex") in ("F", "M"):
-            ll += np.log([params[c]["female"] if values["sex"] == "F" else 1 - params[c]["female"] for c in range(3)])
+        for field, x in usable_clinical(patient).items():
+            if field == "female":
+                ll += np.log([params[c]["female"] if x else 1 - params[c]["female"] for c in range(3)])
+            else:
+                ll += [_normal_logpdf(x, *params[c][field]) for c in range(3)]
     return ll
 
 
@@ -176,14 +190,13 @@ def ceilings(manifest: dict[str, Any], shows: dict[str, tuple[str, ...]] = SHOWS
         split, label = p["split"], int(p["label"])
         if split not in SPLITS:
             continue
-        observed = [s for s in sequences if p["files"].get(s, {}).get("status") in READABLE]
-        has_clinical = p.get("clinical_status") not in (None, "row_missing", "all_blank")
-        add("observed", split, log_likelihood(p, model, observed, has_clinical, True, shows, values_of), label)
+        observed, clinical = observed_sequences(p, sequences), has_clinical(p)
+        add("observed", split, log_likelihood(p, model, observed, clinical, True, shows, values_of), label)
         full = {**p, "clinical_blank_fields": [], "clinical_sentinel_fields": []}
         add("complete", split, log_likelihood(full, model, sequences, True, True, shows, values_of), label)
         for s in observed:
             add(f"{s} alone", split, log_likelihood(p, model, [s], False, True, shows, values_of), label)
-        if has_clinical:
+        if clinical:
             add("clinical alone", split, log_likelihood(p, model, [], True, False, shows, values_of), label)
     return {row: {s: 100.0 * float(np.mean(v)) if v else float("nan") for s, v in by_split.items()}
             for row, by_split in rows.items()}
