@@ -275,18 +275,18 @@ def test_stage_errors_and_empty_runs_end_with_one_line(trained):
 
 
 def test_train_checkpoint_and_schedule_choices(trained, tmp_path):
-    """`checkpoint: best` (default) saves the best validation epoch, `last` the final epoch of the schedule; an unknown
-    schedule name ends the stage with one line."""
+    """`checkpoint: last` (default since release 0.11, with the cosine schedule) saves the final epoch, `best` the best
+    validation epoch; an unknown schedule name ends the stage with one line."""
     import torch
 
     cfg, cohort_file, out, logs = trained
     text = logs["train"].stdout + logs["train"].stderr  # the fixture ran the default
-    assert "Key metric: val_accuracy best value" in text and "saved final checkpoint" not in text
-    last = run_stage("train", cohort_file, out, "--max_epochs", "2", "--checkpoint", "last", "--lr_schedule", "cosine",
-                     "--model_dir", str(tmp_path / "last"))
-    assert "saved final checkpoint" in last.stdout + last.stderr
+    assert "saved final checkpoint" in text and "Key metric: val_accuracy best value" in text  # validation watches
+    best = run_stage("train", cohort_file, out, "--max_epochs", "2", "--checkpoint", "best", "--lr_schedule", "constant",
+                     "--model_dir", str(tmp_path / "best"))
+    assert "saved final checkpoint" not in best.stdout + best.stderr
     default = torch.load(out / "models" / "tiny" / "fusion.pt", weights_only=True)
-    chosen = torch.load(tmp_path / "last" / "fusion.pt", weights_only=True)
+    chosen = torch.load(tmp_path / "best" / "fusion.pt", weights_only=True)
     assert default.keys() == chosen.keys()
     lines = run_stage_failing("train", cohort_file, out, "--max_epochs", "1", "--lr_schedule", "step",
                               "--model_dir", str(tmp_path / "step"))
