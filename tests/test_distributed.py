@@ -94,8 +94,6 @@ def _entry(rank: int, fn, tmp: str, args: tuple) -> None:
         dist.destroy_process_group()
 
 
-
-
 def test_helpers_without_process_group():
     assert backend_for("cpu") == "gloo" and backend_for(torch.device("cuda", 1)) == "nccl"
     net = _net()
