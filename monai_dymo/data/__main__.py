@@ -1,4 +1,4 @@
-"""Command line: ``python -m monai_dymo.data {polymnist,patterns,brain-cohort,derm7pt} ...`` (see ``--help``)."""
+"""Command line: ``python -m monai_dymo.data {polymnist,patterns,brain-cohort,derm7pt,busbra} ...`` (``--help``)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m monai_dymo.data",
         description="Build the PolyMNIST dataset, seeded missing-modality pattern files, the synthetic brain MRI cohort and "
-        "the derm7pt cohort files.",
+        "the derm7pt and BUS-BRA cohort files.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{polymnist,patterns,brain-cohort,derm7pt}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{polymnist,patterns,brain-cohort,derm7pt,busbra}")
 
     p = sub.add_parser(
         "polymnist",
@@ -106,6 +107,30 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--work-dir", default=None, help="bundle work_dir written in the cohort file (default <out>/runs)")
     d.add_argument("--model-dir", default=None,
                    help="bundle model_dir written in the cohort file (default <out>/models)")
+
+    u = sub.add_parser(
+        "busbra",
+        help="cohort files of BUS-BRA (two breast ultrasound views + scanner, benign / malignant) from its folder",
+        description="Write the BUS-BRA cohort for bundles/cohort_dymo from an unpacked BUSBRA folder (Images/, "
+        "bus_data.csv, 5-fold-cv.csv; images referenced, not copied): datalist.json (one entry per lesion, every image "
+        "of a lesion in one split; testing = fold --fold of 5-fold-cv.csv, training / validation a seeded draw 3 : 1 "
+        "stratified by class and view count; --fold 0: a seeded 60/20/20 draw), clinical.csv (the scanner: the only "
+        "field known before diagnosis; pathology, histology and BI-RADS are outcomes, never inputs), busbra.yaml "
+        "(grayscale image2d modalities view1 = left panel or the only image, view2 = right panel; clinical group "
+        "acquisition; classes benign, malignant) and manifest.json. Single-view lesions get view2 null with the "
+        "reason.",
+    )
+    u.add_argument("--source", required=True, help="the BUSBRA folder")
+    u.add_argument("--out", required=True, help="output folder (created if needed)")
+    u.add_argument("--size", type=int, nargs="+", default=[128],
+                   help="image size after preprocessing: one integer (square) or rows columns (default 128)")
+    u.add_argument("--seed", type=seed_arg, default=0, help="seed of the split draw (default 0)")
+    u.add_argument("--fold", type=int, default=1, choices=range(6), metavar="{0,...,5}",
+                   help="official 5-fold CV fold used as the test split (default 1); 0: seeded 60/20/20 split")
+    u.add_argument("--name", default="busbra", help="cohort name (default busbra)")
+    u.add_argument("--work-dir", default=None, help="bundle work_dir written in the cohort file (default <out>/runs)")
+    u.add_argument("--model-dir", default=None,
+                   help="bundle model_dir written in the cohort file (default <out>/models)")
     return parser
 
 
@@ -142,6 +167,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             size = args.size[0] if len(args.size) == 1 else tuple(args.size)
             result = build_derm7pt(args.source, args.out, size=size, name=args.name, work_dir=args.work_dir,
                                    model_dir=args.model_dir)
+            print(json.dumps({**{k: str(v) for k, v in result.items() if k != "summary"},
+                              "summary": result["summary"], "seconds": round(time.perf_counter() - start, 1)},
+                             indent=2))
+        elif args.command == "busbra":
+            from monai_dymo.data.busbra import build_busbra
+
+            if len(args.size) not in (1, 2) or min(args.size) < 1:
+                raise ValueError(f"--size takes one or two positive integers, got {args.size}.")
+            size = args.size[0] if len(args.size) == 1 else tuple(args.size)
+            result = build_busbra(args.source, args.out, size=size, seed=args.seed, fold=args.fold or None,
+                                  name=args.name, work_dir=args.work_dir, model_dir=args.model_dir)
             print(json.dumps({**{k: str(v) for k, v in result.items() if k != "summary"},
                               "summary": result["summary"], "seconds": round(time.perf_counter() - start, 1)},
                              indent=2))
