@@ -1,5 +1,6 @@
-"""Held-out guarantees (issue 18): exact binomial tests, the fixed-sequence margin certification, the refer threshold,
-the outcome vectors against the selection itself, persistence with the calibration, and the inferer's use of them."""
+"""Held-out guarantees: exact binomial tests, the margin certification (fallback and fixed sequence), the refer
+threshold, the outcome vectors against the selection itself, persistence with the calibration, and the inferer's use of
+them."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def test_certify_margin_hand_case_stops_at_first_failure():
         d[:fixed] = True
         d[6 : 6 + broken] = False
         at.append(d)
-    out = certify_margin(base, np.stack(at), [0.3, 0.2, 0.1, 0.0], delta=0.1)
+    out = certify_margin(base, np.stack(at), [0.3, 0.2, 0.1, 0.0], delta=0.1, procedure="fixed_sequence")
     statuses = [t["status"] for t in out["tests"]]
     assert statuses == ["certified", "certified", "not certified", "not tested"]
     assert [(t["fixed"], t["broken"]) for t in out["tests"]] == [(5, 0), (6, 1), (6, 6), (6, 0)]
@@ -100,30 +101,66 @@ def test_certify_margin_hand_case_stops_at_first_failure():
     assert out["tests"][1]["p_value"] == pytest.approx(8 / 128)
     assert out["margin"] == 0.2  # the most lenient certified before the stop, not 0.0
     # a stricter level certifies only the first
-    assert certify_margin(base, np.stack(at), [0.3, 0.2, 0.1, 0.0], delta=0.05)["margin"] == 0.3
+    assert certify_margin(base, np.stack(at), [0.3, 0.2, 0.1, 0.0], 0.05, procedure="fixed_sequence")["margin"] == 0.3
+
+
+def test_certify_margin_fallback_hand_case_passes_level_on_only_after_a_certification():
+    """Fallback at delta 0.1, weights 1/4: 0.3 (5/0, p 1/32) at 0.025 is not certified and passes nothing on; 0.2
+    (6/1, p 1/16) at 0.025 not; 0.1 (6/6) not; 0.0 (6/0, p 1/64) at 0.025 certified. With weights (0.5, 0.5, 0, 0):
+    0.3 at 0.05 certified, 0.2 at 0.05 + 0.05 = 0.1 certified (p 1/16), 0.1 at 0.1 not, 0.0 at 0 not."""
+    base = np.array([False] * 6 + [True] * 6 + [True] * 10)
+    at = []
+    for fixed, broken in ((5, 0), (6, 1), (6, 6), (6, 0)):
+        d = base.copy()
+        d[:fixed] = True
+        d[6 : 6 + broken] = False
+        at.append(d)
+    out = certify_margin(base, np.stack(at), [0.3, 0.2, 0.1, 0.0], delta=0.1)
+    assert out["procedure"] == "fallback" and out["weights"] == [0.25] * 4
+    assert [t["level"] for t in out["tests"]] == pytest.approx([0.025] * 4)
+    assert [t["status"] for t in out["tests"]] == ["not certified"] * 3 + ["certified"]
+    assert out["margin"] == 0.0
+    out = certify_margin(base, np.stack(at), [0.3, 0.2, 0.1, 0.0], 0.1, weights=[0.5, 0.5, 0, 0])
+    assert [t["level"] for t in out["tests"]] == pytest.approx([0.05, 0.1, 0.1, 0.0])
+    assert [t["status"] for t in out["tests"]] == ["certified", "certified", "not certified", "not certified"]
+    assert out["margin"] == 0.2
 
 
 def test_no_certified_margin_when_accepting_breaks_more_than_it_fixes():
     base, dymo = _outcomes(fixed=3, broken=8)
     out = certify_margin(base, np.stack([dymo, dymo]), [0.2, 0.0], delta=0.1)
     assert math.isinf(out["margin"])  # recoveries are never accepted
+    assert [t["status"] for t in out["tests"]] == ["not certified", "not certified"]
+    out = certify_margin(base, np.stack([dymo, dymo]), [0.2, 0.0], delta=0.1, procedure="fixed_sequence")
+    assert math.isinf(out["margin"])
     assert out["tests"][0]["status"] == "not certified" and out["tests"][1]["status"] == "not tested"
     # equal fixes and breaks are not enough either
     base, dymo = _outcomes(fixed=7, broken=7)
     assert math.isinf(certify_margin(base, dymo[None], [0.0])["margin"])
 
 
-def test_margins_without_power_are_skipped_not_stopping():
+def test_margins_without_power_are_not_certified_and_pass_nothing_on():
+    """A margin with too few discordant patients to reject at its level is simply not certified: the fallback goes on
+    with the next margin's own level; the fixed sequence stops there. Margins >= 1 (no reward exceeds them) are left
+    out before the data."""
     base = np.array([False] * 8 + [True] * 10)
     strict = base.copy()
-    strict[:2] = True  # only 2 changed predictions: cannot reach p <= 0.1 whatever they are
+    strict[:2] = True  # 2 discordant patients: p >= 1/4 whatever they are
     lenient = base.copy()
-    lenient[:8] = True  # 8 fixed, 0 broken
-    out = certify_margin(base, np.stack([base, strict, lenient]), [0.5, 0.2, 0.0], delta=0.1)
-    assert [t["status"] for t in out["tests"]] == ["skipped", "skipped", "certified"]
+    lenient[:8] = True  # 8 fixed, 0 broken: p = 1/256
+    at = np.stack([base, base, strict, lenient])
+    out = certify_margin(base, at, [1.0, 0.5, 0.2, 0.0], delta=0.1)
+    assert [t["status"] for t in out["tests"]] == ["not certified", "not certified", "not certified", "certified"]
+    assert out["weights"] == pytest.approx([0, 1 / 3, 1 / 3, 1 / 3]) and out["tests"][0]["level"] == 0
+    assert out["tests"][2]["min_n"] == 5  # 2**-5 <= 0.1 / 3 < 2**-4
     assert out["margin"] == 0.0
+    fs = certify_margin(base, at, [1.0, 0.5, 0.2, 0.0], delta=0.1, procedure="fixed_sequence")
+    assert [t["status"] for t in fs["tests"]] == ["skipped", "not certified", "not tested", "not tested"]
+    assert math.isinf(fs["margin"])
     with pytest.raises(ValueError, match="decreasing"):
         certify_margin(base, np.stack([base, base]), [0.0, 0.2])
+    with pytest.raises(ValueError, match="weights"):
+        certify_margin(base, np.stack([base, base]), [0.2, 0.0], weights=[0.7, 0.7])
 
 
 # ---------------------------------------------------------------------------------------------------- refer threshold
@@ -267,9 +304,15 @@ def test_inferer_margin_options_and_refer_fields(toy):
         assert rec["margin"] == "inf" and rec["margin_source"] == "certified"
         assert rec["refer"] == (not rec["probability"] >= rule["threshold"])
         assert rec["refer_alpha"] == 0.5 and rec["refer_delta"] == 0.2 and rec["refer_reason"]
-    # a fixed margin is data-independent: its refer rule is tested at delta itself
+    # a typed margin that the certification tested on these patients may have been read off its table: the refer
+    # rule pays for the choice as for the certified one, unless the margin is declared independent of them
     fixed = DyMoInferer(c2, margin=0.0, refer_alpha=0.5, refer_delta=0.2)
-    assert fixed.margin_source == "method rule" and fixed.refer_rule["test_level"] == 0.2
+    assert fixed.margin_source == "method rule" and fixed.refer_rule["margin_on_holdout"]
+    assert fixed.refer_rule["test_level"] == pytest.approx(0.2 / (len(DEFAULT_MARGINS) + 1))
+    assert resolve_margin(0.0, cert, margin_source="independent") == (0.0, "independent")
+    independent = refer_for_margin(cert, 0.0, "independent", 0.5, 0.2)
+    assert independent["test_level"] == 0.2 and not independent["margin_on_holdout"]
+    assert refer_for_margin(cert, 0.12, "fixed", 0.5, 0.2)["test_level"] == 0.2  # not a tested margin
     assert refer_for_margin(None, 0.0, "fixed") is None
     # without refer_alpha no refer fields, but the margin is always reported
     rec = DyMoInferer(c2, margin=0.1)

@@ -1,0 +1,87 @@
+"""Guarantees on held-out data: a certified reward margin and a refer flag with a validated error rate.
+
+- :mod:`.statistics` (numpy only): exact binomial tests, the fallback / fixed-sequence procedures, the margin
+  certification, the refer thresholds (high probability, per predicted class, conformal risk control) and the drawing
+  of the held-out part. Its module docstring states exactly what each procedure guarantees.
+- :mod:`.outcomes` (torch): per-patient outcome vectors of a held-out split and the certification record.
+- :mod:`.policy`: the margin in force and its provenance, the refer rule at that margin and each patient's decision.
+- :mod:`.simulation` (numpy only): synthetic held-out draws with known truth, to check the guarantees.
+
+Names are imported on first use (PEP 562), so ``import monai_dymo.certification.statistics`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY_NAMES: dict[str, str] = {
+    **{name: "statistics" for name in (
+        "DEFAULT_MARGINS", "DEFAULT_REFER_THRESHOLDS", "PROCEDURES", "binomial_sf", "binomial_cdf",
+        "fixes_breaks_pvalue", "risk_pvalue", "min_sample_size", "clopper_pearson_upper", "sequential_test",
+        "certify_margin", "margin_weights", "refer_start", "refer_threshold", "refer_threshold_per_class",
+        "risk_control_threshold", "risk_control_threshold_per_class", "holdout_indices")},
+    **{name: "outcomes" for name in (
+        "outcomes_at_margin", "batch_outcomes", "collect_outcomes", "holdout_part", "certify", "certify_calibration")},
+    **{name: "policy" for name in (
+        "GUARANTEES", "AUTO_CLASS_FRACTION", "margin_label", "resolve_margin", "margin_on_holdout", "refer_for_margin",
+        "rule_threshold", "refer_decisions", "certification_summary")},
+}
+_SUBMODULES = frozenset({"statistics", "outcomes", "policy", "simulation"})
+
+__all__ = sorted(_LAZY_NAMES)
+
+if TYPE_CHECKING:
+    from .outcomes import (
+        batch_outcomes,
+        certify,
+        certify_calibration,
+        collect_outcomes,
+        holdout_part,
+        outcomes_at_margin,
+    )
+    from .policy import (
+        AUTO_CLASS_FRACTION,
+        GUARANTEES,
+        certification_summary,
+        margin_label,
+        margin_on_holdout,
+        refer_decisions,
+        refer_for_margin,
+        resolve_margin,
+        rule_threshold,
+    )
+    from .statistics import (
+        DEFAULT_MARGINS,
+        DEFAULT_REFER_THRESHOLDS,
+        PROCEDURES,
+        binomial_cdf,
+        binomial_sf,
+        certify_margin,
+        clopper_pearson_upper,
+        fixes_breaks_pvalue,
+        holdout_indices,
+        margin_weights,
+        min_sample_size,
+        refer_start,
+        refer_threshold,
+        refer_threshold_per_class,
+        risk_control_threshold,
+        risk_control_threshold_per_class,
+        risk_pvalue,
+        sequential_test,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_NAMES) | _SUBMODULES)

@@ -1,0 +1,206 @@
+"""Held-out outcome vectors and the certification record saved with the calibration.
+
+One run of the selection with margin 0 (the method page's rule) gives, per patient, the greedy path: the rewards
+``r_1 > 0, r_2 > 0, ...`` of the accepted recoveries in order. Under a margin ``m`` the candidates' rewards are the
+same (they do not depend on the margin) and the patient stops at the first step whose best reward is ``<= m``, so its
+final set is the prefix of the margin-0 path of length ``k(m)`` = number of leading accepted rewards ``> m``.
+:func:`collect_outcomes` stores the prediction and its softmax probability of every prefix ``k = 0..steps`` (prefix 0 =
+discarding the missing modalities), so that any margin is evaluated offline (:func:`outcomes_at_margin`).
+:func:`batch_outcomes` is the per-batch step of that loop. The networks are never imported: ``network`` is any object
+with ``encode`` / ``fuse`` / ``modalities``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..presence import keep_one_observed
+from ..step import run_dymo
+from .statistics import DEFAULT_MARGINS, certify_margin, holdout_indices
+
+__all__ = [
+    "outcomes_at_margin",
+    "batch_outcomes",
+    "collect_outcomes",
+    "holdout_part",
+    "certify",
+    "certify_calibration",
+]
+
+
+def outcomes_at_margin(outcomes: Mapping[str, Any], margin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(prediction[N], probability[N], accepted[N])`` of DyMo at ``margin`` from the stored held-out outcomes:
+    patient ``b`` keeps the leading accepted recoveries whose reward is ``> margin``."""
+    rewards = np.asarray(outcomes["accepted_rewards"], dtype=float)  # [N, M], NaN padded
+    pred = np.asarray(outcomes["prefix_prediction"])  # [N, M + 1]
+    prob = np.asarray(outcomes["prefix_probability"], dtype=float)
+    above = np.nan_to_num(rewards, nan=-np.inf) > margin
+    k = np.cumprod(above, axis=1).sum(axis=1) if above.shape[1] else np.zeros(above.shape[0], dtype=int)
+    rows = np.arange(pred.shape[0])
+    return pred[rows, k], prob[rows, k], k
+
+
+def _drop_observed(present: torch.Tensor, rate: float, gen: torch.Generator) -> torch.Tensor:
+    """Hide each observed modality with probability ``rate`` (at least one observed modality kept per patient: the
+    one with the largest draw)."""
+    u = torch.rand(present.shape, generator=gen)
+    dropped = present & (u.to(present.device) < float(rate))
+    return present & ~keep_one_observed(present, dropped, u)
+
+
+def batch_outcomes(
+    network: Any,
+    calibration: Any,
+    x: Mapping[str, torch.Tensor],
+    present: torch.Tensor,
+    *,
+    recovery: Callable[[Mapping[str, torch.Tensor], torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
+    temperature: float = 0.1,
+) -> dict[str, torch.Tensor]:
+    """Margin-0 selection of ``B`` patients (each with something observed) and the prediction of every prefix of
+    its path: ``prefix_prediction [B, M + 1]`` (-1 padded), ``prefix_probability [B, M + 1]`` (NaN padded),
+    ``accepted_rewards [B, M]`` (NaN padded). Missing modalities are zeroed before the recovery."""
+    res = run_dymo(network, calibration, x, present, recovery=recovery, hide_missing=True, temperature=temperature,
+                   prefixes=True)
+    assert res.prefix_logits is not None
+    B, M = res.present.shape
+    pmax, pred = torch.softmax(res.prefix_logits.float(), -1).max(-1)  # [B, M + 1]
+    beyond = torch.isnan(res.prefix_logits).any(-1)
+    pred_t = torch.where(beyond, -1, pred)
+    prob_t = torch.where(beyond, float("nan"), pmax.double())
+    rew = torch.full((B, M), float("nan"), dtype=torch.float64, device=pred_t.device)
+    if res.rewards.shape[0]:
+        bb, mm = res.accepted.nonzero(as_tuple=True)
+        tt = res.accept_step[bb, mm]
+        rew[bb, tt] = res.rewards[tt, bb, mm]
+    return {"prefix_prediction": pred_t, "prefix_probability": prob_t, "accepted_rewards": rew}
+
+
+@torch.no_grad()
+def collect_outcomes(
+    network: Any,
+    calibration: Any,
+    loader: Iterable[Mapping[str, Any]],
+    *,
+    recovery: Callable[[Mapping[str, torch.Tensor], torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
+    temperature: float = 0.1,
+    device: torch.device | str | None = None,
+    present_key: str = "present",
+    label_key: str = "label",
+    progress: bool = True,
+    drop_observed: float = 0.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Held-out outcome vectors for :func:`certify` (module docstring).
+
+    ``loader``: batches with one tensor per modality, ``present`` ``[B, M]`` and ``label``. Patients with nothing
+    observed are left out. ``drop_observed > 0`` additionally hides each observed modality with that probability
+    (seeded by ``seed``; at least one observed modality is kept), to get more patients with something to recover on a
+    cohort whose natural missingness is rare. Returns numpy arrays ``label [N]``, ``prefix_prediction [N, M + 1]``,
+    ``prefix_probability [N, M + 1]``, ``accepted_rewards [N, M]``, ``missing [N]`` (:func:`batch_outcomes`), and
+    ``num_classes`` when the network has it.
+    """
+    from tqdm.auto import tqdm
+
+    from ..presence import align_present
+
+    modalities = tuple(str(m) for m in network.modalities)
+    if device is None:
+        params = list(network.parameters()) if hasattr(network, "parameters") else []
+        device = params[0].device if params else torch.device("cpu")
+    cal = calibration.to(device)
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in
+                                            ("label", "prefix_prediction", "prefix_probability", "accepted_rewards",
+                                             "missing")}
+    gen = torch.Generator().manual_seed(int(seed))
+    for batch in tqdm(loader, desc="held-out outcomes", disable=not progress, leave=False):
+        x = {m: torch.as_tensor(batch[m]).to(device) for m in modalities}
+        present = align_present(batch[present_key], modalities, "collect_outcomes").to(device).bool()
+        y = torch.as_tensor(batch[label_key]).reshape(-1).long().to(device)
+        valid = present.any(1)
+        if not bool(valid.all()):
+            idx = valid.nonzero().squeeze(1)
+            x, present, y = {m: t.index_select(0, idx) for m, t in x.items()}, present[idx], y[idx]
+        if present.shape[0] == 0:
+            continue
+        if drop_observed > 0:
+            present = _drop_observed(present, drop_observed, gen)
+        out = batch_outcomes(network, cal, x, present, recovery=recovery, temperature=temperature)
+        for k, v in out.items():
+            parts[k].append(v.cpu())
+        parts["label"].append(y.cpu())
+        parts["missing"].append((~present).sum(1).cpu())
+    if not parts["label"]:
+        raise ValueError("the held-out loader gave no patient with an observed modality.")
+    result: dict[str, Any] = {k: torch.cat(v).numpy() for k, v in parts.items()}
+    if getattr(network, "num_classes", None) is not None:
+        result["num_classes"] = int(network.num_classes)
+    return result
+
+
+def holdout_part(dataset: Any, fraction: float | None, seed: int = 1000, part: str = "holdout") -> Any:
+    """``part="holdout"``: the patients of ``dataset`` kept for certification (:func:`holdout_indices`); ``"rest"``:
+    the others, e.g. for choosing the best checkpoint, so that certification runs on patients that chose nothing.
+    With ``fraction`` None (or 1) both are the whole dataset (returned as is)."""
+    if fraction is None or float(fraction) >= 1.0:
+        return dataset
+    if part not in ("holdout", "rest"):
+        raise ValueError(f"part must be 'holdout' or 'rest', got {part!r}.")
+    keep = holdout_indices(len(dataset), fraction, seed)
+    if part == "rest":
+        keep = np.setdiff1d(np.arange(len(dataset)), keep)
+    return torch.utils.data.Subset(dataset, keep.tolist())
+
+
+def certify(
+    outcomes: Mapping[str, Any],
+    margins: Sequence[float] = DEFAULT_MARGINS,
+    delta: float = 0.1,
+    source: str = "",
+    *,
+    procedure: str = "fallback",
+    weights: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Certify the margin on held-out ``outcomes`` (:func:`collect_outcomes`); returns the certification record saved
+    with the calibration (:meth:`~monai_dymo.calibration.SubsetCalibration.certification`): the result of
+    :func:`~.statistics.certify_margin` plus ``outcomes`` (label and prefix predictions: no identifiers, no images),
+    ``margins``, ``source`` (how the held-out patients were drawn), ``num_patients`` and ``num_classes`` (None when
+    unknown)."""
+    y = np.asarray(outcomes["label"])
+    pred0 = np.asarray(outcomes["prefix_prediction"])[:, 0]
+    at = [outcomes_at_margin(outcomes, m)[0] for m in margins]
+    result = certify_margin(pred0 == y, np.stack([p == y for p in at]), margins, delta,
+                            changed_at_margin=np.stack([p != pred0 for p in at]), procedure=procedure,
+                            weights=weights)
+    num_classes = outcomes.get("num_classes")
+    return {
+        **result,
+        "margins": [float(m) for m in margins],
+        "source": str(source),
+        "num_patients": int(y.shape[0]),
+        "num_classes": None if num_classes is None else int(num_classes),
+        "outcomes": {k: torch.as_tensor(np.asarray(v)) for k, v in outcomes.items() if k != "num_classes"},
+    }
+
+
+def certify_calibration(
+    calibration: Any,
+    network: Any,
+    loader: Iterable[Mapping[str, Any]],
+    *,
+    margins: Sequence[float] = DEFAULT_MARGINS,
+    delta: float = 0.1,
+    source: str = "",
+    procedure: str = "fallback",
+    weights: Sequence[float] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Collect the held-out outcomes of ``network`` on ``loader`` (:func:`collect_outcomes`, ``kwargs`` passed on),
+    certify the margin (:func:`certify`) and attach the result to ``calibration`` (saved with it); returns it."""
+    outcomes = collect_outcomes(network, calibration, loader, **kwargs)
+    calibration.certification = certify(outcomes, margins, delta, source, procedure=procedure, weights=weights)
+    return calibration
