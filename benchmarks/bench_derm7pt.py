@@ -128,6 +128,7 @@ def evaluate_conditions(objs: dict[str, Any], masks: dict[str, np.ndarray], batc
     from monai_dymo.evaluation import compare_on_natural_missingness
     from monai_dymo.keys import DyMoKeys
     from monai_dymo.presence import align_present
+    from monai_dymo.step import zero_missing
 
     network, modalities = objs["network"], tuple(objs["network"].modalities)
     batches = []
@@ -147,12 +148,8 @@ def evaluate_conditions(objs: dict[str, Any], masks: dict[str, np.ndarray], batc
             drop = torch.as_tensor(remove[start : start + n])
             start += n
             present = b[DyMoKeys.PRESENT] & ~drop
-            nb = dict(b)
-            nb[DyMoKeys.PRESENT] = present
-            for i, m in enumerate(modalities):  # removed pictures zeroed: never seen by recovery or fusion
-                keep = present[:, i].reshape(-1, *([1] * (b[m].ndim - 1)))
-                nb[m] = torch.where(keep, b[m], torch.zeros_like(b[m]))
-            loader.append(nb)
+            # removed pictures zeroed: never seen by recovery or fusion
+            loader.append({**b, DyMoKeys.PRESENT: present, **zero_missing({m: b[m] for m in modalities}, present)})
         per = compare_on_natural_missingness(network, objs["calibration"], loader, recovery=objs["recovery"],
                                              temperature=objs["temperature"], progress=False)
         row: dict[str, Any] = {"condition": name, "patients": len(per),
@@ -164,20 +161,11 @@ def evaluate_conditions(objs: dict[str, Any], masks: dict[str, np.ndarray], batc
         base = per["pred_observed_only"] == per["label"]
         mine = per["pred_dymo"] == per["label"]
         row["dymo_fixed"], row["dymo_broken"] = int((mine & ~base).sum()), int((~mine & base).sum())
-        if name == "natural":  # each modality alone, over the patients who have it
-            for i, m in enumerate(modalities):
-                correct = total = 0
-                for b in loader:
-                    has = b[DyMoKeys.PRESENT][:, i]
-                    if not bool(has.any()):
-                        continue
-                    only = torch.zeros_like(b[DyMoKeys.PRESENT])
-                    only[:, i] = True
-                    x = {k: b[k][has] for k in modalities}
-                    logits, _ = network.fuse(network.encode(x), only[has])
-                    correct += int((logits.argmax(-1) == b[DyMoKeys.LABEL][has]).sum())
-                    total += int(has.sum())
-                row[f"alone_{m}"] = 100.0 * correct / max(total, 1)
+        if name == "natural":  # each modality alone, over the patients who have it (-1: missing)
+            for m in modalities:
+                seen = per[f"single_{m}"] >= 0
+                total = int(seen.sum())
+                row[f"alone_{m}"] = 100.0 * int((per[f"single_{m}"] == per["label"])[seen].sum()) / max(total, 1)
                 row[f"alone_{m}_n"] = total
         rows.append(row)
     return rows

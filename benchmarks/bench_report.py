@@ -13,7 +13,7 @@ import os
 import random
 import time
 
-from monai_dymo.handlers import SelectionReportWriter
+from monai_dymo.report import write_report
 
 
 def synthetic_records(n: int, modalities: list[str], seed: int = 0) -> list[dict]:
@@ -70,9 +70,8 @@ def main() -> None:
     args = p.parse_args()
     modalities = [f"m{i}" for i in range(args.modalities)]
     records = synthetic_records(args.patients, modalities)
-    writer = SelectionReportWriter(output_dir=args.out, modalities=modalities, max_patient_pages=args.pages)
     t0 = time.perf_counter()
-    paths = writer.write(records)
+    paths = write_report(records, args.out, modalities, max_patient_pages=args.pages).paths
     dt = time.perf_counter() - t0
     size = os.path.getsize(paths["html"]) / 2**20
     print(f"{args.patients} patients, {args.modalities} modalities, {args.pages} pages: {dt:.1f} s; "

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from monai_dymo import SubsetCalibration  # noqa: E402
 from monai_dymo.calibration import fit_calibration  # noqa: E402
 from monai_dymo.data import PolyMNISTDataset, generate_pattern_files, load_polymnist_npz, pattern_filename  # noqa: E402
-from monai_dymo.evaluation import hide_missing  # noqa: E402
+from monai_dymo.step import zero_missing  # noqa: E402
 from monai_dymo.selection import select_modalities  # noqa: E402
 from monai_dymo.subsets import all_subset_masks  # noqa: E402
 
@@ -103,7 +103,7 @@ def compare(
         true = {m: batch[m].as_subclass(torch.Tensor) for m in mods}
         present = batch["present"].as_subclass(torch.Tensor).bool()
         labels = batch["label"].as_subclass(torch.Tensor).long().reshape(-1)
-        hidden = hide_missing(true, present)
+        hidden = zero_missing(true, present)
         tokens = fusion.encode(recovery(hidden, present))
         draw_tokens = [fusion.encode(recover_from_draw(recovery, hidden, present, generator)) for _ in range(draws)]
         observed_pred = fusion.fuse(tokens, present)[0].argmax(-1)
@@ -174,7 +174,7 @@ def recovered_calibration(fusion, recovery, npz: Path, rate: float, num_samples:
         for batch in DataLoader(dataset, batch_size=500):
             true = {m: batch[m].as_subclass(torch.Tensor) for m in mods}
             present = batch["present"].as_subclass(torch.Tensor).bool()
-            recovered = recovery(hide_missing(true, present), present)
+            recovered = recovery(zero_missing(true, present), present)
             labels = batch["label"].as_subclass(torch.Tensor).long().reshape(-1)
             for i in range(labels.shape[0]):
                 items.append({**{m: recovered[m][i] for m in mods}, "label": labels[i]})
@@ -197,7 +197,7 @@ def readability(fusion, recovery, npz: Path, max_samples: int) -> torch.Tensor:
     for i in range(m_count):
         present = torch.zeros(n, m_count, dtype=torch.bool)
         present[:, i] = True
-        tokens = fusion.encode(recovery(hide_missing(true, present), present))
+        tokens = fusion.encode(recovery(zero_missing(true, present), present))
         for j in range(m_count):
             single = torch.zeros_like(present)
             single[:, j] = True

@@ -25,7 +25,7 @@ from monai.data import DataLoader
 
 from monai_dymo.data import PolyMNISTDataset
 from monai_dymo.data.missing_patterns import write_holdout_pattern
-from monai_dymo.selection import select_modalities
+from monai_dymo.step import run_dymo
 from trust_benchmark import load_polymnist_bundle  # noqa: E402  (a script beside this one)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,13 +73,11 @@ def main() -> None:
                                           "rejected": [], "observed (acquired)": []}
         for batch in DataLoader(PolyMNISTDataset(val, pattern_csv=csv), batch_size=500):
             present = batch["present"].bool()
-            x = {m: batch[m] for m in names}
-            filled = rec(x, present)
-            x = {m: torch.where(present[:, i, None, None, None], x[m], filled[m]) for i, m in enumerate(names)}
-            tokens = net.encode(x)
-            res = select_modalities(net.fuse, tokens, present, cal, temperature=0.1, modalities=names)
+            res = run_dymo(net, cal, {m: batch[m] for m in names}, present, recovery=rec, temperature=0.1,
+                           compare=True, keep_inputs=True)
+            tokens = net.encode(res.inputs)  # the recovered inputs DyMo saw, for the token distances
             y = batch["label"]
-            base_ok = net.fuse(tokens, present)[0].argmax(-1) == y
+            base_ok = res.discard_logits.argmax(-1) == y
             dymo_ok = res.logits.argmax(-1) == y
             outcome = np.where(dymo_ok & ~base_ok, "accepted, fixed",
                                np.where(~dymo_ok & base_ok, "accepted, broke", "accepted, no change"))

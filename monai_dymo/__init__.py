@@ -1,9 +1,11 @@
 """monai_dymo: DyMo (inference-time dynamic modality selection for incomplete multimodal classification) for MONAI.
 
 Layers, bottom up: ``subsets`` (bitmask codes) -> ``selection`` / ``calibration`` (plain batched tensor code over any
-``fuse`` callable) -> ``inferers.DyMoInferer`` (a ``monai.inferers.Inferer``). ``networks`` (encoders, fusion
+``fuse`` callable) -> ``step.run_dymo`` (one DyMo step on a batch) -> ``inferers.DyMoInferer`` (a
+``monai.inferers.Inferer``). ``networks`` (encoders, fusion
 transformer, recovery networks), ``transforms`` (tolerant loading, presence masks, clinical fields, simulated
-missingness), ``engines`` / ``handlers`` (training, evaluation, reports) and ``data`` (PolyMNIST builder) sit beside them.
+missingness), ``engines`` / ``handlers`` (training, evaluation), ``report`` (the per-patient report) and ``data``
+(PolyMNIST builder) sit beside them.
 ``checkpoints`` loads weights and calibrations with one-line errors naming the file.
 
 Importing the package is cheap: the public names below and the subpackages are imported on first use (PEP 562), so
@@ -22,12 +24,13 @@ _LAZY_NAMES: dict[str, str] = {
     "CALIBRATION_FORMAT_VERSION": "calibration",
     "SubsetCalibration": "calibration",
     "fit_calibration": "calibration",
-    "NO_MODALITY_ERROR": "inferers",
+    "NO_MODALITY_ERROR": "step",
     "DyMoInferer": "inferers",
     "DyMoKeys": "keys",
     "Reason": "keys",
     "SelectionResult": "selection",
     "select_modalities": "selection",
+    "run_dymo": "step",
     "all_subset_codes": "subsets",
     "all_subset_masks": "subsets",
     "code_to_mask": "subsets",
@@ -50,7 +53,9 @@ _SUBMODULES = frozenset(
         "keys",
         "losses",
         "networks",
+        "report",
         "selection",
+        "step",
         "subsets",
         "transforms",
     }
@@ -68,9 +73,10 @@ if _errors.running_monai_bundle():
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .calibration import CALIBRATION_FORMAT_VERSION, SubsetCalibration, fit_calibration
     from .checkpoints import load_calibration, load_weights
-    from .inferers import NO_MODALITY_ERROR, DyMoInferer
+    from .inferers import DyMoInferer
     from .keys import DyMoKeys, Reason
     from .selection import SelectionResult, select_modalities
+    from .step import NO_MODALITY_ERROR, run_dymo
     from .subsets import all_subset_codes, all_subset_masks, code_to_mask, mask_to_code, sample_subsets, subset_size
 
 

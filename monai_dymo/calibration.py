@@ -47,6 +47,7 @@ from monai.networks.utils import eval_mode
 from .distributed import all_reduce_
 from .keys import DyMoKeys
 from .presence import align_present
+from .similarity import METRICS, check_metric
 from .subsets import all_subset_masks, code_to_mask
 
 __all__ = ["SubsetCalibration", "fit_calibration", "CALIBRATION_FORMAT_VERSION", "METRICS"]
@@ -54,7 +55,6 @@ __all__ = ["SubsetCalibration", "fit_calibration", "CALIBRATION_FORMAT_VERSION",
 CALIBRATION_FORMAT_VERSION = 2
 """Version 2: population sigma (``sum d**2 / n``) for both metrics and the ``fallback`` mask; version-1 files
 (unbiased sigma) are refused: refit them with :func:`fit_calibration`."""
-METRICS = ("cosine", "euclidean")
 
 #: sum-of-outer-products buffers larger than this make ``strategy="auto"`` fall back to two passes.
 _MOMENTS_MAX_BYTES = 256 * 2**20
@@ -108,9 +108,7 @@ class SubsetCalibration:
                 f"sigma must be [2**M, C] = {tuple(prototypes.shape[:2])} to match prototypes, "
                 f"got {tuple(sigma.shape)}."
             )
-        metric = str(metric).lower()
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
+        metric = check_metric(metric)
         if modalities is not None:
             modalities = tuple(str(m) for m in modalities)
             if len(modalities) != num_modalities:
@@ -350,9 +348,7 @@ def fit_calibration(
     Raises:
         ValueError: a class has no training sample at all, a batch is malformed, ...
     """
-    metric = str(metric).lower()
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
+    metric = check_metric(metric)
     modalities = tuple(str(m) for m in modalities)
     num_modalities = len(modalities)
     if num_modalities == 0:

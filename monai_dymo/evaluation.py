@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,17 +28,17 @@ from tqdm.auto import tqdm
 
 from monai_dymo._console import bar_disabled
 from monai_dymo.calibration import SubsetCalibration
-from monai_dymo.certification import refer_decisions, refer_for_margin, resolve_margin
+from monai_dymo.certification import refer_for_margin, resolve_margin
 from monai_dymo.keys import DyMoKeys
+from monai_dymo.missing_patterns_io import parse_pattern_filename
 from monai_dymo.presence import align_present
-from monai_dymo.selection import select_modalities
+from monai_dymo.step import NO_MODALITY_ERROR, class_or_missing, run_dymo
 
 __all__ = [
     "METHODS",
     "METHOD_LABELS",
     "compare_methods",
     "compare_over_patterns",
-    "hide_missing",
     "plot_accuracy_vs_missing_rate",
     "summarise",
     "write_comparison",
@@ -60,16 +59,6 @@ METHOD_LABELS = {
     "all_recovered": "all recovered",
     "complete": "complete data (upper bound)",
 }
-_PATTERN_NAME = re.compile(r"missing_rate(?P<rate>[0-9.]+)_seed(?P<seed>[0-9]+)\.csv$")
-
-
-def hide_missing(images: Mapping[str, torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Zero the missing modalities before recovery: ``{name: [B, ...]}`` in ``present``'s column order, ``present``
-    ``BoolTensor[B, M]``."""
-    return {
-        m: torch.where(present[:, i].reshape(-1, *([1] * (x.ndim - 1))), x, torch.zeros_like(x))
-        for i, (m, x) in enumerate(images.items())
-    }
 
 
 @torch.no_grad()
@@ -124,22 +113,18 @@ def compare_methods(
         labels = convert_to_tensor(batch[label_key], device=device, track_meta=False, wrap_sequence=True).long()
         labels = labels.reshape(-1)
         batch_size = labels.shape[0]
-        everything = torch.ones_like(present)
 
-        logits, _ = network.fuse(network.encode(true), everything)
+        logits, _ = network.fuse(network.encode(true), torch.ones_like(present))
         correct["complete"] += int((logits.argmax(-1) == labels).sum())
 
-        hidden = hide_missing(true, present)
-        recovered = dict(recovery(hidden, present)) if recovery is not None else hidden
-        tokens = network.encode(recovered)
-        logits, _ = network.fuse(tokens, present)
-        correct["observed_only"] += int((logits.argmax(-1) == labels).sum())
-        logits, _ = network.fuse(tokens, everything)
-        correct["all_recovered"] += int((logits.argmax(-1) == labels).sum())
-        result = select_modalities(
-            network.fuse, tokens, present, cal, temperature=temperature, modalities=modalities, margin=margin
-        )
-        correct["dymo"] += int((result.logits.argmax(-1) == labels).sum())
+        result = run_dymo(network, cal, true, present, recovery=recovery, hide_missing=True, temperature=temperature,
+                          margin=margin, compare=True)
+        if result.errors is not None:
+            idx = [b for b, e in enumerate(result.errors) if e is not None]
+            raise ValueError(f"patient(s) at batch index {idx} have no modality observed; DyMo needs at least one.")
+        for method, out in (("observed_only", result.discard_logits), ("all_recovered", result.all_recovered_logits),
+                            ("dymo", result.logits)):
+            correct[method] += int((out.argmax(-1) == labels).sum())
 
         accepted += float(result.accepted.sum())
         rejected += float(result.rejected.sum())
@@ -187,10 +172,10 @@ def compare_over_patterns(
         files = [Path(f) for f in pattern_files]
     rows = []
     for f in files:
-        match = _PATTERN_NAME.search(f.name)
-        if match is None:
+        parsed = parse_pattern_filename(f)
+        if parsed is None:
             raise ValueError(f"pattern file {f}: name must look like 'missing_rate0.8_seed0.csv'.")
-        rate, seed = float(match["rate"]), int(match["seed"])
+        rate, seed = parsed
         if (rates is not None and not any(np.isclose(rate, r) for r in rates)) or (
             seeds is not None and seed not in seeds
         ):
@@ -359,8 +344,9 @@ def compare_on_natural_missingness(
     Returns:
         One row per patient: ``index`` (datalist position), ``patient_id``, ``label``, ``observed`` / ``accepted`` (``;``-joined names),
         ``complete`` (nothing missing), ``pred_<method>`` for :data:`NATURAL_METHODS` (``-1`` for a patient with
-        nothing observed, who is kept with ``error``), ``single_<modality>``: the fusion network's prediction from that
-        modality alone where it is observed (``-1`` where it is missing: a recovery is never scored alone),
+        nothing observed, who is kept with ``error``), ``prob_<method>_<k>``: that method's softmax probability of
+        class ``k`` (NaN for a patient with nothing observed), ``single_<modality>``: the fusion network's prediction
+        from that modality alone where it is observed (``-1`` where it is missing: a recovery is never scored alone),
         ``calibration_fallback``.
     """
     modalities = tuple(network.modalities)
@@ -384,34 +370,21 @@ def compare_on_natural_missingness(
         ids = [str(i) for i in ids] if ids is not None else [str(len(rows) + b) for b in range(labels.shape[0])]
         index = batch.get(DyMoKeys.INDEX)
         index = [int(i) for i in index] if index is not None else [len(rows) + b for b in range(labels.shape[0])]
+        res = run_dymo(network, cal, x, present, recovery=recovery, temperature=temperature, margin=margin,
+                       compare=True, alone=True, refer_rule=rule)
         valid = present.any(1)
-        preds = {m: torch.full_like(labels, -1) for m in NATURAL_METHODS}
-        single = {m: torch.full_like(labels, -1) for m in modalities}
-        accepted = torch.zeros_like(present)
-        fallback = torch.zeros_like(valid)
-        prob = torch.full(labels.shape, float("nan"), dtype=torch.float32, device=labels.device)
-        if bool(valid.any()):
-            idx = valid.nonzero().squeeze(1)
-            xv = {m: t.index_select(0, idx) for m, t in x.items()}
-            pv = present.index_select(0, idx)
-            rec = dict(recovery(xv, pv)) if recovery is not None and not bool(pv.all()) else xv
-            tokens = network.encode(rec)
-            preds["observed_only"][idx] = network.fuse(tokens, pv)[0].argmax(-1)
-            preds["all_recovered"][idx] = network.fuse(tokens, torch.ones_like(pv))[0].argmax(-1)
-            for i, m in enumerate(modalities):  # each observed modality alone: what its encoder has learnt
-                alone = torch.zeros_like(pv)
-                alone[:, i] = True
-                single[m][idx] = torch.where(pv[:, i], network.fuse(tokens, alone)[0].argmax(-1), -1)
-            res = select_modalities(network.fuse, tokens, pv, cal, temperature=temperature, modalities=modalities,
-                                    margin=margin)
-            preds["dymo"][idx] = res.logits.argmax(-1)
-            prob[idx] = res.probabilities().amax(-1).to(prob.dtype)
-            accepted[idx] = res.accepted
-            if res.calibration_fallback is not None:
-                fallback[idx] = res.calibration_fallback
-        refer = refer_decisions([float(p) for p in prob.tolist()], rule) if refer_alpha is not None else None
+        method_logits = {"dymo": res.logits, "observed_only": res.discard_logits,
+                         "all_recovered": res.all_recovered_logits}
+        preds = {m: class_or_missing(method_logits[m]) for m in NATURAL_METHODS}
+        probs = {m: torch.softmax(method_logits[m].float(), -1).tolist() for m in NATURAL_METHODS}  # [B][C]
+        single = class_or_missing(res.alone_logits)  # [B, M]: each observed modality alone, what its encoder learnt
+        fallback = res.calibration_fallback if res.calibration_fallback is not None else torch.zeros_like(valid)
+        prob = res.probabilities().amax(-1)
+        refer = None
+        if refer_alpha is not None:  # no rule (no held-out certification): nobody flagged
+            refer = res.refer.tolist() if res.refer is not None else [False] * labels.shape[0]
         for b in range(labels.shape[0]):
-            extra = {} if refer is None else {"prob_dymo": float(prob[b]), "refer": bool(refer[b][0]),
+            extra = {} if refer is None else {"prob_dymo": float(prob[b]), "refer": bool(refer[b]),
                                               "refer_threshold": None if rule is None else float(rule["threshold"]),
                                               "refer_alpha": refer_alpha, "refer_delta": refer_delta}
             rows.append(
@@ -420,12 +393,13 @@ def compare_on_natural_missingness(
                     "patient_id": ids[b],
                     "label": int(labels[b]),
                     "observed": ";".join(m for i, m in enumerate(modalities) if present[b, i]),
-                    "accepted": ";".join(m for i, m in enumerate(modalities) if accepted[b, i]),
+                    "accepted": ";".join(m for i, m in enumerate(modalities) if res.accepted[b, i]),
                     "complete": bool(present[b].all()),
                     **{f"pred_{m}": int(preds[m][b]) for m in NATURAL_METHODS},
-                    **{f"single_{m}": int(single[m][b]) for m in modalities},
+                    **{f"prob_{m}_{k}": p for m in NATURAL_METHODS for k, p in enumerate(probs[m][b])},
+                    **{f"single_{m}": int(single[b, i]) for i, m in enumerate(modalities)},
                     "calibration_fallback": bool(fallback[b]),
-                    "error": "" if bool(valid[b]) else "no modality observed",
+                    "error": "" if bool(valid[b]) else NO_MODALITY_ERROR,
                     "margin": margin,
                     "margin_source": margin_source,
                     **extra,

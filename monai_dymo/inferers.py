@@ -12,14 +12,19 @@ from monai.inferers import Inferer
 from .calibration import SubsetCalibration
 from .certification import refer_decisions, refer_for_margin, resolve_margin
 from .keys import DyMoKeys
-from .presence import align_present
-from .selection import SelectionResult, select_modalities
+from .report.records import selection_records
+from .selection import SelectionResult
+from .step import (
+    NO_MODALITY_ERROR,
+    check_inputs,
+    check_network,
+    check_present,
+    class_or_missing,
+    run_dymo,
+    unwrap_network,
+)
 
 __all__ = ["DyMoInferer", "NO_MODALITY_ERROR", "ObservedSubsetInferer"]
-
-NO_MODALITY_ERROR = "no modality observed"
-
-_NETWORK_ATTRS = ("encode", "fuse", "modalities")
 
 
 class DyMoInferer(Inferer):
@@ -73,7 +78,6 @@ class DyMoInferer(Inferer):
     ) -> None:
         super().__init__()
         self.single_modality = bool(single_modality)
-        self.last_alone: torch.Tensor | None = None
         if not isinstance(calibration, SubsetCalibration):
             raise ValueError(f"calibration must be a SubsetCalibration, got {type(calibration).__name__}.")
         if on_empty not in ("report", "raise"):
@@ -110,30 +114,7 @@ class DyMoInferer(Inferer):
 
     def check_network(self, network: Any) -> tuple[Any, tuple[str, ...]]:
         """Return the (unwrapped) network and its modality names; ``ValueError`` if it does not fit the calibration."""
-        if not all(hasattr(network, a) for a in _NETWORK_ATTRS) and hasattr(network, "module"):
-            network = network.module
-        missing = [a for a in _NETWORK_ATTRS if not hasattr(network, a)]
-        if missing:
-            raise ValueError(
-                f"DyMoInferer needs a network with encode/fuse/modalities; {type(network).__name__} lacks {missing}."
-            )
-        modalities = tuple(str(m) for m in network.modalities)
-        calib = self.calibration
-        if len(modalities) != calib.num_modalities:
-            raise ValueError(
-                f"network has {len(modalities)} modalities {modalities}, the calibration {calib.num_modalities}."
-            )
-        if calib.modalities is not None and calib.modalities != modalities:
-            raise ValueError(
-                f"network modalities {modalities} do not match the calibration's {calib.modalities} (names and order)."
-            )
-        num_classes = getattr(network, "num_classes", None)
-        if num_classes is not None and int(num_classes) != calib.num_classes:
-            raise ValueError(f"network has {num_classes} classes, the calibration {calib.num_classes}.")
-        proj_dim = getattr(network, "proj_dim", None)
-        if proj_dim is not None and int(proj_dim) != calib.proj_dim:
-            raise ValueError(f"network projection width is {proj_dim}, the calibration's {calib.proj_dim}.")
-        return network, modalities
+        return check_network(network, self.calibration)
 
     @staticmethod
     def _present(
@@ -143,17 +124,7 @@ class DyMoInferer(Inferer):
             present = inputs.get(DyMoKeys.PRESENT) if isinstance(inputs, Mapping) else None
         if present is None:  # no missingness information: every modality is observed
             return torch.ones(batch_size, len(modalities), dtype=torch.bool, device=device)
-        present = align_present(present, modalities, "DyMoInferer")
-        if present.shape != (batch_size, len(modalities)):
-            raise ValueError(
-                f"present must be [B, M] = {(batch_size, len(modalities))} (modalities {list(modalities)}), "
-                f"got {tuple(present.shape)}."
-            )
-        if present.dtype != torch.bool:
-            if present.is_floating_point() or not ((present == 0) | (present == 1)).all():
-                raise ValueError(f"present must be a bool (or 0/1 integer) tensor, got dtype {present.dtype}.")
-            present = present.bool()
-        return present.to(device)
+        return check_present(present, modalities, batch_size, "DyMoInferer").to(device)
 
     # ------------------------------------------------------------------ call
     def __call__(  # type: ignore[override]
@@ -173,119 +144,42 @@ class DyMoInferer(Inferer):
             present: ``BoolTensor[B, M]`` (default: ``inputs["present"]`` if there, else all observed).
         """
         net, modalities = self.check_network(network)
-        if not isinstance(inputs, Mapping):
-            raise ValueError(f"DyMoInferer expects a mapping of modality tensors, got {type(inputs).__name__}.")
-        absent = [m for m in modalities if m not in inputs]
-        if absent:
-            raise ValueError(
-                f"inputs lack modalities {absent} (give missing modalities as placeholders); keys: {sorted(inputs)}."
-            )
-        x = {m: inputs[m] for m in modalities}
+        x = check_inputs(inputs, modalities)
         batch_size = x[modalities[0]].shape[0]
-        for m, t in x.items():
-            if t.shape[0] != batch_size:
-                raise ValueError(
-                    f"modality {m!r} has batch size {t.shape[0]}, modality {modalities[0]!r} {batch_size}."
-                )
         device = x[modalities[0]].device
         present_t = self._present(present, inputs, batch_size, modalities, device)
-        calib = self.calibration_on(device)
-
-        valid = present_t.any(1)
-        n_valid = int(valid.sum())
-        if n_valid < batch_size:
-            empty_idx = (~valid).nonzero().squeeze(1).tolist()
-            if self.on_empty == "raise":
-                raise ValueError(f"patient(s) at batch index {empty_idx} have no modality observed.")
-        index = valid.nonzero().squeeze(1) if n_valid < batch_size else None
-        self.last_inputs = None
-
-        self.last_alone = None
-        with torch.no_grad():
-            if n_valid == 0:
-                result = SelectionResult.empty(
-                    calib.num_modalities, calib.num_classes, calib.proj_dim, device=device
-                ).expand(torch.zeros(0, dtype=torch.long, device=device), batch_size, present_t, NO_MODALITY_ERROR)
-            else:
-                x_v = x if index is None else {m: t.index_select(0, index) for m, t in x.items()}
-                present_v = present_t if index is None else present_t.index_select(0, index)
-                if self.recovery is not None and not bool(present_v.all()):
-                    x_v = self._recover(x_v, present_v, modalities)
-                tokens = net.encode(x_v, *args, **kwargs)
-                result = select_modalities(
-                    net.fuse,
-                    tokens,
-                    present_v,
-                    calib,
-                    temperature=self.temperature,
-                    modalities=modalities,
-                    margin=self.margin,
-                )
-                alone = self._alone(net, tokens, present_v) if self.single_modality else None
-                if index is not None:
-                    result = result.expand(index, batch_size, present_t, NO_MODALITY_ERROR)
-                    if alone is not None:
-                        alone = torch.full_like(present_t, -1, dtype=torch.long).index_copy(0, index, alone)
-                self.last_alone = alone
-                if self.keep_inputs:
-                    self.last_inputs = {
-                        m: (x_v[m] if index is None else x[m].index_copy(0, index, x_v[m].to(x[m].dtype))).detach()
-                        for m in modalities
-                    }
-            if self.keep_inputs and self.last_inputs is None:
-                self.last_inputs = {m: x[m].detach() for m in modalities}
+        if self.on_empty == "raise" and not bool(present_t.any(1).all()):
+            empty_idx = (~present_t.any(1)).nonzero().squeeze(1).tolist()
+            raise ValueError(f"patient(s) at batch index {empty_idx} have no modality observed.")
+        result = run_dymo(
+            net,
+            self.calibration_on(device),
+            x,
+            present_t,
+            recovery=self.recovery,
+            temperature=self.temperature,
+            margin=self.margin,
+            alone=self.single_modality,
+            keep_inputs=self.keep_inputs,
+            encode_args=args,
+            encode_kwargs=kwargs,
+        )
+        self.last_inputs = result.inputs
         self.last_result = result
         self.last_modalities = modalities
         return result.logits
-
-    @staticmethod
-    def _alone(net: Any, tokens: Mapping[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
-        """The fusion network's class from each OBSERVED modality alone: ``LongTensor [B, M]``, -1 where missing (a
-        recovery is never judged alone). Shows which encoders read their modality (the report's "alone" columns)."""
-        out = torch.full(present.shape, -1, dtype=torch.long, device=present.device)
-        for i in range(present.shape[1]):
-            rows = present[:, i].nonzero().squeeze(1)
-            if rows.numel() == 0:
-                continue
-            subset = torch.zeros(rows.numel(), present.shape[1], dtype=torch.bool, device=present.device)
-            subset[:, i] = True
-            logits = net.fuse({m: t.index_select(0, rows) for m, t in tokens.items()}, subset)[0]
-            out[rows, i] = logits.argmax(-1)
-        return out
-
-    def _recover(
-        self, x: Mapping[str, torch.Tensor], present: torch.Tensor, modalities: Sequence[str]
-    ) -> dict[str, torch.Tensor]:
-        assert self.recovery is not None
-        rec_modalities = getattr(self.recovery, "modalities", None)
-        if rec_modalities is not None and tuple(str(m) for m in rec_modalities) != tuple(modalities):
-            raise ValueError(
-                f"recovery modalities {tuple(rec_modalities)} do not match the network's {tuple(modalities)}."
-            )
-        out = self.recovery(x, present)
-        missing = [m for m in modalities if m not in out]
-        if missing:
-            raise ValueError(f"recovery did not return modalities {missing}.")
-        filled = {}
-        for i, m in enumerate(modalities):
-            rec = torch.as_tensor(out[m]).to(x[m].device)
-            if rec.shape != x[m].shape:
-                raise ValueError(f"recovery returned {m!r} of shape {tuple(rec.shape)}, input is {tuple(x[m].shape)}.")
-            keep = present[:, i].reshape(-1, *([1] * (x[m].ndim - 1)))
-            filled[m] = torch.where(keep, x[m], rec.to(x[m].dtype))  # observed data always kept as given
-        return filled
 
     def last_records(
         self,
         patient_ids: Sequence[Any] | None = None,
         reasons: Mapping[str, Sequence[str]] | Sequence[Mapping[str, str]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Per-patient reliability records of the last call (see :meth:`SelectionResult.to_records`)."""
+        """Per-patient reliability records of the last call (see :func:`monai_dymo.report.selection_records`)."""
         if self.last_result is None or self.last_modalities is None:
             raise RuntimeError("DyMoInferer.last_records() called before the inferer was run.")
-        records = self.last_result.to_records(self.last_modalities, patient_ids=patient_ids, reasons=reasons)
-        if self.last_alone is not None:  # each observed modality alone (None where missing)
-            alone = self.last_alone.tolist()
+        records = selection_records(self.last_result, self.last_modalities, patient_ids=patient_ids, reasons=reasons)
+        if self.last_result.alone_logits is not None:  # each observed modality alone (None where missing)
+            alone = class_or_missing(self.last_result.alone_logits).tolist()
             for rec, row in zip(records, alone):
                 rec["alone"] = {m: (None if c < 0 else int(c)) for m, c in zip(self.last_modalities, row)}
         return self.add_trust_fields(records)
@@ -322,8 +216,7 @@ class ObservedSubsetInferer(Inferer):
         self, inputs: Mapping[str, torch.Tensor], network: Any, *args: Any, present: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        if not all(hasattr(network, a) for a in _NETWORK_ATTRS) and hasattr(network, "module"):
-            network = network.module
+        network = unwrap_network(network)
         modalities = tuple(str(m) for m in network.modalities)
         x = {m: inputs[m] for m in modalities}
         batch_size = x[modalities[0]].shape[0]

@@ -7,10 +7,13 @@
   saving it (or :class:`monai_dymo.handlers.prototypes.PrototypeRefreshHandler`) with MONAI's ``CheckpointSaver``
   saves them.
 - :class:`PrototypeAccumulator`: class means of detached projections collected over an epoch.
+- :func:`class_weights`: per-class weights of both cross-entropies from the training split's class counts
+  (``"balanced"``: a rare class weighs as much in the loss as a common one).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -20,7 +23,43 @@ from torch.nn.modules.loss import _Loss
 
 from monai.utils import LossReduction
 
-__all__ = ["prototype_logits", "PrototypeLoss", "SubsetAugmentedLoss", "PrototypeAccumulator"]
+from .similarity import check_metric, prototype_logits
+
+__all__ = [
+    "prototype_logits",
+    "PrototypeLoss",
+    "SubsetAugmentedLoss",
+    "PrototypeAccumulator",
+    "CLASS_WEIGHTINGS",
+    "class_weights",
+]
+
+#: names understood by :func:`class_weights`
+CLASS_WEIGHTINGS: tuple[str, ...] = ("balanced", "none")
+
+
+def class_weights(counts: Sequence[int], weighting: str = "balanced") -> torch.Tensor | None:
+    """Per-class weights ``[C]`` of the training loss from the training split's class counts ``n_c``.
+
+    ``"balanced"``: ``w_c = n / (C' · n_c)`` over the ``C'`` classes with patients (a class without any gets 0: it has
+    no row to weigh), so that ``Σ_c n_c · w_c = n`` (the weights average 1 over the training patients, the loss keeps
+    its scale) and the expected loss of a batch is the class-balanced one (every class counts ``1 / C'``);
+    ``"none"``: None (every row weighs 1).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones), a negative count or no patient at all.
+    """
+    if weighting not in CLASS_WEIGHTINGS:
+        raise ValueError(f"class_weighting must be one of {', '.join(CLASS_WEIGHTINGS)}, got {weighting!r}.")
+    n_c = torch.as_tensor([float(c) for c in counts], dtype=torch.float32)
+    if n_c.ndim != 1 or n_c.numel() < 1 or bool((n_c < 0).any()) or float(n_c.sum()) <= 0:
+        raise ValueError(f"class counts must be non-negative with at least one patient, got {list(counts)}.")
+    if weighting == "none":
+        return None
+    seen = n_c > 0
+    weights = torch.zeros_like(n_c)
+    weights[seen] = n_c.sum() / (int(seen.sum()) * n_c[seen])
+    return weights
 
 
 def _check_targets(target: torch.Tensor, num_rows: int, num_classes: int) -> torch.Tensor:
@@ -53,31 +92,6 @@ def _group_mean(values: torch.Tensor, groups: torch.Tensor | None) -> torch.Tens
     return (sums[used] / counts[used]).mean()
 
 
-METRICS = ("cosine", "euclidean")
-
-
-def _check_metric(metric: str) -> str:
-    metric = str(metric).lower()
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
-    return metric
-
-
-def prototype_logits(
-    z: torch.Tensor, prototypes: torch.Tensor, temperature: float = 0.1, metric: str = "cosine"
-) -> torch.Tensor:
-    """``z [N, D]``, ``prototypes [C, D]`` -> ``[N, C]``: ``z · Pᵀ / τ`` (cosine) or ``-‖z - P_c‖² / τ`` (Euclidean)."""
-    if z.ndim != 2 or prototypes.ndim != 2 or z.shape[1] != prototypes.shape[1]:
-        raise ValueError(
-            f"expected z [N, D] and prototypes [C, D] of the same D, "
-            f"found {tuple(z.shape)} and {tuple(prototypes.shape)}."
-        )
-    protos = prototypes.to(z.dtype)
-    if _check_metric(metric) == "cosine":
-        return z @ protos.t() / temperature
-    return -((z[:, None, :] - protos[None]) ** 2).sum(-1) / temperature
-
-
 class PrototypeLoss(_Loss):
     """Prototype cross-entropy ``CE(softmax(z · Pᵀ / τ), y)`` (cosine) or ``CE(softmax(-‖z - P_c‖² / τ), y)``
     (Euclidean).
@@ -98,7 +112,7 @@ class PrototypeLoss(_Loss):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}.")
         self.temperature = float(temperature)
-        self.metric = _check_metric(metric)
+        self.metric = check_metric(metric)
 
     def forward(self, z: torch.Tensor, target: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         """``z [N, D]`` (L2-normalised for cosine), ``target [N]`` class indices, ``prototypes [C, D]``."""
@@ -113,9 +127,16 @@ class SubsetAugmentedLoss(nn.Module):
     ``loss = mean_k [ mean_{rows of k} CE(logits, y) + λ · active · mean_{rows of k} CE(z·Pᵀ/τ, y) ]`` over subsets k
     (Euclidean metric: ``-‖z - P_c‖² / τ`` in place of ``z·Pᵀ/τ``)
 
+    With ``class_weights`` ``w [C]`` every row's two cross-entropies are multiplied by ``w[y]`` before the same
+    means (so with the weights of :func:`class_weights`, averaging 1 over the training patients, the expected loss is
+    the class-balanced one). The prototype term is weighted too: it is a cross-entropy over the same classes, added
+    at weight ``λ`` once active, and unweighted it would let the common class shape ``z`` (what calibration and the
+    rewards score) again.
+
     Buffers (saved in ``state_dict``): ``prototypes [C, D]`` (zeros until first refreshed) and ``prototype_active``
     (bool scalar; the prototype term is added only when True, set by
-    :class:`monai_dymo.handlers.prototypes.PrototypeRefreshHandler` after the warm-up epochs).
+    :class:`monai_dymo.handlers.prototypes.PrototypeRefreshHandler` after the warm-up epochs). ``class_weights``
+    ``[C]`` (or None) is a buffer too (it moves with ``.to(device)``), but not saved: it belongs to the training split.
 
     Args:
         num_classes: ``C``.
@@ -125,6 +146,7 @@ class SubsetAugmentedLoss(nn.Module):
         metric: ``"cosine"`` or ``"euclidean"`` (the fusion network's metric), see :class:`PrototypeLoss`.
         label_smoothing: label smoothing of the classifier's cross-entropy (``torch.nn.functional.cross_entropy``'s;
             0: none, DyMo's); the prototype term is never smoothed.
+        class_weights: per-class weights ``[C]`` of both cross-entropies (e.g. :func:`class_weights`); None: 1 each.
     """
 
     def __init__(
@@ -135,6 +157,7 @@ class SubsetAugmentedLoss(nn.Module):
         temperature: float = 0.1,
         metric: str = "cosine",
         label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
@@ -146,6 +169,19 @@ class SubsetAugmentedLoss(nn.Module):
         self.prototype_loss = PrototypeLoss(temperature=temperature, reduction=LossReduction.NONE, metric=metric)
         self.register_buffer("prototypes", torch.zeros(self.num_classes, self.proj_dim))
         self.register_buffer("prototype_active", torch.tensor(False))
+        if class_weights is not None:
+            class_weights = torch.as_tensor(class_weights, dtype=torch.float32).detach().clone()
+            if (
+                tuple(class_weights.shape) != (self.num_classes,)
+                or not bool(torch.isfinite(class_weights).all())
+                or bool((class_weights < 0).any())
+                or not bool((class_weights > 0).any())
+            ):
+                raise ValueError(
+                    f"class_weights must be {self.num_classes} finite non-negative numbers, not all 0, got "
+                    f"{class_weights.tolist()}."
+                )
+        self.register_buffer("class_weights", class_weights, persistent=False)
 
     @property
     def temperature(self) -> float:
@@ -171,9 +207,17 @@ class SubsetAugmentedLoss(nn.Module):
             )
         self.prototypes.copy_(prototypes.detach())
 
+    def _weighted(self, rows: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-row losses ``[N]`` times the class weight of each row's label (unchanged without class weights)."""
+        if self.class_weights is None:
+            return rows
+        return rows * self.class_weights.to(rows.dtype)[target]
+
     def classifier_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-row cross-entropy ``[N]`` of the classifier's ``logits [N, C]`` (with this loss's label smoothing)."""
-        return F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing)
+        """Per-row cross-entropy ``[N]`` of the classifier's ``logits [N, C]`` (with this loss's label smoothing),
+        times each row's class weight."""
+        ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing)
+        return self._weighted(ce, target)
 
     def compute(
         self, logits: torch.Tensor, z: torch.Tensor, target: torch.Tensor, groups: torch.Tensor | None = None
@@ -193,7 +237,7 @@ class SubsetAugmentedLoss(nn.Module):
         target = _check_targets(target, logits.shape[0], self.num_classes)
         ce = _group_mean(self.classifier_loss(logits, target), groups)
         if self.active and self.prototype_weight != 0.0:
-            proto = _group_mean(self.prototype_loss(z, target, self.prototypes), groups)
+            proto = _group_mean(self._weighted(self.prototype_loss(z, target, self.prototypes), target), groups)
         else:
             proto = torch.zeros_like(ce)
         return {"loss": ce + self.prototype_weight * proto, "ce_loss": ce, "prototype_loss": proto}

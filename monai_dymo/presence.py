@@ -7,19 +7,29 @@ the calibration, :func:`~monai_dymo.selection.select_modalities`) calls :func:`a
 it works in: the columns are reordered by name, and a mask for other modalities is a ``ValueError`` naming both
 orders. A plain tensor without names is taken as already in the consumer's order (tensors built by hand).
 
-This module imports only torch and MONAI's ``MetaTensor``; every layer may use it.
+:func:`keep_one_observed` is the one "drop, but keep at least one observed modality" rule of simulated missingness
+(pattern files, the simulating transform, held-out drops).
+
+This module imports only NumPy, torch and MONAI's ``MetaTensor``; every layer may use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from monai.data import MetaTensor
 
-__all__ = ["PRESENT_NAMES_META_KEY", "attach_modality_names", "present_modality_names", "align_present"]
+__all__ = [
+    "PRESENT_NAMES_META_KEY",
+    "attach_modality_names",
+    "present_modality_names",
+    "align_present",
+    "keep_one_observed",
+]
 
 PRESENT_NAMES_META_KEY = "dymo_modalities"
 """Meta key of the presence ``MetaTensor``: the modality names of its columns, joined by commas."""
@@ -83,3 +93,35 @@ def align_present(present: torch.Tensor, modalities: Sequence[str], owner: str) 
         )
     index = torch.tensor([names.index(m) for m in order], device=plain.device)
     return plain.index_select(plain.ndim - 1, index)
+
+
+def keep_one_observed(
+    observed: Any, drop: Any, priority: Any | Callable[[np.ndarray], np.ndarray]
+) -> Any:
+    """``drop`` (bool ``[..., M]``, True = hide that observed modality) where every row that would be left with
+    nothing observed keeps its observed modality of largest ``priority``.
+
+    Args:
+        observed: bool ``[..., M]`` observed modalities (rows with none are left as they are).
+        drop: bool ``[..., M]`` modalities to hide.
+        priority: scores ``[..., M]`` (e.g. the uniform draws that decided the drops, so the kept one is uniform
+            among the dropped), or a function of just the rows that need one (their ``observed`` as bool
+            ``ndarray[R, M]`` -> scores ``[R, M]``), so that a random choice is drawn only when it is needed.
+
+    Returns:
+        A new mask of ``drop``'s kind (NumPy array, or tensor on ``drop``'s device).
+    """
+    as_tensor = isinstance(drop, torch.Tensor)
+    obs = np.asarray(observed.cpu() if isinstance(observed, torch.Tensor) else observed, dtype=bool)
+    out = np.array(drop.cpu() if as_tensor else drop, dtype=bool)  # a copy
+    shape, M = out.shape, out.shape[-1]
+    obs2, out2 = obs.reshape(-1, M), out.reshape(-1, M)
+    rows = np.flatnonzero(obs2.any(1) & ~(obs2 & ~out2).any(1))
+    if rows.size:
+        if callable(priority):
+            score = np.asarray(priority(obs2[rows]), dtype=float)
+        else:
+            score = np.asarray(priority.cpu() if isinstance(priority, torch.Tensor) else priority).reshape(-1, M)[rows]
+        out2[rows, np.where(obs2[rows], score, -np.inf).argmax(1)] = False
+    out = out2.reshape(shape)
+    return torch.from_numpy(out).to(drop.device) if as_tensor else out

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from .calibration import SubsetCalibration
-from .keys import Reason
 from .presence import align_present
+from .similarity import prototype_logits
 from .subsets import mask_to_code
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "log_ics_score",
     "calibration_factor",
     "selection_reward",
+    "fuse_rows",
 ]
 
 FuseFn = Callable[[Mapping[str, torch.Tensor], torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -51,14 +52,7 @@ def quality_score(
 
     Cosine: ``q = max_c softmax_c(z . P_c / tau)``; Euclidean: ``q = max_c softmax_c(-||z - P_c||^2 / tau)``.
     """
-    z64 = z.to(torch.float64)
-    protos = overall.to(device=z.device, dtype=torch.float64)
-    if metric == "cosine":
-        logits = z64 @ protos.T / temperature
-    elif metric == "euclidean":
-        logits = -((z64[:, None, :] - protos[None]) ** 2).sum(-1) / temperature
-    else:
-        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}.")
+    logits = prototype_logits(z.to(torch.float64), overall, temperature, metric)
     return torch.softmax(logits, dim=-1).amax(dim=-1)
 
 
@@ -128,6 +122,15 @@ class SelectionResult:
         quality_steps, log_ics_steps: ``float64[T + 1, B]`` ``q`` and ``log p`` of each patient's subset at the start
             of round ``t`` (row 0: the observed set; row ``T``: after the last round); row ``k <= steps[b]`` is the
             subset after ``k`` acceptances. ``None`` in results built by hand.
+
+    Filled on request by :func:`monai_dymo.step.run_dymo` (``None`` otherwise; NaN rows for patients not processed):
+        discard_logits: ``Tensor[B, C]`` fusion on the observed subset (the missing modalities discarded).
+        all_recovered_logits: ``Tensor[B, C]`` fusion on every modality (all recoveries used).
+        alone_logits: ``Tensor[B, M, C]`` fusion on each OBSERVED modality alone (NaN where it is missing).
+        prefix_logits: ``Tensor[B, M + 1, C]`` fusion on prefix ``k`` of the greedy path (the observed set plus the
+            first ``k`` accepted recoveries) for ``k = 0..steps`` (NaN beyond).
+        refer, refer_reasons: ``BoolTensor[B]`` refer flag of the final prediction and why (per patient).
+        inputs: ``{name: Tensor[B, ...]}`` the inputs as the encoders saw them (recoveries filled in).
     """
 
     selected: torch.Tensor
@@ -147,6 +150,13 @@ class SelectionResult:
     calibration_fallback: torch.Tensor | None = None
     quality_steps: torch.Tensor | None = None
     log_ics_steps: torch.Tensor | None = None
+    discard_logits: torch.Tensor | None = None
+    all_recovered_logits: torch.Tensor | None = None
+    alone_logits: torch.Tensor | None = None
+    prefix_logits: torch.Tensor | None = None
+    refer: torch.Tensor | None = None
+    refer_reasons: list[str] | None = None
+    inputs: dict[str, torch.Tensor] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -170,14 +180,14 @@ class SelectionResult:
         return torch.softmax(self.logits.float(), dim=-1)
 
     def to(self, device: torch.device | str) -> SelectionResult:
-        return replace(
-            self,
-            **{
-                f.name: getattr(self, f.name).to(device)
-                for f in fields(self)
-                if isinstance(getattr(self, f.name), torch.Tensor)
-            },
-        )
+        moved: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                moved[f.name] = value.to(device)
+            elif isinstance(value, dict):
+                moved[f.name] = {k: v.to(device) for k, v in value.items()}
+        return replace(self, **moved)
 
     def expand(self, index: torch.Tensor, batch_size: int, present: torch.Tensor, error: str) -> SelectionResult:
         """Place this result's rows at ``index`` of a batch of ``batch_size``; the other patients get NaN scores,
@@ -191,10 +201,16 @@ class SelectionResult:
             out = torch.full(shape, fill, dtype=t.dtype, device=device)
             return out.index_copy(dim, index, t)
 
+        def grow_opt(t: torch.Tensor | None, fill: Any, dim: int = 0) -> torch.Tensor | None:
+            return None if t is None else grow(t, fill, dim)
+
         errors = [error] * batch_size
         inner = self.errors or [None] * self.batch_size
+        reasons = None if self.refer_reasons is None else ["not processed"] * batch_size
         for i, b in enumerate(index.tolist()):
             errors[b] = inner[i]
+            if reasons is not None:
+                reasons[b] = self.refer_reasons[i]  # type: ignore[index]
         return SelectionResult(
             selected=grow(self.selected, False),
             logits=grow(self.logits, float("nan")),
@@ -210,11 +226,16 @@ class SelectionResult:
             present=present.to(device=device, dtype=torch.bool),
             projection=grow(self.projection, float("nan")),
             errors=errors,
-            calibration_fallback=None
-            if self.calibration_fallback is None
-            else grow(self.calibration_fallback, False),
-            quality_steps=None if self.quality_steps is None else grow(self.quality_steps, float("nan"), dim=1),
-            log_ics_steps=None if self.log_ics_steps is None else grow(self.log_ics_steps, float("nan"), dim=1),
+            calibration_fallback=grow_opt(self.calibration_fallback, False),
+            quality_steps=grow_opt(self.quality_steps, float("nan"), dim=1),
+            log_ics_steps=grow_opt(self.log_ics_steps, float("nan"), dim=1),
+            discard_logits=grow_opt(self.discard_logits, float("nan")),
+            all_recovered_logits=grow_opt(self.all_recovered_logits, float("nan")),
+            alone_logits=grow_opt(self.alone_logits, float("nan")),
+            prefix_logits=grow_opt(self.prefix_logits, float("nan")),
+            refer=grow_opt(self.refer, True),
+            refer_reasons=reasons,
+            inputs=None if self.inputs is None else {k: grow(v, 0) for k, v in self.inputs.items()},
         )
 
     @classmethod
@@ -249,146 +270,6 @@ class SelectionResult:
             log_ics_steps=torch.zeros(1, 0, dtype=torch.float64, device=device),
         )
 
-    def to_records(
-        self,
-        modalities: Sequence[str],
-        patient_ids: Sequence[Any] | None = None,
-        reasons: Mapping[str, Sequence[str]] | Sequence[Mapping[str, str]] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Per-patient JSON-serialisable reliability records (the shared record format).
-
-        Besides the final scores, a record holds ``rewards`` (``{recovered modality: [reward at round 0, 1, ...]}``,
-        up to the round it was accepted or rejected, or the last round the patient ran) and ``trajectory``
-        (``[{"step": k, "added": modality or None, "quality", "log_ics", "ics"}]`` for ``k = 0..steps``: the scores
-        of the observed set, then after each acceptance; empty for results built without the step scores).
-
-        Args:
-            modalities: the ``M`` modality names, in subset-bit order.
-            patient_ids: ``B`` identifiers (default: the batch index as a string).
-            reasons: why each modality is / is not present, either collated (``{name: [B reasons]}``) or one dict per
-                patient; missing entries become ``"observed"`` for observed modalities and ``None`` otherwise.
-        """
-        modalities = [str(m) for m in modalities]
-        B, M = self.batch_size, self.num_modalities
-        if len(modalities) != M:
-            raise ValueError(f"{len(modalities)} modality names given for a selection over {M} modalities.")
-        if patient_ids is not None and len(patient_ids) != B:
-            raise ValueError(f"{len(patient_ids)} patient ids given for a batch of {B}.")
-        per_patient_reasons = _reasons_per_patient(reasons, modalities, B)
-
-        cpu = self.to("cpu")
-        present = cpu.present.tolist()
-        accepted = cpu.accepted.tolist()
-        rejected = cpu.rejected.tolist()
-        unused = cpu.unused.tolist()
-        selected = cpu.selected.tolist()
-        accept_step = cpu.accept_step.tolist()
-        reject_step = cpu.reject_step.tolist()
-        rewards = cpu.rewards
-        probs = cpu.probabilities()
-        prob_max, pred = probs.max(dim=-1) if probs.shape[0] else (probs.new_zeros(0), probs.new_zeros(0))
-        quality, log_ics, ics = cpu.quality.tolist(), cpu.log_ics.tolist(), cpu.ics.tolist()
-        steps = cpu.steps.tolist()
-        errors = self.errors or [None] * B
-        fell_back = [False] * B if cpu.calibration_fallback is None else cpu.calibration_fallback.tolist()
-
-        def reward(t: int, b: int, m: int) -> float | None:
-            return _finite_or_none(float(rewards[t, b, m])) if 0 <= t < rewards.shape[0] else None
-
-        reward_lists = rewards.permute(1, 2, 0).tolist()  # [B][M][T]
-        q_steps = cpu.quality_steps.T.tolist() if cpu.quality_steps is not None else None  # [B][T + 1]
-        lp_steps = cpu.log_ics_steps.T.tolist() if cpu.log_ics_steps is not None else None
-
-        def reward_path(b: int, m: int) -> list[float | None]:
-            values = [_finite_or_none(v) for v in reward_lists[b][m]]
-            while values and values[-1] is None:
-                values.pop()
-            return values
-
-        def trajectory(b: int, order: list[tuple[int, int]]) -> list[dict[str, Any]]:
-            if q_steps is None or lp_steps is None:
-                return []
-            added = [None] + [modalities[m] for _, m in order]
-            out = []
-            for k in range(min(int(steps[b]), len(q_steps[b]) - 1) + 1):
-                lp = _finite_or_none(lp_steps[b][k])
-                out.append(
-                    {
-                        "step": k,
-                        "added": added[k] if k < len(added) else None,
-                        "quality": _finite_or_none(q_steps[b][k]),
-                        "log_ics": lp,
-                        "ics": None if lp is None else math.exp(lp),
-                    }
-                )
-            return out
-
-        records = []
-        for b in range(B):
-            pid = str(patient_ids[b]) if patient_ids is not None else str(b)
-            rsn = per_patient_reasons[b]
-            for m, name in enumerate(modalities):
-                if rsn.get(name) is None and present[b][m]:
-                    rsn[name] = str(Reason.OBSERVED)
-            failed = errors[b] is not None
-            acc = sorted((accept_step[b][m], m) for m in range(M) if accepted[b][m])
-            rej = sorted((reject_step[b][m], m) for m in range(M) if rejected[b][m])
-            records.append(
-                {
-                    "patient_id": pid,
-                    "observed": [modalities[m] for m in range(M) if present[b][m]],
-                    "recovered": [] if failed else [modalities[m] for m in range(M) if not present[b][m]],
-                    "selected": [modalities[m] for m in range(M) if selected[b][m]],
-                    "accepted": [{"modality": modalities[m], "step": t, "reward": reward(t, b, m)} for t, m in acc],
-                    "rejected": [{"modality": modalities[m], "step": t, "reward": reward(t, b, m)} for t, m in rej],
-                    "unused": [modalities[m] for m in range(M) if unused[b][m]],
-                    "quality": None if failed else _finite_or_none(quality[b]),
-                    "log_ics": None if failed else _finite_or_none(log_ics[b]),
-                    "ics": None if failed else _finite_or_none(ics[b]),
-                    "prediction": None if failed else int(pred[b]),
-                    "probability": None if failed else _finite_or_none(float(prob_max[b])),
-                    "steps": int(steps[b]),
-                    "calibration_fallback": bool(fell_back[b]),
-                    "reasons": rsn,
-                    "error": errors[b],
-                    "rewards": {} if failed else {
-                        modalities[m]: reward_path(b, m) for m in range(M) if not present[b][m]
-                    },
-                    "trajectory": [] if failed else trajectory(b, acc),
-                }
-            )
-        return records
-
-
-def _finite_or_none(v: float) -> float | None:
-    return float(v) if math.isfinite(v) else None
-
-
-def _reasons_per_patient(reasons: Any, modalities: Sequence[str], batch_size: int) -> list[dict[str, str | None]]:
-    out: list[dict[str, str | None]] = [{m: None for m in modalities} for _ in range(batch_size)]
-    if reasons is None:
-        return out
-    if isinstance(reasons, Mapping):  # collated: {name: [B reasons]}
-        for name, values in reasons.items():
-            if name not in out[0]:
-                continue
-            values = list(values) if not isinstance(values, str) else [values] * batch_size
-            if len(values) != batch_size:
-                raise ValueError(
-                    f"reasons for modality {name!r} have {len(values)} entries for a batch of {batch_size}."
-                )
-            for b in range(batch_size):
-                out[b][name] = None if values[b] is None else str(values[b])
-        return out
-    reasons = list(reasons)
-    if len(reasons) != batch_size:
-        raise ValueError(f"{len(reasons)} reason dictionaries given for a batch of {batch_size}.")
-    for b, r in enumerate(reasons):
-        for name in modalities:
-            if r is not None and r.get(name) is not None:
-                out[b][name] = str(r[name])
-    return out
-
 
 # ---------------------------------------------------------------------------------------------------- selection
 def _takes_index(fuse: Callable) -> bool:
@@ -398,6 +279,25 @@ def _takes_index(fuse: Callable) -> bool:
     except (TypeError, ValueError):
         return False
     return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+
+
+def fuse_rows(
+    fuse: FuseFn, tokens: Mapping[str, torch.Tensor], subset: torch.Tensor, patients: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fuse`` on rows ``subset [R, M]`` of patients ``patients [R]`` (None: row ``r`` is patient ``r``) ->
+    plain ``(logits [R, C], z [R, D])``; the rows are given as ``index=patients`` when ``fuse`` takes it, else as
+    copies of the patients' tokens."""
+    if patients is None:
+        logits, z = fuse(tokens, subset)
+    elif _takes_index(fuse):
+        logits, z = fuse(tokens, subset, index=patients)
+    else:
+        logits, z = fuse({name: v.index_select(0, patients) for name, v in tokens.items()}, subset)
+    if type(logits) is not torch.Tensor:  # e.g. a MetaTensor: plain tensor semantics
+        logits = logits.as_subclass(torch.Tensor)
+    if type(z) is not torch.Tensor:
+        z = z.as_subclass(torch.Tensor)
+    return logits, z
 
 
 def _resolve_modalities(
@@ -503,20 +403,10 @@ def _select(
     present = present.to(device)
     calib = calibration.to(device)
     tokens = {name: tokens[name] for name in names}
-    by_index = _takes_index(fuse)
 
     def run(subset: torch.Tensor, patients: torch.Tensor | None = None):
         rows = subset.shape[0]
-        if patients is None:
-            logits, z = fuse(tokens, subset)
-        elif by_index:
-            logits, z = fuse(tokens, subset, index=patients)
-        else:
-            logits, z = fuse({name: v.index_select(0, patients) for name, v in tokens.items()}, subset)
-        if type(logits) is not torch.Tensor:
-            logits = logits.as_subclass(torch.Tensor)
-        if type(z) is not torch.Tensor:
-            z = z.as_subclass(torch.Tensor)
+        logits, z = fuse_rows(fuse, tokens, subset, patients)
         if logits.ndim != 2 or logits.shape[0] != rows or logits.shape[1] != C:
             raise ValueError(
                 f"fuse returned logits of shape {tuple(logits.shape)} for {rows} rows; the calibration has {C} classes."

@@ -20,7 +20,7 @@ from PIL import Image
 from monai_dymo.cohort import CohortSpec, build_cohort_fusion, build_cohort_recovery, build_preprocessing, load_split
 from monai_dymo.data.__main__ import main as data_main
 from monai_dymo.data.derm7pt import CLASSES, INPUT_FIELDS, OUTCOME_COLUMNS, build_derm7pt, diagnosis_class
-from monai_dymo.handlers.report_figures import image_planes
+from monai_dymo.report import image_planes
 from monai_dymo.keys import DyMoKeys
 from monai_dymo.transforms import AsRGB2D, RowsFirst2D
 

@@ -7,52 +7,15 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from monai_dymo.calibration import fit_calibration
 from monai_dymo.inferers import NO_MODALITY_ERROR, DyMoInferer
 from monai_dymo.selection import select_modalities
+from tests.toy_fusion import ConstantRecovery
+from tests.toy_fusion import ToyFusionNet as ToyNet
 
 NAMES = ("ct", "pet", "clin")
 C = 3
-
-
-class ToyNet(nn.Module):
-    """Duck-typed fusion network: ``encode`` -> tokens, ``fuse`` -> (logits, L2-normalised z); logs encoder inputs."""
-
-    def __init__(self, names=NAMES, in_dim=4, d=6, proj_dim=5, num_classes=C):
-        super().__init__()
-        self.modalities = tuple(names)
-        self.num_classes = num_classes
-        self.proj_dim = proj_dim
-        self.enc = nn.ModuleDict({n: nn.Linear(in_dim, d) for n in names})
-        self.mix = nn.Linear(d, d)
-        self.head = nn.Linear(d, num_classes)
-        self.proj = nn.Linear(d, proj_dim)
-        self.encoded: list[dict[str, torch.Tensor]] = []
-        self.fuse_rows = 0
-
-    def encode(self, inputs):
-        self.encoded.append({k: v.clone() for k, v in inputs.items()})
-        return {n: self.enc[n](inputs[n]).unsqueeze(1) for n in self.modalities}
-
-    def fuse(self, tokens, subset):
-        self.fuse_rows += subset.shape[0]
-        w = subset.float()
-        h = sum(tokens[n][:, 0] * w[:, i : i + 1] for i, n in enumerate(self.modalities))
-        h = torch.tanh(self.mix(h))
-        return self.head(h), F.normalize(self.proj(h), dim=-1)
-
-    def forward(self, inputs, subset=None):
-        return self.fuse(self.encode(inputs), subset)
-
-
-def _calibration(net, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    batches = [
-        {**{n: torch.randn(12, 4, generator=g) for n in NAMES}, "label": torch.arange(12) % C} for _ in range(2)
-    ]
-    return fit_calibration(net.encode, net.fuse, batches, modalities=NAMES, num_classes=C, progress=False)
 
 
 def _batch(B=10, seed=1, missing=0.5):
@@ -63,25 +26,9 @@ def _batch(B=10, seed=1, missing=0.5):
     return x, present
 
 
-class ConstantRecovery:
-    """Fills every modality with a constant; also scribbles over observed ones (which the inferer must ignore)."""
-
-    modalities = NAMES
-
-    def __init__(self, value=0.5):
-        self.value = value
-        self.calls = 0
-
-    def __call__(self, inputs, present):
-        self.calls += 1
-        return {k: torch.full_like(v, self.value) for k, v in inputs.items()}
-
-
 @pytest.fixture(scope="module")
-def net_and_calib():
-    torch.manual_seed(0)
-    net = ToyNet().eval()
-    return net, _calibration(net)
+def net_and_calib(toy_fusion):
+    return toy_fusion
 
 
 def test_inferer_without_recovery_matches_select_modalities(net_and_calib):

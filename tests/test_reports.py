@@ -18,14 +18,16 @@ from monai.transforms import Activationsd, AsDiscreted, Compose
 
 from monai_dymo.calibration import fit_calibration
 from monai_dymo.engines.evaluator import DyMoEvaluator, PrepareDyMoEvalBatch
-from monai_dymo.handlers.reports import (
-    SelectionReportWriter,
-    read_report,
-    report_summary,
-    summary_line,
+from monai_dymo.handlers import SelectionReportWriter
+from monai_dymo.report import (
+    ReportOptions,
     modality_status,
     plot_selection_summary,
+    read_report,
     report_modalities,
+    report_summary,
+    summary_line,
+    write_report,
     write_report_csv,
     write_report_json,
 )
@@ -268,7 +270,7 @@ def test_class_names_beside_indices_in_csv_json_and_html(setup, tmp_path, capsys
 
     classes = ["glioma", "meningioma"]
     evaluator, writer = _evaluator(setup, tmp_path)
-    writer.class_names = classes
+    writer.options.class_names = classes
     evaluator.run()
     df = pd.read_csv(tmp_path / "dymo_report.csv", keep_default_na=False)
     cols = list(df.columns)
@@ -378,3 +380,22 @@ def test_region_of_interest_column_says_where_the_volumes_were_read(tmp_path):
     text = [r["region_of_interest"] for r in csv.DictReader(open(path, newline=""))]
     assert text[0] == "around the lesion found in flair"
     assert text[1].startswith("centre of the scanned volume") and "not located" in text[1] and text[2] == ""
+
+
+def test_write_report_without_ignite_matches_the_handler(setup, tmp_path):
+    """The function-level API writes what the handler writes; options come as a ReportOptions or as keywords."""
+    records = _records(setup)
+    options = ReportOptions(prefix="r", html=False, class_names=["a", "b"], progress=False)
+    written = write_report(records, tmp_path / "fn", NAMES, options, plot=False)
+    assert sorted(written.paths) == ["columns", "csv", "json", "trust"] and written.summary["patients"] == 8
+    writer = SelectionReportWriter(tmp_path / "handler", modalities=NAMES, options=options, plot=False)
+    assert writer.write(records) == {k: p.replace(str(tmp_path / "fn"), str(tmp_path / "handler"))
+                                     for k, p in written.paths.items()}
+    assert writer.summary == written.summary
+    for name in ("r.csv", "r_columns.csv", "r_trust.json"):
+        assert (tmp_path / "fn" / name).read_text() == (tmp_path / "handler" / name).read_text()
+    assert read_report(tmp_path / "fn" / "r.json")["patients"][0]["label_name"] in ("a", "b")
+    with pytest.raises(ValueError, match="max_patient_pages"):
+        ReportOptions(max_patient_pages=-1)
+    with pytest.raises(TypeError):
+        SelectionReportWriter(no_such_option=1)

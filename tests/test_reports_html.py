@@ -20,15 +20,17 @@ from monai.data import DataLoader, MetaTensor
 
 from monai_dymo.calibration import fit_calibration
 from monai_dymo.engines.evaluator import DyMoEvaluator
-from monai_dymo.handlers import (
-    SelectionReportWriter,
+from monai_dymo.handlers import SelectionReportWriter
+from monai_dymo.report import (
+    STATUS_LABELS,
+    accuracy_split,
+    image_planes,
     modality_decision,
+    patient_priority,
     pseudonymize_id,
     read_report_csv,
     write_report_html,
 )
-from monai_dymo.handlers.report_figures import STATUS_LABELS, image_planes
-from monai_dymo.handlers.report_records import accuracy_split, patient_priority
 from monai_dymo.inferers import NO_MODALITY_ERROR, DyMoInferer
 
 NAMES = ("t1", "flair", "xray", "labs")
@@ -406,7 +408,7 @@ def test_2d_picture_has_the_source_png_orientation(tmp_path):
 
     from monai.transforms import LoadImage
 
-    from monai_dymo.handlers.report_figures import save_picture
+    from monai_dymo.report import save_picture
 
     src = np.zeros((12, 20), dtype=np.uint8)  # 12 rows, 20 columns: a wide picture
     src[1:4, 2:15] = 255  # a bar in the upper left
@@ -429,13 +431,13 @@ def test_pages_come_from_shipped_templates_and_a_site_can_restyle(tmp_path):
     the cohort page's heading) without code."""
     import tomllib
 
-    from monai_dymo.handlers.report_html import TEMPLATE_DIR
+    from monai_dymo.report import TEMPLATE_DIR
 
     shipped = sorted(p.name for p in Path(TEMPLATE_DIR).iterdir())
     assert {"base.html.j2", "cohort.html.j2", "patient.html.j2", "table_page.html.j2", "report.css"} <= set(shipped)
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     data = pyproject["tool"]["setuptools"]["package-data"]["monai_dymo"]
-    assert "handlers/templates/*.j2" in data and "handlers/templates/*.css" in data
+    assert "report/templates/*.j2" in data and "report/templates/*.css" in data
     assert any(d.startswith("jinja2") for d in pyproject["project"]["dependencies"])
     rec = {"patient_id": "<p1>", "observed": ["a"], "recovered": [], "selected": ["a"], "accepted": [],
            "rejected": [], "unused": [], "prediction": 1, "label": 1, "label_name": "tumour & co",

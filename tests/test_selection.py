@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from monai_dymo.calibration import SubsetCalibration
+from monai_dymo.report import selection_records
 from monai_dymo.selection import (
     SelectionResult,
     calibration_factor,
@@ -222,7 +223,7 @@ def test_argmax_acceptance_among_positive_then_rejection_at_later_step():
     assert res.rewards[1, 0, 1].item() == pytest.approx(-0.05, abs=1e-9)
     assert math.isnan(res.rewards[1, 0, 2].item()) and math.isnan(res.rewards[0, 0, 0].item())
     assert res.quality.item() == pytest.approx(0.9, abs=1e-9)
-    rec = res.to_records(case.names)[0]
+    rec = selection_records(res, case.names)[0]
     assert [a["modality"] for a in rec["accepted"]] == ["m2"]
     assert rec["rejected"] == [{"modality": "m1", "step": 1, "reward": pytest.approx(-0.05, abs=1e-9)}]
 
@@ -292,7 +293,7 @@ def test_multi_step_with_several_missing():
     assert res.steps.tolist() == [2]
     assert res.rewards.shape[0] == 2  # round 2 has no candidate left (3 is in Bad)
     assert res.quality.item() == pytest.approx(0.75, abs=1e-9)
-    rec = res.to_records(case.names)[0]
+    rec = selection_records(res, case.names)[0]
     assert [a["modality"] for a in rec["accepted"]] == ["m0", "m2"]
     assert rec["selected"] == ["m0", "m1", "m2"] and rec["observed"] == ["m1"]
     assert rec["recovered"] == ["m0", "m2", "m3"] and rec["unused"] == []
@@ -539,9 +540,9 @@ def test_calibration_fallback_flags_exactly_patients_scored_on_fallback_pairs():
         scored_full |= evaluated & (present.sum(1) + t == 2)
     assert 0 < int(scored_full.sum()) < len(scored_full)
     assert torch.equal(res.calibration_fallback, scored_full)
-    records = res.to_records(names)
+    records = selection_records(res, names)
     assert [r["calibration_fallback"] for r in records] == scored_full.tolist()
-    from monai_dymo.handlers import report_rows
+    from monai_dymo.report import report_rows
 
     _, rows = report_rows(records, names)
     assert [r["calibration_fallback"] for r in rows] == scored_full.long().tolist()  # a report column too
@@ -552,7 +553,7 @@ def test_records_format_and_reasons():
     res = select_modalities(fuse, tokens, present, calib)
     reasons = {n: ["observed" if present[b, i] else "file not found: x" for b in range(8)] for i, n in enumerate(names)}
     ids = [f"p{b}" for b in range(8)]
-    records = res.to_records(names, patient_ids=ids, reasons=reasons)
+    records = selection_records(res, names, patient_ids=ids, reasons=reasons)
     keys = {"patient_id", "observed", "recovered", "selected", "accepted", "rejected", "unused", "quality",
             "log_ics", "ics", "prediction", "probability", "steps", "reasons", "error", "calibration_fallback",
             "rewards", "trajectory"}
@@ -574,7 +575,7 @@ def test_records_format_and_reasons():
 
     json.dumps(records, allow_nan=False)  # JSON-serialisable
     with pytest.raises(ValueError):
-        res.to_records(names[:3])
+        selection_records(res, names[:3])
 
 
 def test_expand_marks_excluded_patients():
@@ -586,7 +587,7 @@ def test_expand_marks_excluded_patients():
     big = res.expand(index, 6, full_present, "no modality observed")
     assert isinstance(big, SelectionResult) and big.batch_size == 6
     assert torch.isnan(big.logits[[1, 4]]).all() and torch.equal(big.logits[index], res.logits)
-    records = big.to_records(names)
+    records = selection_records(big, names)
     assert records[1]["error"] == "no modality observed" and records[1]["prediction"] is None
     assert records[1]["observed"] == [] and records[1]["recovered"] == [] and records[1]["unused"] == []
     assert records[2]["error"] is None and records[2]["prediction"] == int(res.logits[1].argmax())

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from monai_dymo.missing_patterns_io import check_missing_rate, pattern_filename, read_pattern_table, write_pattern_table
+from monai_dymo.presence import keep_one_observed
 
 __all__ = [
     "generate_missing_pattern",
@@ -47,10 +48,7 @@ def generate_missing_pattern(num_samples: int, num_modalities: int, rate: float,
         raise ValueError(f"num_samples and num_modalities must be positive, got {num_samples}, {num_modalities}")
     rate = check_missing_rate(rate)
     u = np.random.default_rng(seed).random((num_samples, num_modalities))
-    present = u >= rate
-    empty = ~present.any(axis=1)
-    present[np.flatnonzero(empty), u[empty].argmax(axis=1)] = True
-    return present
+    return ~keep_one_observed(np.ones_like(u, dtype=bool), u < rate, u)
 
 
 def expected_missing_rate(rate: float, num_modalities: int) -> float:
@@ -58,10 +56,9 @@ def expected_missing_rate(rate: float, num_modalities: int) -> float:
     return float(rate) - float(rate) ** num_modalities / num_modalities
 
 
-def write_pattern_csv(path: str | Path, present: np.ndarray, modalities: Sequence[str]) -> Path:
-    """Write ``present`` (bool ``[N, M]``) as ``index,<modalities>`` CSV with 1 = observed, 0 = missing
-    (:func:`monai_dymo.missing_patterns_io.write_pattern_table`)."""
-    return write_pattern_table(path, present, modalities)
+write_pattern_csv = write_pattern_table
+"""Write ``present`` (bool ``[N, M]``) as ``index,<modalities>`` CSV with 1 = observed, 0 = missing
+(:func:`monai_dymo.missing_patterns_io.write_pattern_table`)."""
 
 
 def read_pattern_csv(path: str | Path, modalities: Sequence[str] | None = None) -> np.ndarray:
@@ -156,10 +153,7 @@ def generate_mixed_rate_pattern(num_samples: int, num_modalities: int, rates: Se
     rng = np.random.default_rng(seed)
     rate = rates[rng.integers(0, rates.size, num_samples)]
     u = rng.random((num_samples, num_modalities))
-    present = u >= rate[:, None]
-    empty = ~present.any(axis=1)
-    present[np.flatnonzero(empty), u[empty].argmax(axis=1)] = True
-    return present
+    return ~keep_one_observed(np.ones_like(u, dtype=bool), u < rate[:, None], u)
 
 
 def write_holdout_pattern(

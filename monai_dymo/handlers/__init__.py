@@ -1,21 +1,21 @@
-"""Ignite handlers of monai_dymo: prototype refresh during training, selection reports, missingness summaries,
-progress bars, experiment tracking."""
+"""Ignite handlers of monai_dymo: prototype refresh during training, the selection report, missingness summaries,
+progress bars, experiment tracking.
+
+The report itself lives in :mod:`monai_dymo.report`; its functions are re-exported here so that
+``monai_dymo.handlers.read_report`` and the like keep working.
+"""
 
 from __future__ import annotations
 
-from .missingness import MissingnessSummaryHandler
-from .progress import attach_progress_bar, loss_progress, progress_enabled
-from .prototypes import PrototypeRefreshHandler
-from .pseudonyms import pseudonymize_id
-from .report_html import write_report_html
-from .reports import (
+from ..report import (
     EMPTY_LIST,
     LIST_SEPARATOR,
     MODALITY_STATUSES,
-    SelectionReportWriter,
+    ReportOptions,
     modality_decision,
     modality_status,
     plot_selection_summary,
+    pseudonymize_id,
     pseudonymize_records,
     read_report,
     read_report_csv,
@@ -24,10 +24,16 @@ from .reports import (
     report_rows,
     report_summary,
     summary_line,
+    write_report,
     write_report_csv,
     write_report_dictionary,
+    write_report_html,
     write_report_json,
 )
+from .missingness import MissingnessSummaryHandler
+from .progress import attach_progress_bar, loss_progress, progress_enabled
+from .prototypes import PrototypeRefreshHandler
+from .reports import SelectionReportWriter
 from .tracking import adapt_tracking_handlers, scalar_loss
 
 __all__ = [
@@ -36,6 +42,7 @@ __all__ = [
     "LIST_SEPARATOR",
     "MODALITY_STATUSES",
     "PrototypeRefreshHandler",
+    "ReportOptions",
     "attach_progress_bar",
     "loss_progress",
     "progress_enabled",
@@ -54,6 +61,7 @@ __all__ = [
     "report_summary",
     "summary_line",
     "scalar_loss",
+    "write_report",
     "write_report_csv",
     "write_report_dictionary",
     "write_report_html",

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from monai.data import MetaTensor
 
+from ..similarity import check_metric
 from .encoders import ImageTokenEncoder
 
 #: how the logits of a subset are formed (see :class:`DynamicFusionTransformer`, ``logit_fusion``)
@@ -86,8 +87,7 @@ class DynamicFusionTransformer(nn.Module):
         logit_fusion: str = "transformer",
     ) -> None:
         super().__init__()
-        if metric not in ("cosine", "euclidean"):
-            raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}.")
+        metric = check_metric(metric)
         if logit_fusion not in LOGIT_FUSIONS:
             raise ValueError(f"logit_fusion must be one of {list(LOGIT_FUSIONS)}, got {logit_fusion!r}.")
         self.metric = metric

@@ -28,6 +28,7 @@ from monai.config import KeysCollection, PathLike
 from monai.transforms.transform import MapTransform, RandomizableTransform
 from monai_dymo.keys import DyMoKeys, Reason
 from monai_dymo.missing_patterns_io import INDEX_COLUMN, check_missing_rate, read_pattern_table, write_pattern_table
+from monai_dymo.presence import keep_one_observed
 from monai_dymo.transforms.utils import (
     REASON_META_KEY,
     format_reason,
@@ -71,16 +72,9 @@ def read_missing_patterns(
     return {int(i): masks[k] for k, i in enumerate(indices)}
 
 
-def write_missing_patterns(
-    path: PathLike,
-    masks: np.ndarray | torch.Tensor,
-    modalities: Sequence[str],
-    indices: Sequence[int] | None = None,
-    index_column: str = INDEX_COLUMN,
-) -> None:
-    """Write ``masks`` (bool ``[N, M]``, True = observed) as a mask CSV with an ``index`` column
-    (:func:`monai_dymo.missing_patterns_io.write_pattern_table`)."""
-    write_pattern_table(path, masks, modalities, indices, index_column)
+write_missing_patterns = write_pattern_table
+"""Write ``masks`` (bool ``[N, M]``, True = observed) as a mask CSV with an ``index`` column
+(:func:`monai_dymo.missing_patterns_io.write_pattern_table`)."""
 
 
 class RandSimulateMissingModalities(RandomizableTransform):
@@ -107,10 +101,16 @@ class RandSimulateMissingModalities(RandomizableTransform):
         self._drop = self._keep_one(observed, self._drop)
 
     def _keep_one(self, observed: np.ndarray, drop: np.ndarray) -> np.ndarray:
-        drop = drop.copy()
-        if self.keep_at_least_one and observed.any() and not (observed & ~drop).any():
-            drop[int(self.R.choice(np.flatnonzero(observed)))] = False
-        return drop
+        if not self.keep_at_least_one:
+            return drop.copy()
+        return keep_one_observed(observed, drop, self._draw_kept)
+
+    def _draw_kept(self, observed: np.ndarray) -> np.ndarray:
+        """One-hot scores ``[R, M]``: for each row, one of its observed modalities chosen uniformly."""
+        score = np.zeros(observed.shape)
+        for r, row in enumerate(observed):
+            score[r, int(self.R.choice(np.flatnonzero(row)))] = 1.0
+        return score
 
     def __call__(self, present: torch.Tensor, randomize: bool = True) -> torch.Tensor:  # type: ignore[override]
         observed = torch.as_tensor(present, dtype=torch.bool)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["pseudonymize_id", "pseudonymize_text", "PSEUDONYM_HEX_DIGITS"]
+__all__ = ["PSEUDONYM_HEX_DIGITS", "pseudonymize_id", "pseudonymize_text", "pseudonymize_records"]
 
 PSEUDONYM_HEX_DIGITS = 16
 
@@ -44,4 +44,19 @@ def pseudonymize_text(text: Any, replacements: Mapping[str, str]) -> Any:
     for raw, pseudo in replacements.items():
         if raw:
             out = re.sub(rf"(?<![A-Za-z0-9]){re.escape(raw)}(?![A-Za-z0-9])", pseudo, out)
+    return out
+
+
+def pseudonymize_records(records: Sequence[Mapping[str, Any]], key: str | bytes) -> list[dict[str, Any]]:
+    """Copies of ``records`` with ``patient_id`` replaced by its keyed pseudonym (:func:`pseudonymize_id`) and, in the
+    free text (``reasons``, ``error``), the raw ids replaced and the folders of file paths removed."""
+    mapping = {str(r.get("patient_id")): pseudonymize_id(r.get("patient_id"), key) for r in records}
+    out = []
+    for rec in records:
+        r = dict(rec)
+        r["patient_id"] = mapping[str(rec.get("patient_id"))]
+        if r.get("reasons"):
+            r["reasons"] = {m: pseudonymize_text(v, mapping) for m, v in r["reasons"].items()}
+        r["error"] = pseudonymize_text(r.get("error"), mapping)
+        out.append(r)
     return out

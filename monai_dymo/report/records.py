@@ -1,36 +1,42 @@
-"""Reading DyMo selection records for the reports: per-modality status and decision, cohort statistics.
+"""Per-patient DyMo selection records: how they are built from a selection result, and how the report reads them.
 
-Records follow the shared per-patient record format of
-:meth:`monai_dymo.selection.SelectionResult.to_records` (``patient_id``, ``observed``, ``recovered``, ``selected``,
-``accepted``, ``rejected``, ``unused``, ``quality``, ``log_ics``, ``ics``, ``prediction``, ``probability``, ``steps``,
-``reasons``, ``error``, ``rewards``, ``trajectory``), optionally with ``label``, ``missing_fields`` and ``num_fields``
-added by :class:`~monai_dymo.handlers.SelectionReportWriter`. Keys starting with ``_`` are private to the writer (e.g.
-``_pictures``) and never written.
+A record is a JSON-serialisable dictionary (the shared record format, built by :func:`selection_records`):
+``patient_id``, ``observed``, ``recovered``, ``selected``, ``accepted``, ``rejected``, ``unused``, ``quality``,
+``log_ics``, ``ics``, ``prediction``, ``probability``, ``steps``, ``calibration_fallback``, ``reasons``, ``error``,
+``rewards``, ``trajectory``. The inferer adds ``alone`` and the guarantee fields (see :mod:`.trust`), the report
+handler ``label``, ``missing_fields``, ``num_fields``, ``field_notes`` and ``roi_guide`` (see :mod:`.collect`). Keys
+starting with ``_`` are private to the report writer (e.g. ``_pictures``) and never written.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..keys import Reason
 from ..transforms.lesion_crop import FOREGROUND_GUIDE
+
+if TYPE_CHECKING:
+    from ..selection import SelectionResult
 
 __all__ = [
     "MODALITY_STATUSES",
+    "selection_records",
+    "names",
     "modality_status",
     "modality_decision",
     "report_modalities",
     "clinical_groups",
     "patient_priority",
-    "accuracy_split",
     "format_reward",
+    "label_value",
+    "is_correct",
     "class_name",
     "with_class_names",
-    "report_summary",
-    "summary_line",
+    "plain",
     "region_of_interest_text",
 ]
 
@@ -40,6 +46,139 @@ __all__ = [
 MODALITY_STATUSES = ("observed", "accepted", "rejected", "unused", "missing")
 
 
+# ---------------------------------------------------------------------------------------------------- building
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def _reasons_per_patient(reasons: Any, modalities: Sequence[str], batch_size: int) -> list[dict[str, str | None]]:
+    """``[{modality: reason or None}]`` per patient from collated (``{name: [B reasons]}``) or per-patient reasons."""
+    out: list[dict[str, str | None]] = [{m: None for m in modalities} for _ in range(batch_size)]
+    if reasons is None:
+        return out
+    if isinstance(reasons, Mapping):
+        for name, values in reasons.items():
+            if name not in out[0]:
+                continue
+            values = [values] * batch_size if isinstance(values, str) else list(values)
+            if len(values) != batch_size:
+                raise ValueError(
+                    f"reasons for modality {name!r} have {len(values)} entries for a batch of {batch_size}."
+                )
+            for b in range(batch_size):
+                out[b][name] = None if values[b] is None else str(values[b])
+        return out
+    reasons = list(reasons)
+    if len(reasons) != batch_size:
+        raise ValueError(f"{len(reasons)} reason dictionaries given for a batch of {batch_size}.")
+    for b, r in enumerate(reasons):
+        for name in modalities:
+            if r is not None and r.get(name) is not None:
+                out[b][name] = str(r[name])
+    return out
+
+
+def selection_records(
+    result: SelectionResult,
+    modalities: Sequence[str],
+    patient_ids: Sequence[Any] | None = None,
+    reasons: Mapping[str, Sequence[str]] | Sequence[Mapping[str, str]] | None = None,
+) -> list[dict[str, Any]]:
+    """One JSON-serialisable record per patient of a :class:`~monai_dymo.selection.SelectionResult` of ``B`` patients.
+
+    Besides the final scores, a record holds ``rewards`` (``{recovered modality: [reward at round 0, 1, ...]}``, up
+    to the round it was accepted or rejected, or the last round the patient ran) and ``trajectory`` (``[{"step": k,
+    "added": modality or None, "quality", "log_ics", "ics"}]`` for ``k = 0..steps``: the scores of the observed set,
+    then after each acceptance; empty for results built without the step scores).
+
+    Args:
+        result: the selection of ``B`` patients over ``M`` modalities.
+        modalities: the ``M`` modality names, in subset-bit order.
+        patient_ids: ``B`` identifiers (default: the batch index as a string).
+        reasons: why each modality is / is not present, either collated (``{name: [B reasons]}``) or one dict per
+            patient; missing entries become ``"observed"`` for observed modalities and ``None`` otherwise.
+    """
+    modalities = [str(m) for m in modalities]
+    B, M = result.batch_size, result.num_modalities
+    if len(modalities) != M:
+        raise ValueError(f"{len(modalities)} modality names given for a selection over {M} modalities.")
+    if patient_ids is not None and len(patient_ids) != B:
+        raise ValueError(f"{len(patient_ids)} patient ids given for a batch of {B}.")
+    per_patient_reasons = _reasons_per_patient(reasons, modalities, B)
+
+    cpu = result.to("cpu")
+    present, selected, unused = cpu.present.tolist(), cpu.selected.tolist(), cpu.unused.tolist()
+    accepted, rejected = cpu.accepted.tolist(), cpu.rejected.tolist()
+    accept_step, reject_step = cpu.accept_step.tolist(), cpu.reject_step.tolist()
+    rewards = cpu.rewards  # [T, B, M]
+    probs = cpu.probabilities()
+    prob_max, pred = probs.max(dim=-1) if probs.shape[0] else (probs.new_zeros(0), probs.new_zeros(0))
+    quality, log_ics, ics = cpu.quality.tolist(), cpu.log_ics.tolist(), cpu.ics.tolist()
+    steps = cpu.steps.tolist()
+    errors = result.errors or [None] * B
+    fell_back = [False] * B if cpu.calibration_fallback is None else cpu.calibration_fallback.tolist()
+    reward_lists = rewards.permute(1, 2, 0).tolist()  # [B][M][T]
+    q_steps = cpu.quality_steps.T.tolist() if cpu.quality_steps is not None else None  # [B][T + 1]
+    lp_steps = cpu.log_ics_steps.T.tolist() if cpu.log_ics_steps is not None else None
+
+    def reward(t: int, b: int, m: int) -> float | None:
+        return _finite_or_none(float(rewards[t, b, m])) if 0 <= t < rewards.shape[0] else None
+
+    def reward_path(b: int, m: int) -> list[float | None]:
+        values = [_finite_or_none(v) for v in reward_lists[b][m]]
+        while values and values[-1] is None:
+            values.pop()
+        return values
+
+    def trajectory(b: int, order: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        if q_steps is None or lp_steps is None:
+            return []
+        added = [None] + [modalities[m] for _, m in order]
+        out = []
+        for k in range(min(int(steps[b]), len(q_steps[b]) - 1) + 1):
+            lp = _finite_or_none(lp_steps[b][k])
+            out.append({
+                "step": k,
+                "added": added[k] if k < len(added) else None,
+                "quality": _finite_or_none(q_steps[b][k]),
+                "log_ics": lp,
+                "ics": None if lp is None else math.exp(lp),
+            })
+        return out
+
+    records = []
+    for b in range(B):
+        rsn = per_patient_reasons[b]
+        for m, name in enumerate(modalities):
+            if rsn.get(name) is None and present[b][m]:
+                rsn[name] = str(Reason.OBSERVED)
+        failed = errors[b] is not None
+        acc = sorted((accept_step[b][m], m) for m in range(M) if accepted[b][m])
+        rej = sorted((reject_step[b][m], m) for m in range(M) if rejected[b][m])
+        records.append({
+            "patient_id": str(patient_ids[b]) if patient_ids is not None else str(b),
+            "observed": [modalities[m] for m in range(M) if present[b][m]],
+            "recovered": [] if failed else [modalities[m] for m in range(M) if not present[b][m]],
+            "selected": [modalities[m] for m in range(M) if selected[b][m]],
+            "accepted": [{"modality": modalities[m], "step": t, "reward": reward(t, b, m)} for t, m in acc],
+            "rejected": [{"modality": modalities[m], "step": t, "reward": reward(t, b, m)} for t, m in rej],
+            "unused": [modalities[m] for m in range(M) if unused[b][m]],
+            "quality": None if failed else _finite_or_none(quality[b]),
+            "log_ics": None if failed else _finite_or_none(log_ics[b]),
+            "ics": None if failed else _finite_or_none(ics[b]),
+            "prediction": None if failed else int(pred[b]),
+            "probability": None if failed else _finite_or_none(float(prob_max[b])),
+            "steps": int(steps[b]),
+            "calibration_fallback": bool(fell_back[b]),
+            "reasons": rsn,
+            "error": errors[b],
+            "rewards": {} if failed else {modalities[m]: reward_path(b, m) for m in range(M) if not present[b][m]},
+            "trajectory": [] if failed else trajectory(b, acc),
+        })
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------- reading
 def names(entries: Iterable[Any]) -> list[str]:
     """Modality names of a record list (entries are names or ``{"modality": ...}`` dicts)."""
     return [e["modality"] if isinstance(e, Mapping) else str(e) for e in entries or []]
@@ -47,14 +186,9 @@ def names(entries: Iterable[Any]) -> list[str]:
 
 def modality_status(record: Mapping[str, Any], modality: str) -> str:
     """One of :data:`MODALITY_STATUSES`: ``missing`` = neither observed nor a candidate (e.g. a failed patient)."""
-    if modality in names(record.get("observed")):
-        return "observed"
-    if modality in names(record.get("accepted")):
-        return "accepted"
-    if modality in names(record.get("rejected")):
-        return "rejected"
-    if modality in names(record.get("unused")):
-        return "unused"
+    for status in ("observed", "accepted", "rejected", "unused"):
+        if modality in names(record.get(status)):
+            return status
     return "missing"
 
 
@@ -138,14 +272,13 @@ def modality_decision(record: Mapping[str, Any], modality: str) -> dict[str, Any
             f"rejected at step {step}: reward {format_reward(reward)} < 0 "
             "(adding it lowered the calibrated confidence)"
         )
+    elif step is not None:
+        parts.append(
+            f"not used: at step {step} its reward was {format_reward(reward)} (not > 0) and no candidate had a "
+            "positive reward, so the selection stopped"
+        )
     else:
-        if step is not None:
-            parts.append(
-                f"not used: at step {step} its reward was {format_reward(reward)} (not > 0) and no candidate had a "
-                "positive reward, so the selection stopped"
-            )
-        else:
-            parts.append("not used: no candidate had a positive reward when the selection stopped")
+        parts.append("not used: no candidate had a positive reward when the selection stopped")
     out["why"] = "; ".join(parts)
     return out
 
@@ -190,23 +323,6 @@ def is_correct(record: Mapping[str, Any]) -> bool | None:
         return str(pred) == str(label)
 
 
-def accuracy_split(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, int, int]]:
-    """``[(group, correct, total)]`` over the labelled, processed patients: all of them, those where DyMo accepted at
-    least one recovered modality, those where it used the observed modalities only (nothing missing, or every
-    recovery declined). Empty when no patient has a label."""
-    groups = {"all": [0, 0], "accepted something": [0, 0], "observed only": [0, 0]}
-    for rec in records:
-        ok = is_correct(rec)
-        if ok is None:
-            continue
-        for g in ("all", "accepted something" if rec.get("accepted") else "observed only"):
-            groups[g][0] += int(ok)
-            groups[g][1] += 1
-    if groups["all"][1] == 0:
-        return []
-    return [(g, c, n) for g, (c, n) in groups.items()]
-
-
 def class_name(index: Any, classes: Sequence[Any] | None = None) -> str | None:
     """The class name of a class index (``classes[index]``); the index as text when there are no (or too few) names,
     ``None`` for no index (no label, or a patient that was not processed)."""
@@ -239,75 +355,6 @@ def with_class_names(
             r["alone_names"] = {m: class_name(c, classes) for m, c in r["alone"].items()}
         out.append(r)
     return out
-
-
-#: the per-modality counts of :func:`report_summary`.
-SUMMARY_COUNTS = ("observed", "recovered", "accepted", "rejected", "unused", "missing")
-
-
-def report_summary(
-    records: Sequence[Mapping[str, Any]],
-    modalities: Sequence[str] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The cohort figures of a report (the JSON's ``summary`` block, the printed summary line and the HTML cards).
-
-    Returns ``{"patients", "processed", "errors", "labelled", "correct", "accuracy" (% of the labelled, processed
-    patients; ``None`` without labels), "accuracy_by_use" ({"accepted something" / "observed only": %}),
-    "used_recovered", "had_rejection", "modalities": {modality: {"observed", "recovered", "accepted", "rejected",
-    "unused", "missing"}}}`` followed by the items of ``extra`` (blocks added by other code, e.g. a referral summary;
-    an ``extra`` key never replaces one of the keys above).
-    """
-    modalities = list(modalities) if modalities is not None else report_modalities(records)
-    n = len(records)
-    n_err = sum(bool(r.get("error")) for r in records)
-    split = {g: (c, k) for g, c, k in accuracy_split(records)}
-    correct, labelled = split.get("all", (0, 0))
-    counts = {m: dict.fromkeys(SUMMARY_COUNTS, 0) for m in modalities}
-    for rec in records:
-        for m in modalities:
-            s = modality_status(rec, m)
-            counts[m][s] += 1
-            if s in ("accepted", "rejected", "unused"):
-                counts[m]["recovered"] += 1
-    summary: dict[str, Any] = {
-        "patients": n,
-        "processed": n - n_err,
-        "errors": n_err,
-        "labelled": labelled,
-        "correct": correct if labelled else None,
-        "accuracy": round(100.0 * correct / labelled, 2) if labelled else None,
-        "accuracy_by_use": {
-            g: round(100.0 * c / k, 2) if k else None for g, (c, k) in split.items() if g != "all"
-        },
-        "used_recovered": sum(bool(r.get("accepted")) and not r.get("error") for r in records),
-        "had_rejection": sum(bool(r.get("rejected")) and not r.get("error") for r in records),
-        "modalities": counts,
-    }
-    for k, v in (extra or {}).items():
-        if k in summary:
-            raise ValueError(f"summary block {k!r} would replace a figure of the report summary.")
-        summary[str(k)] = v
-    return summary
-
-
-def summary_line(summary: Mapping[str, Any], where: str | None = None) -> str:
-    """One line of the cohort figures of :func:`report_summary` (printed at the end of an inference / evaluate run)."""
-    parts = [f"{summary['patients']} patients"]
-    if summary.get("errors"):
-        parts[0] += f" ({summary['errors']} not processed)"
-    if summary.get("accuracy") is not None:
-        parts.append(f"accuracy {summary['accuracy']:.2f} % ({summary['correct']} of {summary['labelled']} labelled)")
-    else:
-        parts.append("no labels (no accuracy)")
-    mods = summary.get("modalities") or {}
-    if mods:
-        parts.append(
-            "per modality observed / accepted / rejected: "
-            + ", ".join(f"{m} {c['observed']}/{c['accepted']}/{c['rejected']}" for m, c in mods.items())
-        )
-    line = "DyMo summary: " + "; ".join(parts)
-    return line + (f"; report: {where}" if where else "")
 
 
 def plain(v: Any) -> Any:

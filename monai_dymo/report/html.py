@@ -12,11 +12,11 @@ Layout written by :func:`write_report_html` for ``<dir>/dymo_report.html``::
     dymo_report_files/table/*.html     the patient table beyond its first ``table_rows_per_page`` rows
 
 Pages use relative links only and no script, so the folder can be zipped and opened anywhere. They are rendered from
-the Jinja2 templates shipped in ``monai_dymo/handlers/templates`` (``cohort.html.j2``, ``patient.html.j2``,
+the Jinja2 templates shipped in ``monai_dymo/report/templates`` (``cohort.html.j2``, ``patient.html.j2``,
 ``table_page.html.j2``, their shared ``base.html.j2`` / ``macros.html.j2`` and the style sheet ``report.css``), with
 autoescaping. A site restyles its report without touching code: copy the files it wants to change into a folder and
-pass that folder as ``template_dir`` (``SelectionReportWriter(template_dir=...)``, the bundles' ``report_templates``);
-files found there are used, the others come from the package.
+pass that folder as ``template_dir`` (:func:`~monai_dymo.report.writer.write_report`, ``SelectionReportWriter``, the
+bundles' ``report_templates``); files found there are used, the others come from the package.
 """
 
 from __future__ import annotations
@@ -32,11 +32,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .._console import bar_disabled
-from . import report_figures
-from .report_figures import STATUS_COLORS, STATUS_LABELS
-from .report_trust import patient_trust_html, trust_section_html
-from .report_records import (
-    accuracy_split,
+from .figures import STATUS_COLORS, STATUS_LABELS, plot_reward_distributions, plot_trust_map
+from .pictures import save_picture
+from .records import (
     class_name,
     format_reward,
     is_correct,
@@ -46,8 +44,9 @@ from .report_records import (
     patient_priority,
     region_of_interest_text,
     report_modalities,
-    report_summary,
 )
+from .summary import accuracy_split, report_summary
+from .trust import patient_trust_html, trust_section_html
 
 __all__ = ["write_report_html", "patient_page_name", "report_environment", "LEGEND_SCORES", "TEMPLATE_DIR"]
 
@@ -258,7 +257,7 @@ def _patient_context(
         images = []
         for plane, arr in planes:
             fname = f"{name}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', m)}_{plane}.png"
-            path = report_figures.save_picture(arr, os.path.join(img_dir, fname))
+            path = save_picture(arr, os.path.join(img_dir, fname))
             images.append({"src": _rel(path, page_dir), "plane": plane})
         decided = d["status"] in ("accepted", "rejected", "unused")
         pictures.append({
@@ -327,8 +326,9 @@ def write_report_html(
     The ``patients``, ``img`` and ``table`` folders of an earlier report in ``<stem>_files/`` are replaced.
 
     Args:
-        records: the report records (``_pictures`` of a record, from ``SelectionReportWriter``, are drawn; labels and
-            predictions are shown by their ``label_name`` / ``prediction_name``).
+        records: the report records (the ``_pictures`` of a record, see
+            :class:`~monai_dymo.report.pictures.PatientPictures`, are drawn; labels and predictions are shown by their
+            ``label_name`` / ``prediction_name``).
         path: the cohort page, e.g. ``out/dymo_report.html``.
         modalities: column order (default: from the records).
         summary_png: the summary chart to show (a path), if written.
@@ -339,7 +339,7 @@ def write_report_html(
         pseudonymised: the ids are pseudonyms (said on the page).
         table_rows_per_page: patient table rows on the cohort page; further rows go to linked pages
             ``<stem>_files/table/rows_0002.html``, ... (so the cohort page opens quickly for any cohort size).
-        summary: the cohort figures of the cards (default: :func:`~monai_dymo.handlers.report_records.report_summary`
+        summary: the cohort figures of the cards (default: :func:`~monai_dymo.report.summary.report_summary`
             of the records; the JSON's ``summary`` block, so that the two agree).
         template_dir: a folder of the site's own templates (any of the shipped ``*.html.j2`` / ``report.css``), used
             before the shipped ones (see :func:`report_environment`).
@@ -382,7 +382,7 @@ def write_report_html(
         figs.append((summary_png, "Per modality: how many patients had it observed, recovered and accepted, "
                                   "rejected or not used; right: accuracy by what was used."))
     if n and modalities:
-        tm = report_figures.plot_trust_map(statuses, modalities, os.path.join(files_dir, "trust_map.png"))
+        tm = plot_trust_map(statuses, modalities, os.path.join(files_dir, "trust_map.png"))
         figs.append((tm, "Trust map: one row per patient, one column per modality; patients with the same pattern "
                          "are grouped, the most frequent patterns at the top."))
         rewards: dict[str, dict[str, list[float]]] = {m: {} for m in modalities}
@@ -391,7 +391,7 @@ def write_report_html(
                 d = modality_decision(rec, m)
                 if d["status"] in ("accepted", "rejected", "unused") and d["reward"] is not None:
                     rewards[m].setdefault(d["status"], []).append(d["reward"])
-        rw = report_figures.plot_reward_distributions(rewards, modalities, os.path.join(files_dir, "rewards.png"))
+        rw = plot_reward_distributions(rewards, modalities, os.path.join(files_dir, "rewards.png"))
         if rw:
             figs.append((rw, "Reward of each recovered modality at the step it was decided; dashed line: 0."))
 

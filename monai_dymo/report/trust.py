@@ -1,9 +1,10 @@
-"""The report's guarantees (issue 18): the reward margin in force and why, and the refer flag.
+"""The report's guarantees: the reward margin in force and why, and the refer flag.
 
-Self-contained pieces used by :mod:`.reports` (CSV columns, the summary) and :mod:`.report_html` (one section with the
-risk-coverage figure), so that the rest of the report code does not need to know about them. Records carry
-``margin`` / ``margin_source`` and, with a refer rule, ``refer`` / ``refer_reason`` / ``refer_threshold`` /
-``refer_alpha`` / ``refer_delta`` (added by :meth:`monai_dymo.inferers.DyMoInferer.last_records`).
+Self-contained pieces used by :mod:`.tables` (CSV columns), :mod:`.writer` (the summary block and
+``<prefix>_trust.json``) and :mod:`.html` (one section with the risk-coverage figure), so that the rest of the report
+code does not need to know about them. Records carry ``margin`` / ``margin_source`` and, with a refer rule, ``refer`` /
+``refer_reason`` / ``refer_threshold`` / ``refer_alpha`` / ``refer_delta`` (added by
+:meth:`monai_dymo.inferers.DyMoInferer.last_records`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .report_records import is_correct
+from .figures import new_figure, save_figure
+from .records import is_correct
 
 __all__ = [
     "TRUST_COLUMNS",
@@ -102,14 +104,12 @@ def _risk_coverage(records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np
 def plot_risk_coverage(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> str | None:
     """Risk-coverage curve of this run (error among patients not referred against the fraction not referred, as the
     confidence threshold goes down) with the refer rule's point and ``alpha``; None without labelled records."""
-    from .report_figures import _figure, _save
-
     _, cov, err = _risk_coverage(records)
     if cov.size == 0:
         return None
     s = trust_summary(records) or {}
     refer = s.get("refer") or {}
-    fig = _figure(5.2, 3.6)
+    fig = new_figure(5.2, 3.6)
     ax = fig.add_subplot()
     ax.plot(100 * cov, 100 * err, color="#3b75af", linewidth=1.8, label="this run (labelled patients)")
     if refer.get("alpha") is not None:
@@ -126,7 +126,7 @@ def plot_risk_coverage(records: Sequence[Mapping[str, Any]], path: str | os.Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left")
     fig.tight_layout()
-    return _save(fig, path, dpi=110)
+    return save_figure(fig, path, dpi=110)
 
 
 def trust_section_html(records: Sequence[Mapping[str, Any]], files_dir: str, out_dir: str) -> str:

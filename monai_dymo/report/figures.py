@@ -1,7 +1,6 @@
-"""Pictures of the DyMo selection reports: per-patient image thumbnails and the cohort figures.
+"""Cohort figures of the DyMo report: the selection summary chart, the trust map and the reward distributions.
 
-Everything draws on matplotlib's Agg canvas directly (no pyplot state, no backend change). Patient pictures are made
-from the image tensors only (``Tensor[C, *spatial]``); metadata (e.g. DICOM headers of a ``MetaTensor``) is never read.
+Everything draws on matplotlib's Agg canvas directly (no pyplot state, no backend change).
 """
 
 from __future__ import annotations
@@ -12,14 +11,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from .records import report_modalities
+from .summary import accuracy_split, status_counts
 
 __all__ = [
     "STATUS_COLORS",
     "STATUS_LABELS",
-    "image_planes",
-    "save_picture",
+    "new_figure",
+    "save_figure",
     "plot_selection_summary",
     "plot_trust_map",
     "plot_reward_distributions",
@@ -42,114 +42,9 @@ STATUS_COLORS = {
     "missing": "#3a3a3a",
 }
 
-#: names of the mid planes of a 3D volume ``[C, X, Y, Z]`` in RAS orientation (MONAI's ``Orientation("RAS")``: X
-#: towards the patient's right, Y anterior, Z superior), in the order they are drawn.
-PLANES_3D = ("axial", "coronal", "sagittal")
 
-
-def _plain_tensor(x: Any) -> torch.Tensor:
-    """A plain CPU float tensor (a ``MetaTensor``'s metadata is dropped, never read)."""
-    t = torch.as_tensor(x)
-    if type(t) is not torch.Tensor:
-        t = t.as_subclass(torch.Tensor)
-    return t.detach().to("cpu", torch.float32)
-
-
-def _fit(img: torch.Tensor, max_size: int) -> torch.Tensor:
-    """Area-downsample ``[k, H, W]`` so that its longer side is at most ``max_size`` (never upsampled)."""
-    h, w = img.shape[-2:]
-    scale = max_size / max(h, w)
-    if scale >= 1:
-        return img
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return F.interpolate(img[None], size=size, mode="area")[0]
-
-
-def _to_uint8(img: torch.Tensor) -> np.ndarray:
-    """Window ``[k, H, W]`` to its 1st-99th percentile and map to ``uint8`` ``[H, W]`` (k=1) or ``[H, W, 3]``.
-
-    A (numerically) constant picture is drawn black if it is 0 (e.g. a zero placeholder), mid-grey otherwise, rather
-    than stretching rounding noise to full contrast."""
-    img = torch.nan_to_num(img.double(), nan=0.0, posinf=0.0, neginf=0.0)
-    flat = img.reshape(-1)
-    if flat.numel() > 1_000_000:
-        flat = flat[:: flat.numel() // 1_000_000 + 1]
-    lo, hi = torch.quantile(flat, torch.tensor([0.01, 0.99], dtype=flat.dtype)).tolist() if flat.numel() else (0, 0)
-    vmin, vmax = (float(flat.min()), float(flat.max())) if flat.numel() else (0.0, 0.0)
-    tol = 1e-6 * max(1.0, abs(vmin), abs(vmax))
-    if vmax - vmin <= tol:
-        scaled = torch.full_like(img, 0.0 if abs(vmax) <= tol else 128.0).to(torch.uint8)
-    else:
-        if hi - lo <= tol:  # a few outliers on a flat background: use the full range
-            lo, hi = vmin, vmax
-        scaled = ((img - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
-    arr = scaled.numpy()
-    return arr[0] if arr.shape[0] == 1 else np.ascontiguousarray(arr.transpose(1, 2, 0))
-
-
-def image_planes(
-    x: Any, max_size: int = 128, image2d_xy: bool = False
-) -> list[tuple[str, np.ndarray]] | None:
-    """Downsampled ``uint8`` pictures of one patient's modality input, or ``None`` if it is not an image.
-
-    Args:
-        x: ``Tensor[C, H, W]`` (2D; ``C == 3`` is drawn in colour, otherwise channel 0), ``Tensor[C, X, Y, Z]`` (3D,
-            RAS: the mid slices of the three planes of channel 0, see :data:`PLANES_3D`, in radiological orientation:
-            axial and coronal with the patient's right on the picture's left, axial anterior up, coronal and sagittal
-            superior up, sagittal anterior on the left) or ``Tensor[H, W]``; vectors (e.g. clinical fields) give
-            ``None``.
-        max_size: longest side of each picture in pixels.
-        image2d_xy: a 2D ``x`` is ``[C, x, y]`` as MONAI's ``LoadImage`` readers return a PNG / JPEG / DICOM frame
-            (first spatial axis = the file's columns); it is transposed so that the picture has the file's own
-            orientation (the file's first row on top).
-
-    Returns:
-        ``[(plane name, uint8 [h, w] or [h, w, 3])]``, one entry for 2D, three for 3D.
-    """
-    t = _plain_tensor(x)
-    if t.ndim == 2:
-        t = t[None]
-    if t.ndim == 3:
-        if min(t.shape[-2:]) < 2:
-            return None
-        img = t if t.shape[0] == 3 else t[:1]
-        if image2d_xy:
-            img = img.transpose(-1, -2)
-        return [("image", _to_uint8(_fit(img, max_size)))]
-    if t.ndim == 4:
-        if min(t.shape[1:]) < 2:
-            return None
-        vol = t[0]
-        cx, cy, cz = (s // 2 for s in vol.shape)
-        planes = {
-            "axial": vol[:, :, cz],  # [X, Y]
-            "coronal": vol[:, cy, :],  # [X, Z]
-            "sagittal": vol[cx, :, :],  # [Y, Z]
-        }
-        out = []
-        for name in PLANES_3D:
-            # rows = the plane's second axis, top = anterior / superior; columns = its first axis reversed (patient's
-            # right, resp. anterior, on the left)
-            img = planes[name].T.flip(0).flip(1)
-            out.append((name, _to_uint8(_fit(img[None], max_size))))
-        return out
-    return None
-
-
-def save_picture(arr: np.ndarray, path: str | os.PathLike) -> str:
-    """Write a ``uint8`` picture from :func:`image_planes` as a PNG (grey or RGB); returns the path."""
-    from matplotlib.image import imsave
-
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if arr.ndim == 2:
-        imsave(path, arr, cmap="gray", vmin=0, vmax=255)
-    else:
-        imsave(path, arr)
-    return path
-
-
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib ``Figure`` of ``width`` x ``height`` inches on an Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -158,7 +53,8 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig: Any, path: str | os.PathLike, dpi: int = 100) -> str:
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> str:
+    """Save ``fig`` as a PNG at ``path`` (folders made); returns the path."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi)
@@ -166,24 +62,25 @@ def _save(fig: Any, path: str | os.PathLike, dpi: int = 100) -> str:
 
 
 def plot_selection_summary(
-    counts: Mapping[str, Sequence[int]],
-    modalities: Sequence[str],
-    accuracy_groups: Sequence[tuple[str, int, int]] | None,
-    path: str | os.PathLike,
-    num_patients: int,
+    records: Sequence[Mapping[str, Any]], modalities: Sequence[str] | None, path: str | os.PathLike
 ) -> str:
-    """Stacked bars of the per-modality statuses, with a plain-language legend, and the accuracy split.
+    """Per-modality stacked bars of the statuses (plain-language legend) and, where labels exist, the accuracy of the
+    patients where DyMo accepted a recovered modality vs those where it used the observed ones only.
 
     Args:
-        counts: ``{status: [count per modality]}`` for every status of :data:`STATUS_LABELS`.
-        modalities: the bar names.
-        accuracy_groups: ``[(group label, correct, total)]``; no accuracy panel when ``None`` or all totals are 0.
+        records: the report records.
+        modalities: the bars, in order (None: from the records).
         path: PNG path.
-        num_patients: for the title.
+
+    Returns:
+        ``path``.
     """
-    groups = [g for g in accuracy_groups or [] if g[2] > 0]
+    modalities = list(modalities) if modalities is not None else report_modalities(records)
+    counts = status_counts(records, modalities)
+    num_patients = len(records)
+    groups = [g for g in accuracy_split(records) if g[2] > 0]
     width = max(4.5, 1.5 + 0.7 * len(modalities)) + (3.2 if groups else 0.0)
-    fig = _figure(width, 4.2)
+    fig = new_figure(width, 4.2)
     if groups:
         gs = fig.add_gridspec(1, 2, width_ratios=[max(3.0, 0.7 * len(modalities) + 1.5), 2.4])
         ax = fig.add_subplot(gs[0, 0])
@@ -218,7 +115,7 @@ def plot_selection_summary(
         ax_acc.set_ylabel("accuracy (%)")
         ax_acc.set_title("Accuracy by what was used", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_trust_map(
@@ -254,7 +151,7 @@ def plot_trust_map(
         idx = severity[blocks].argmax(axis=1)
         codes = np.take_along_axis(blocks, idx[:, None, :], axis=1)[:, 0, :]
     height = min(4.2, max(2.5, 1.2 + 0.16 * codes.shape[0]))
-    fig = _figure(max(3.6, 1.2 + 0.5 * len(modalities)), height)
+    fig = new_figure(max(3.6, 1.2 + 0.5 * len(modalities)), height)
     ax = fig.add_subplot(1, 1, 1)
     cmap = ListedColormap([STATUS_COLORS[s] for s in order])
     ax.imshow(codes, aspect="auto", interpolation="nearest", cmap=cmap, vmin=-0.5, vmax=len(order) - 0.5)
@@ -270,7 +167,7 @@ def plot_trust_map(
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize="x-small", frameon=False,
               ncol=2)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reward_distributions(
@@ -290,7 +187,7 @@ def plot_reward_distributions(
     bins = np.linspace(lo - 0.02 * span, hi + 0.02 * span, 31)
     cols = min(len(mods), 4)
     rows = math.ceil(len(mods) / cols)
-    fig = _figure(2.9 * cols + 0.4, 2.3 * rows + 0.6)
+    fig = new_figure(2.9 * cols + 0.4, 2.3 * rows + 0.6)
     for i, m in enumerate(mods):
         ax = fig.add_subplot(rows, cols, i + 1)
         for status in ("accepted", "rejected", "unused"):
@@ -312,4 +209,4 @@ def plot_reward_distributions(
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize="small", frameon=False)
     fig.suptitle("Reward of each recovered modality when it was decided (> 0 helps, < 0 rejected)", fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    return _save(fig, path)
+    return save_figure(fig, path)
