@@ -47,7 +47,9 @@ Run every input check of the cohort bundle's stages on a cohort file, up front, 
 Checked: the cohort file (YAML, every modality entry, the classes), the datalist (file, each split: patient ids,
 labels against the classes), the clinical table (file, id column, field columns), how many image files are not found
 (a note: a missing file is a missing modality), and, when they exist, the clinical statistics and the weights in the
-model folder against the networks the bundle builds for this cohort. Exit status 1 when there is any problem.
+model folder against the networks the bundle builds for this cohort. Prints the cohort's plan (every generic training
+choice with its reason, as the prepare stage writes it) and a warning for every class under 20 % of the training
+split. Exit status 1 when there is any problem.
 """
 
 COHORT_DEMO_DESCRIPTION = """\

@@ -57,7 +57,7 @@ def test_training_stages_write_every_artefact(trained):
     text = logs["prepare"].stdout + logs["prepare"].stderr
     assert "testing / ct (image3d): 5 of 9 observed; missing: absent 2, file not found 1, unreadable 1" in text
     train_log = logs["train"].stdout + logs["train"].stderr
-    assert "val_accuracy" in train_log  # validation accuracy every epoch, best checkpoint kept
+    assert "val_balanced_accuracy" in train_log  # validation balanced accuracy every epoch, best checkpoint kept
     assert "training / ct:" in train_log  # one summary line per modality instead of a warning per patient
     assert "marked missing" not in train_log
     recovery_log = logs["train_recovery"].stdout + logs["train_recovery"].stderr
@@ -275,18 +275,22 @@ def test_stage_errors_and_empty_runs_end_with_one_line(trained):
 
 
 def test_train_checkpoint_and_schedule_choices(trained, tmp_path):
-    """`checkpoint: last` (default since release 0.11, with the cosine schedule) saves the final epoch, `best` the best
-    validation epoch; an unknown schedule name ends the stage with one line."""
+    """The plan's `checkpoint: best` (the generic default) keeps the best epoch by balanced accuracy, `last` the final
+    epoch (scored by accuracy here); an unknown schedule name ends the stage with one line."""
     import torch
 
     cfg, cohort_file, out, logs = trained
     text = logs["train"].stdout + logs["train"].stderr  # the fixture ran the default
-    assert "saved final checkpoint" in text and "Key metric: val_accuracy best value" in text  # validation watches
-    best = run_stage("train", cohort_file, out, "--max_epochs", "2", "--checkpoint", "best", "--lr_schedule", "constant",
-                     "--model_dir", str(tmp_path / "best"))
-    assert "saved final checkpoint" not in best.stdout + best.stderr
+    assert "saved final checkpoint" not in text and "Key metric: val_balanced_accuracy best value" in text
+    assert "class weighting none: every training row weighs 1" in text  # balanced tiny cohort: the plan's rule
+    last = run_stage("train", cohort_file, out, "--max_epochs", "2", "--checkpoint", "last", "--lr_schedule", "constant",
+                     "--checkpoint_metric", "accuracy", "--class_weighting", "balanced",
+                     "--model_dir", str(tmp_path / "last"))
+    text = last.stdout + last.stderr
+    assert "saved final checkpoint" in text and "Key metric: val_accuracy best value" in text
+    assert "class weighting balanced: a 1.000 (6 patients)" in text
     default = torch.load(out / "models" / "tiny" / "fusion.pt", weights_only=True)
-    chosen = torch.load(tmp_path / "best" / "fusion.pt", weights_only=True)
+    chosen = torch.load(tmp_path / "last" / "fusion.pt", weights_only=True)
     assert default.keys() == chosen.keys()
     lines = run_stage_failing("train", cohort_file, out, "--max_epochs", "1", "--lr_schedule", "step",
                               "--model_dir", str(tmp_path / "step"))
@@ -374,6 +378,73 @@ def test_shipped_default_weights_fit_the_default_configuration():
         p.stat().st_size for p in BUNDLE.rglob("*") if p.is_file() and "runs" not in p.parts and p.parent != SHIPPED
     )
     assert size < 10 * 2**20, f"the bundle is {size / 2**20:.1f} MiB"
+
+
+def test_demo_plan_builds_the_shipped_network():
+    """The demo cohort's plan block (common.yaml) builds exactly the network of the shipped fusion.pt: same state_dict
+    keys and shapes, and the training choices it was trained with."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / "train.yaml")])
+    parser["bundle_root"] = str(BUNDLE)
+    parser["device"] = "$torch.device('cpu')"
+    own = parser.get_parsed_content("network_def").state_dict()
+    shipped = torch.load(SHIPPED / "fusion.pt", map_location="cpu", weights_only=True)
+    shipped = shipped.get("model", shipped)
+    assert {k: tuple(v.shape) for k, v in own.items()} == {k: tuple(v.shape) for k, v in shipped.items()}
+    plan = parser.get_parsed_content("plan")
+    network = (plan.backbone_3d, plan.logit_fusion, plan.histogram_bins_3d, plan.histogram_shells_3d)
+    assert network == ("none", "product", 10, 8)
+    trained_with = {"max_epochs": 60, "batch_size": 4, "checkpoint": "last", "checkpoint_metric": "accuracy",
+                    "class_weighting": "none", "lr_schedule": "cosine", "unimodal_weight": 3.0}
+    assert {k: parser.get_parsed_content(k) for k in trained_with} == trained_with
+
+
+def test_plan_written_by_prepare_cohort_file_overrides_and_command_line(tmp_path):
+    """prepare writes plan.json; the stages read it (the network and train's keys); the cohort file's plan block wins
+    over the rules, and the command line (a stage key, a network_def setting) over both."""
+    from monai.bundle import ConfigParser
+
+    cfg = make_tiny_cohort(tmp_path / "data", n_train=6, n_val=3, n_test=3, size=8)
+    cohort_file = tmp_path / "my_cohort.yaml"
+    cohort_file.write_text(yaml.safe_dump({"cohort": cfg}))
+    proc = run_stage("prepare", cohort_file, tmp_path / "bundle")
+    plan_file = tmp_path / "bundle" / "models" / "tiny" / "plan.json"
+    doc = json.loads(plan_file.read_text())
+    assert doc["choices"]["backbone_3d"] == "small" and doc["reasons"]["batch_size"].startswith("6 training patients")
+    assert "plan written to" in proc.stdout + proc.stderr
+
+    def parsed(cohort, **overrides):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / "train.yaml")])
+        parser["cohort"] = cohort
+        parser["bundle_root"] = str(tmp_path / "bundle")
+        parser["device"] = "$torch.device('cpu')"
+        for k, v in overrides.items():
+            parser[k] = v
+        return parser
+
+    generic = parsed(cfg)
+    assert generic.get_parsed_content("plan").fingerprint == doc["fingerprint"]  # read from plan.json
+    assert [generic.get_parsed_content(k) for k in ("max_epochs", "batch_size", "checkpoint", "checkpoint_metric",
+                                                     "lr_schedule")] == [60, 4, "best", "balanced_accuracy", "cosine"]
+    assert list(generic.get_parsed_content("validate#key_metric")) == ["val_balanced_accuracy"]
+    net = generic.get_parsed_content("network_def")
+    assert net.logit_fusion == "transformer" and any("features" in k for k in net.state_dict())  # the small CNN
+    own = parsed({**cfg, "plan": {"max_epochs": 9, "checkpoint_metric": "accuracy", "backbone_3d": "none",
+                                  "histogram_bins_3d": 4, "logit_fusion": "product"}})
+    assert own.get_parsed_content("max_epochs") == 9
+    assert list(own.get_parsed_content("validate#key_metric")) == ["val_accuracy"]
+    net = own.get_parsed_content("network_def")
+    assert net.logit_fusion == "product" and not any(k.startswith("encoders.ct.encoder") for k in net.state_dict())
+    command_line = {"max_epochs": 40, "batch_size": 2, "network_def#dim": 16, "network_def#logit_fusion": "product"}
+    line = parsed({**cfg, "plan": {"max_epochs": 9}}, **command_line)
+    assert (line.get_parsed_content("max_epochs"), line.get_parsed_content("batch_size")) == (40, 2)
+    assert line.get_parsed_content("train#trainer").state.max_epochs == 40
+    net = line.get_parsed_content("network_def")
+    assert net.logit_fusion == "product" and net.dim == 16
 
 
 def run_torchrun(configs: list[str], cohort_file: Path, bundle_root: Path, *args: str) -> None:

@@ -4,6 +4,7 @@ The cohort bundle (``bundles/cohort_dymo``) only configures these:
 
 - :mod:`~monai_dymo.cohort.spec`: :class:`CohortSpec`, the validated cohort YAML (modalities, datalist, classes);
 - :mod:`~monai_dymo.cohort.datalist`: split loading, the clinical join by patient id, path checks, the ``prepare`` stage;
+- :mod:`~monai_dymo.cohort.plan`: the cohort's fingerprint and the plan of every generic choice made from it;
 - :mod:`~monai_dymo.cohort.preprocessing`: the transform chain of every modality kind;
 - :mod:`~monai_dymo.cohort.dataset`: cached datasets of a split;
 - :mod:`~monai_dymo.cohort.networks`: the fusion and recovery networks built from the spec and the clinical statistics.
@@ -16,6 +17,7 @@ from __future__ import annotations
 from .datalist import INDEX_KEY, check_image_path, load_split, prepare_cohort, read_clinical_table, read_datalist
 from .dataset import cohort_dataset, preprocessing_key
 from .networks import (
+    FusionSettings,
     build_cohort_fusion,
     init_encoders_from_recovery,
     build_cohort_recovery,
@@ -24,6 +26,16 @@ from .networks import (
     fit_imputer_recovery,
     load_recovery_weights,
     recovery_kind,
+)
+from .plan import (
+    PLAN_FILENAME,
+    Plan,
+    fingerprint,
+    imbalance_warnings,
+    load_plan,
+    make_plan,
+    training_class_weights,
+    write_plan,
 )
 from .preprocessing import build_augmentation, build_preprocessing, modality_transforms
 from .spec import MODALITY_KINDS, CohortSpec, ModalityEntry
@@ -34,6 +46,15 @@ __all__ = [
     "MODALITY_KINDS",
     "CohortSpec",
     "ModalityEntry",
+    "FusionSettings",
+    "PLAN_FILENAME",
+    "Plan",
+    "fingerprint",
+    "imbalance_warnings",
+    "load_plan",
+    "make_plan",
+    "training_class_weights",
+    "write_plan",
     "build_cohort_fusion",
     "init_encoders_from_recovery",
     "build_cohort_recovery",

@@ -3,8 +3,9 @@ every problem listed at once.
 
 Checked: the cohort file (YAML, the ``cohort`` mapping, every modality entry, the classes), the datalist (file, JSON,
 each split: patient ids, labels against the classes), the clinical table (file, id column, declared field columns),
-the image files (how many are not found, a note: a missing file is a missing modality, not an error), and, when they
-exist, the clinical statistics and the weights of the model folder against the networks the bundle builds for this
+the image files (how many are not found, a note: a missing file is a missing modality, not an error), the cohort's
+plan (every generic choice with its reason, as the prepare stage writes it; a warning for every rare class), and, when
+they exist, the clinical statistics and the weights of the model folder against the networks the bundle builds for this
 cohort (fusion, recovery, calibration).
 """
 
@@ -41,12 +42,15 @@ def check_cohort(
             ``{"network_def#dim": 16}``).
 
     Returns:
-        ``(problems, notes)``: one line per problem (naming the file and the field), and informative lines.
+        ``(problems, notes)``: one line per problem (naming the file and the field), and informative lines (the plan's
+        table; a rare class as a line starting ``warning:``).
     """
     import yaml
 
     from monai_dymo.cohort.datalist import load_split, read_clinical_table, read_datalist
+    from monai_dymo.cohort.plan import fingerprint, imbalance_warnings, make_plan
     from monai_dymo.cohort.spec import CohortSpec, ModalityEntry
+    from monai_dymo.keys import DyMoKeys
 
     problems: list[str] = []
     notes: list[str] = []
@@ -91,6 +95,7 @@ def check_cohort(
     for required in ("training", "validation"):
         if splits and required not in splits:
             notes.append(f"datalist {spec.datalist} has no '{required}' list: the training stages cannot run on it.")
+    loaded: dict[str, list[dict[str, Any]]] = {}
     for split in spec.splits():
         if split not in splits:
             continue
@@ -106,8 +111,15 @@ def check_cohort(
                 files = value if isinstance(value, list) else [value] if value is not None else []
                 if any(not Path(f).exists() for f in files):
                     not_found[m.name] = not_found.get(m.name, 0) + 1
+                    e[DyMoKeys.REASONS] = {**(e.get(DyMoKeys.REASONS) or {}), m.name: "file not found"}
         detail = ", ".join(f"{m}: {n} file(s) not found" for m, n in not_found.items())
         notes.append(f"{split}: {len(entries)} patients" + (f" ({detail}; counted as missing)" if detail else ""))
+        loaded[split] = entries
+
+    plan = make_plan(fingerprint(spec, loaded), spec.plan_overrides)
+    notes.append("plan (the prepare stage writes it as plan.json; the cohort file's plan: block overrides a choice):")
+    notes += [f"  {line}" for line in plan.table()]
+    notes += [f"warning: {line}" for line in imbalance_warnings(plan.fingerprint, plan.class_weighting)]
 
     if bundle_dir is not None:
         problems += _check_weights(spec, path, Path(bundle_dir), bundle_root, overrides, notes)

@@ -9,8 +9,9 @@ modality given as null may say why in ``<modality>_missing_reason`` (e.g. ``"cli
 
 :func:`prepare_cohort` is the bundle's ``prepare`` stage: it loads every split, checks every image path (existence,
 empty file, a readable image header) with the reason recorded, fits the clinical encoding statistics on the training
-split, and writes ``missingness.csv`` (per split and modality: observed / missing counts by reason) and
-``patients.csv`` (per patient and modality: the reason), logging one summary line per modality and split.
+split, writes ``missingness.csv`` (per split and modality: observed / missing counts by reason) and ``patients.csv``
+(per patient and modality: the reason), logging one summary line per modality and split, and writes the cohort's plan
+(``plan.json``, :mod:`~monai_dymo.cohort.plan`), logging its choices and a warning for every rare class.
 """
 
 from __future__ import annotations
@@ -204,12 +205,26 @@ def check_image_path(value: Any) -> str:
     return Reason.OBSERVED.value
 
 
-def prepare_cohort(spec: CohortSpec, output_dir: str | Path, stats_file: str | Path | None = None) -> dict[str, Any]:
-    """The ``prepare`` stage: validate every split, fit the clinical statistics, write the missingness summary.
+def prepare_cohort(
+    spec: CohortSpec,
+    output_dir: str | Path,
+    stats_file: str | Path | None = None,
+    plan_file: str | Path | None = None,
+) -> dict[str, Any]:
+    """The ``prepare`` stage: validate every split, fit the clinical statistics, write the missingness summary and
+    the plan.
+
+    Args:
+        spec: the cohort.
+        output_dir: where ``missingness.csv``, ``patients.csv`` and ``cohort.json`` go.
+        stats_file: the clinical statistics' file (default ``<output_dir>/clinical_stats.json``).
+        plan_file: the plan's file (default: ``plan.json`` beside ``stats_file`` when given, else in ``output_dir``).
 
     Returns:
-        ``{"stats_file", "missingness", "patients", "splits": {split: n}}`` (paths as strings).
+        ``{"stats_file", "plan_file", "missingness", "patients", "splits": {split: n}}`` (paths as strings).
     """
+    from monai_dymo.cohort.plan import PLAN_FILENAME, fingerprint, imbalance_warnings, make_plan, write_plan
+
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = read_clinical_table(spec)
@@ -219,6 +234,7 @@ def prepare_cohort(spec: CohortSpec, output_dir: str | Path, stats_file: str | P
             raise ValueError(f"datalist {spec.datalist} has no '{required}' list (it has {sorted(available)}).")
     rows, summary = [], []
     splits: dict[str, list[dict[str, Any]]] = {}
+    checked: dict[str, list[dict[str, Any]]] = {}  # the entries with every checked reason, for the fingerprint
     missing_test = {m.name: ClinicalFieldStats(sentinels=m.sentinels).is_missing for m in spec.clinical_modalities}
     for split in spec.splits():
         if split not in available:
@@ -241,6 +257,8 @@ def prepare_cohort(spec: CohortSpec, output_dir: str | Path, stats_file: str | P
                     row[m.name] = Reason.OBSERVED.value
                 row[f"{m.name}_missing_fields"] = ";".join(blanks)
             rows.append(row)
+            missing = {m.name: row[m.name] for m in spec.modalities if row[m.name] != Reason.OBSERVED.value}
+            checked.setdefault(split, []).append({**e, DyMoKeys.REASONS: missing})
         for m in spec.modalities:
             counts = Counter(reason_prefix(r[m.name]).value for r in rows if r["split"] == split)
             n = len(entries)
@@ -260,6 +278,7 @@ def prepare_cohort(spec: CohortSpec, output_dir: str | Path, stats_file: str | P
         "patients": str(out / "patients.csv"),
         "splits": {k: len(v) for k, v in splits.items()},
         "stats_file": None,
+        "plan_file": None,
     }
     if spec.clinical_modalities:
         train_rows = [e for e in splits["training"] if not (e.get(DyMoKeys.REASONS) or {})]
@@ -275,6 +294,14 @@ def prepare_cohort(spec: CohortSpec, output_dir: str | Path, stats_file: str | P
         stats_path.parent.mkdir(parents=True, exist_ok=True)
         stats.save(stats_path)
         result["stats_file"] = str(stats_path)
+    plan = make_plan(fingerprint(spec, checked), spec.plan_overrides)
+    default_dir = Path(stats_file).parent if stats_file is not None else out
+    result["plan_file"] = write_plan(plan, Path(plan_file) if plan_file is not None else default_dir / PLAN_FILENAME)
+    logger.info("plan written to %s:", result["plan_file"])
+    for line in plan.table():
+        logger.info("  %s", line)
+    for line in imbalance_warnings(plan.fingerprint, plan.class_weighting):
+        logger.warning("%s", line)
     (out / "cohort.json").write_text(
         json.dumps(
             {"name": spec.name, "modalities": [m.name for m in spec.modalities], "kinds": [m.kind for m in spec.modalities],

@@ -1,14 +1,16 @@
 """The fusion and recovery networks of a cohort, built from its spec and fitted clinical statistics.
 
-Nothing is left to the user: image encoders follow each modality's kind and size, the clinical token encoders and the
-MoPoE clinical experts get their field counts, categorical cardinalities and categorical field indices from the
-fitted :class:`~monai_dymo.transforms.ClinicalFieldStats` (continuous fields first, as the transform encodes them).
+Nothing is left to the user: image encoders follow each modality's kind and size (the encoder choices come from the
+cohort's plan, :mod:`~monai_dymo.cohort.plan`), the clinical token encoders and the MoPoE clinical experts get their
+field counts, categorical cardinalities and categorical field indices from the fitted
+:class:`~monai_dymo.transforms.ClinicalFieldStats` (continuous fields first, as the transform encodes them).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ __all__ = [
     "clinical_layouts",
     "find_stats_file",
     "STATS_FILENAME",
+    "FusionSettings",
     "build_cohort_fusion",
     "init_encoders_from_recovery",
     "build_cohort_recovery",
@@ -95,33 +98,58 @@ def clinical_layouts(spec: CohortSpec, stats: ClinicalFieldStats | str | Path | 
     return out
 
 
+@dataclass(frozen=True)
+class FusionSettings:
+    """Every setting of the cohort fusion network besides the cohort (see :func:`build_cohort_fusion`); the
+    defaults are the builder's, the cohort's plan sets the encoder choices (``Plan.network``)."""
+
+    dim: int = 64
+    depth: int = 2
+    num_heads: int = 4
+    mlp_ratio: float = 2.0
+    proj_dim: int = 32
+    dropout: float = 0.1
+    channels_3d: Sequence[int] = (16, 32, 64)
+    channels_2d: Sequence[int] = (16, 32, 64)
+    strides_3d: Sequence[int] | None = None
+    pool_3d: int = 2
+    pool_2d: int = 2
+    pool_mode: str = "max"
+    norm: str = "INSTANCE"
+    backbone_3d: str = "small"
+    backbone_2d: str = "small"
+    pretrained: Mapping[str, str | Path] | None = None
+    input_channels: Mapping[str, int] | None = None
+    share_encoders: bool = False
+    mirror_3d: bool = False
+    histogram_bins_3d: int | None = None
+    histogram_shells_3d: int = 1
+    logit_fusion: str = "transformer"
+
+    @classmethod
+    def merge(cls, *layers: Mapping[str, Any] | None) -> FusionSettings:
+        """The defaults overridden by each mapping in turn (the last wins); ``ValueError`` naming unknown keys."""
+        known = [f.name for f in fields(cls)]
+        values: dict[str, Any] = {}
+        for layer in layers:
+            unknown = sorted(set(layer or {}) - set(known))
+            if unknown:
+                raise ValueError(f"fusion network: unknown setting(s) {unknown}; known settings are {known}.")
+            values.update(layer or {})
+        return cls(**values)
+
+
 def build_cohort_fusion(
     spec: CohortSpec,
     stats: ClinicalFieldStats | str | Path | None = None,
-    dim: int = 64,
-    depth: int = 2,
-    num_heads: int = 4,
-    mlp_ratio: float = 2.0,
-    proj_dim: int = 32,
-    dropout: float = 0.1,
-    channels_3d: Sequence[int] = (16, 32, 64),
-    channels_2d: Sequence[int] = (16, 32, 64),
-    strides_3d: Sequence[int] | None = None,
-    pool_3d: int = 2,
-    pool_2d: int = 2,
-    pool_mode: str = "max",
-    norm: str = "INSTANCE",
-    backbone_3d: str = "small",
-    backbone_2d: str = "small",
-    pretrained: Mapping[str, str | Path] | None = None,
-    input_channels: Mapping[str, int] | None = None,
-    share_encoders: bool = False,
-    mirror_3d: bool = False,
-    histogram_bins_3d: int | None = None,
-    histogram_shells_3d: int = 1,
-    logit_fusion: str = "transformer",
+    settings: Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> DynamicFusionTransformer:
     """DyMo fusion network over the cohort's modalities (in the spec's order).
+
+    The settings are :class:`FusionSettings`' fields: its defaults, then ``settings`` (e.g. the cohort plan's
+    ``Plan.network``), then keyword ``overrides`` (e.g. ``dim=16``; in a bundle, ``--network_def#dim 16``), the last
+    winning. Unknown names stop with a ``ValueError`` naming them.
 
     - ``image3d`` / ``image2d``: a token encoder from :func:`~monai_dymo.networks.build_token_encoder`:
       ``backbone_3d`` / ``backbone_2d`` by name (``"small"``: ``channels_3d`` / ``channels_2d`` stride-2 stages; or a
@@ -149,58 +177,59 @@ def build_cohort_fusion(
     :class:`~monai_dymo.networks.MirrorInputEncoder`): a lesion on one side stands out of the symmetric anatomy.
     For brain (head) volumes only.
 
-    ``histogram_bins_3d`` (the bundle: 10, with 8 shells): every ``image3d`` encoder adds one token, the log histogram of its region's
-    z-scored intensities in that many bins over [-3, 6] (:class:`~monai_dymo.networks.HistogramTokenEncoder`): how
-    much of the region lies in each intensity band, e.g. bright oedema against less bright tumour in FLAIR;
+    ``histogram_bins_3d`` (e.g. 10, with 8 shells): every ``image3d`` encoder adds one token, the log histogram of its
+    region's z-scored intensities in that many bins over [-3, 6] (:class:`~monai_dymo.networks.HistogramTokenEncoder`):
+    how much of the region lies in each intensity band, e.g. bright oedema against less bright tumour in FLAIR;
     ``histogram_shells_3d`` > 1: one histogram per concentric shell about the region's centre (how far out each band
     reaches around a lesion-centred region).
 
     ``logit_fusion``: ``"transformer"`` (the method page's classifier on the fused CLS state) or ``"product"`` (the
     product of the subset's single-modality experts; :class:`~monai_dymo.networks.DynamicFusionTransformer`).
     """
+    cfg = FusionSettings.merge(dict(settings or {}), overrides)
     layouts = clinical_layouts(spec, stats)
-    given = dict(pretrained or {})
+    given = dict(cfg.pretrained or {})
     encoders: dict[str, nn.Module] = {}
     shared: dict[tuple, nn.Module] = {}
     for m in spec.modalities:
         if m.kind == "clinical":
             info = layouts[m.name]
-            encoders[m.name] = ClinicalTokenEncoder(info["num_continuous"], list(info["categorical"].values()), dim)
+            encoders[m.name] = ClinicalTokenEncoder(info["num_continuous"], list(info["categorical"].values()), cfg.dim)
             continue
         is_3d = m.kind == "image3d"
         weights = getattr(m, "pretrained", None) or given.get(m.name) or given.get(m.kind)
-        in_channels = int((input_channels or {}).get(m.name, getattr(m, "channels", 1) or 1))
+        in_channels = int((cfg.input_channels or {}).get(m.name, getattr(m, "channels", 1) or 1))
         key = (m.kind, in_channels, tuple(m.spatial_size), str(weights))
-        if share_encoders and key in shared:
+        if cfg.share_encoders and key in shared:
             encoders[m.name] = shared[key]
             continue
         encoders[m.name] = shared[key] = build_token_encoder(
             m.spatial_dims,
             in_channels,
-            dim,
-            backbone=backbone_3d if is_3d else backbone_2d,
-            pool_size=pool_3d if is_3d else pool_2d,
-            pool_mode=pool_mode,
+            cfg.dim,
+            backbone=cfg.backbone_3d if is_3d else cfg.backbone_2d,
+            pool_size=cfg.pool_3d if is_3d else cfg.pool_2d,
+            pool_mode=cfg.pool_mode,
             pretrained=weights,
-            channels=tuple(channels_3d if is_3d else channels_2d),
-            strides=tuple(strides_3d) if (is_3d and strides_3d is not None) else None,
-            norm=norm,
+            channels=tuple(cfg.channels_3d if is_3d else cfg.channels_2d),
+            strides=tuple(cfg.strides_3d) if (is_3d and cfg.strides_3d is not None) else None,
+            norm=cfg.norm,
             name=m.name,
-            mirror_axis=0 if (is_3d and mirror_3d) else None,
-            histogram_bins=histogram_bins_3d if is_3d else None,
-            histogram_shells=histogram_shells_3d,
+            mirror_axis=0 if (is_3d and cfg.mirror_3d) else None,
+            histogram_bins=cfg.histogram_bins_3d if is_3d else None,
+            histogram_shells=cfg.histogram_shells_3d,
         )
     return DynamicFusionTransformer(
         spec.modality_names,
         encoders,
         num_classes=spec.num_classes,
-        dim=dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
-        proj_dim=proj_dim,
-        dropout=dropout,
-        logit_fusion=logit_fusion,
+        dim=cfg.dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        proj_dim=cfg.proj_dim,
+        dropout=cfg.dropout,
+        logit_fusion=cfg.logit_fusion,
     )
 
 

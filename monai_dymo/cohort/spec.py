@@ -17,6 +17,7 @@ The cohort bundle (``bundles/cohort_dymo``) reads one short YAML mapping under t
         - {name: photo, kind: image2d, spatial_size: [128, 128], channels: 3}   # RGB kept
         - {name: clinical, kind: clinical, continuous: [age, kps], categorical: [sex], sentinels: [-999]}
       roi: {guide: [flair]}   # optional: crop the co-registered volumes around the lesion found in FLAIR
+      plan: {batch_size: 8}   # optional: override any generic choice of the cohort's plan (monai_dymo.cohort.plan)
 
 With ``roi`` the ``image3d`` modalities (each with ``pixdim``, one ``spatial_size``) are resampled to ``pixdim`` and
 cropped to ``spatial_size`` around the brightest region of the first observed ``guide`` sequence (the lesion and its
@@ -238,6 +239,8 @@ class CohortSpec:
         classes: class names; labels are class indices into it or the names themselves.
         modalities: the declared modalities, in the order of the networks' modality columns.
         roi: optional lesion-centred crop of the ``image3d`` volumes (:class:`ROISpec`).
+        plan_overrides: the cohort file's ``plan`` block: choices that replace the plan's rules
+            (:func:`~monai_dymo.cohort.plan.make_plan`), checked against the plan's keys.
     """
 
     name: str
@@ -249,6 +252,7 @@ class CohortSpec:
     classes: tuple[str, ...]
     modalities: tuple[ModalityEntry, ...] = field(default_factory=tuple)
     roi: ROISpec | None = None
+    plan_overrides: Mapping[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -260,7 +264,8 @@ class CohortSpec:
         """
         if not isinstance(cfg, Mapping):
             raise ValueError(f"the cohort description must be a mapping under the key 'cohort', got {type(cfg).__name__}.")
-        known = {"name", "datalist", "data_root", "clinical_csv", "patient_id", "label", "classes", "modalities", "roi"}
+        known = {"name", "datalist", "data_root", "clinical_csv", "patient_id", "label", "classes", "modalities", "roi",
+                 "plan"}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(f"cohort: unknown key(s) {unknown}; known keys are {sorted(known)}.")
@@ -296,6 +301,9 @@ class CohortSpec:
         clash = sorted(set(fields) & set(names))
         if clash:
             raise ValueError(f"cohort: clinical field(s) {clash} have the name of a modality; rename one of them.")
+        from monai_dymo.cohort.plan import check_overrides  # the plan module reads the spec: imported here
+
+        plan_overrides = check_overrides(cfg.get("plan"))
         return cls(
             name=str(cfg.get("name") or "cohort"),
             datalist=datalist,
@@ -306,6 +314,7 @@ class CohortSpec:
             classes=classes,
             modalities=modalities,
             roi=ROISpec.from_config(cfg["roi"], modalities) if cfg.get("roi") is not None else None,
+            plan_overrides=plan_overrides,
         )
 
     # ------------------------------------------------------------------ views

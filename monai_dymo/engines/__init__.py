@@ -11,13 +11,24 @@ from .recovery_trainer import (
     recovery_loss_terms,
     simulate_missing,
 )
-from .schedules import CHECKPOINTS, LR_SCHEDULES, build_ema_handler, build_lr_scheduler, check_checkpoint
+from .schedules import (
+    CHECKPOINT_METRICS,
+    CHECKPOINTS,
+    LR_SCHEDULES,
+    BalancedAccuracy,
+    build_checkpoint_metric,
+    build_ema_handler,
+    build_lr_scheduler,
+    check_checkpoint,
+)
 from .trainer import AllSubsetsEvaluator, PrepareDyMoBatch, SubsetAugmentedTrainer, subset_augmented_forward
 
 __all__ = [
+    "CHECKPOINT_METRICS",
     "CHECKPOINTS",
     "LR_SCHEDULES",
     "AllSubsetsEvaluator",
+    "BalancedAccuracy",
     "DyMoEvaluator",
     "PrepareDyMoBatch",
     "PrepareDyMoEvalBatch",
@@ -26,6 +37,7 @@ __all__ = [
     "RecoveryMSE",
     "RecoveryTrainer",
     "SubsetAugmentedTrainer",
+    "build_checkpoint_metric",
     "build_ema_handler",
     "build_lr_scheduler",
     "check_checkpoint",

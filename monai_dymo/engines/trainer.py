@@ -150,8 +150,11 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         network: a :class:`monai_dymo.networks.fusion.DynamicFusionTransformer`, or one wrapped in
             ``DistributedDataParallel`` (unwrapped through ``.module`` for attribute access only).
         loss_function: a :class:`SubsetAugmentedLoss`; default built from the network with ``prototype_weight``,
-            ``temperature`` and ``label_smoothing`` (the smoothing of the classifier's cross-entropy, also of the
-            per-modality auxiliary loss; 0: none).
+            ``temperature``, ``label_smoothing`` (the smoothing of the classifier's cross-entropy, also of the
+            per-modality auxiliary loss; 0: none) and ``class_weights``.
+        class_weights: per-class weights ``[C]`` of every cross-entropy (each sampled subset, the per-modality
+            auxiliary loss and the prototype term), e.g. :func:`monai_dymo.losses.class_weights` of the training
+            split's class counts; None: every row weighs 1. Give it here or to ``loss_function``, not both.
         num_subsets: ``K`` subsets per batch (5 in DyMo's PolyMNIST setting; at most ``2**M - 1``).
         seed: seed of the subset sampler (None: random).
         prototype_warmup_epochs: warm-up of the automatically attached refresh handler (None: attach none).
@@ -204,6 +207,7 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         progress: bool | None = None,
         unimodal_weight: float = 0.0,
         label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         if unimodal_weight < 0:
             raise ValueError(f"unimodal_weight must be >= 0, got {unimodal_weight}.")
@@ -231,7 +235,10 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
                 temperature=temperature,
                 metric=metric,
                 label_smoothing=label_smoothing,
+                class_weights=class_weights,
             )
+        elif class_weights is not None:
+            raise ValueError("give class_weights to the loss_function (SubsetAugmentedLoss), not to the trainer too.")
         if not isinstance(loss_function, SubsetAugmentedLoss):
             raise ValueError(f"loss_function must be a SubsetAugmentedLoss, found {type(loss_function).__name__}.")
         if loss_function.metric != metric:
@@ -393,9 +400,11 @@ class AllSubsetsEvaluator(SupervisedEvaluator):
     the batch has it); ``engine.state.output`` holds ``pred`` logits ``[N, C]`` and ``label`` ``[N]`` for the ``N``
     (subset, sample) rows, so a metric such as ``ignite.metrics.Accuracy`` with
     ``output_transform=monai.handlers.from_engine(["pred", "label"])`` gives the accuracy pooled over subsets, the
-    early-stopping / best-checkpoint criterion of the reference's recipe (use it with MONAI's ``ValidationHandler``,
-    ``CheckpointSaver(save_key_metric=True)`` and ``EarlyStopHandler``). Outputs are not per-patient, so ``decollate``
-    is False. Other arguments as in :class:`monai.engines.SupervisedEvaluator`.
+    early-stopping / best-checkpoint criterion of the reference's recipe, and
+    :class:`~monai_dymo.engines.BalancedAccuracy` the balanced accuracy pooled the same way (every class counts the
+    same, so a rare class never predicted costs the epoch; the cohort bundle's default). Use either with MONAI's
+    ``ValidationHandler``, ``CheckpointSaver(save_key_metric=True)`` and ``EarlyStopHandler``. Outputs are not
+    per-patient, so ``decollate`` is False. Other arguments as in :class:`monai.engines.SupervisedEvaluator`.
 
     ``scores``: which logits the rows carry: ``"transformer"`` (default; the transformer's own, those training's
     cross-entropy fits) or ``"decision"``: the network's ``fuse`` (its decision; with ``logit_fusion="product"`` the
