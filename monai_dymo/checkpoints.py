@@ -1,9 +1,10 @@
 """Loading shipped files into a model: network weights and calibrations, with one-line errors naming the file.
 
 ``torch.nn.Module.load_state_dict`` reports weights of another shape as a long list of ``size mismatch`` lines inside
-a traceback; :func:`load_weights` checks the file against the network first and raises one short ``ValueError`` that
-names the file and the first parameter that does not fit. :func:`load_calibration` does the same for a calibration
-file and the network it is meant for. The bundles load their files through these two functions.
+a traceback; :func:`load_weights` checks the file against the network first and raises one short
+:class:`~monai_dymo.errors.DyMoInputError` (a ``ValueError``) that names the file and the first parameter that does
+not fit. :func:`load_calibration` does the same for a calibration file and the network it is meant for. The bundles
+load their files through these two functions.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from monai_dymo.errors import DyMoFileNotFoundError, DyMoInputError
 
 __all__ = ["load_weights", "load_calibration", "weights_mismatches"]
 
@@ -63,25 +66,25 @@ def load_weights(
     """
     file = os.fspath(path)
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"weights file not found: {file}")
+        raise DyMoFileNotFoundError(f"weights file not found: {file}")
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as e:  # unpickling errors of every kind: report the file, not the unpickler's internals
-        raise ValueError(f"weights {file} could not be read as a PyTorch file ({_first_line(e)}).") from None
+        raise DyMoInputError(f"weights {file} could not be read as a PyTorch file ({_first_line(e)}).") from None
     if key is None and isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         key = "model"
     if key is not None:
         if not isinstance(state, Mapping) or key not in state:
             found = sorted(map(str, state)) if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(f"weights {file} have no entry {key!r} (found {found}).")
+            raise DyMoInputError(f"weights {file} have no entry {key!r} (found {found}).")
         state = state[key]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         found = sorted(map(str, state))[:6] if isinstance(state, Mapping) else type(state).__name__
-        raise ValueError(f"weights {file} are not a network state_dict (found {found}).")
+        raise DyMoInputError(f"weights {file} are not a network state_dict (found {found}).")
     problems = weights_mismatches(network, state)
     if problems:
         more = f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
-        raise ValueError(f"weights {file} do not fit the {type(network).__name__}: {problems[0]}{more}.")
+        raise DyMoInputError(f"weights {file} do not fit the {type(network).__name__}: {problems[0]}{more}.")
     network.load_state_dict(state)
     return network
 
@@ -103,17 +106,17 @@ def load_calibration(
 
     file = os.fspath(path)
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"calibration file not found: {file}")
+        raise DyMoFileNotFoundError(f"calibration file not found: {file}")
     try:
         calibration = SubsetCalibration.load(file, map_location=map_location)
     except ValueError as e:
         message = str(e) if file in str(e) else f"calibration {file}: {e}"
-        raise ValueError(message) from None
+        raise DyMoInputError(message) from None
     except Exception as e:
-        raise ValueError(f"calibration {file} could not be read as a PyTorch file ({_first_line(e)}).") from None
+        raise DyMoInputError(f"calibration {file} could not be read as a PyTorch file ({_first_line(e)}).") from None
     if network is not None:
         try:
             DyMoInferer(calibration).check_network(network)
         except ValueError as e:
-            raise ValueError(f"calibration {file} does not fit the network: {e}") from None
+            raise DyMoInputError(f"calibration {file} does not fit the network: {e}") from None
     return calibration

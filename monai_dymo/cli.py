@@ -10,7 +10,8 @@ PolyMNIST bundle's ``inference`` config with the shipped weights.
 problem at once (exit status 1 when there is any).
 
 Input errors (a file that is not there, a column or a class that does not fit, weights of another network) end every
-command with one line, ``monai-dymo: error: <message naming the file and the field>``, and exit status 2.
+command with one line, ``monai-dymo: error: <message naming the file and the field>``, and exit status 2; any other
+error (a bug) keeps its traceback.
 
 This module imports neither torch nor MONAI until a command runs, so ``--help`` is immediate.
 """
@@ -22,6 +23,8 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from monai_dymo.errors import DyMoFileNotFoundError, error_line, input_error, install_excepthook
 
 __all__ = [
     "main",
@@ -131,7 +134,7 @@ def seed_arg(text: str) -> int:
 
 def _cohort_demo(args: argparse.Namespace) -> int:
     if args.bundle is None:
-        raise FileNotFoundError(
+        raise DyMoFileNotFoundError(
             f"the cohort bundle is not installed with this monai_dymo (looked in "
             f"{_project_root() / 'bundles' / COHORT_BUNDLE_NAME} and {_installed_bundles_dir() / COHORT_BUNDLE_NAME}); "
             f"pass --bundle PATH to a copy of bundles/{COHORT_BUNDLE_NAME}."
@@ -139,17 +142,17 @@ def _cohort_demo(args: argparse.Namespace) -> int:
     bundle = Path(args.bundle).resolve()
     configs = bundle / "configs"
     if not (configs / "inference.yaml").is_file():
-        raise FileNotFoundError(
+        raise DyMoFileNotFoundError(
             f"no bundle at {bundle} (configs/inference.yaml not found); pass --bundle PATH to a copy of "
             f"bundles/{COHORT_BUNDLE_NAME}."
         )
     for name in ("fusion.pt", "recovery.pt", "calibration.pt", "clinical_stats.json"):
         if not (bundle / "models" / COHORT_NAME / name).is_file():
-            raise FileNotFoundError(f"bundle weights not found: {bundle / 'models' / COHORT_NAME / name}")
+            raise DyMoFileNotFoundError(f"bundle weights not found: {bundle / 'models' / COHORT_NAME / name}")
     cohort_dir = Path(args.cohort_dir).resolve()
     if not (cohort_dir / "datalist.json").is_file():
         if args.source is None:
-            raise FileNotFoundError(
+            raise DyMoFileNotFoundError(
                 f"no cohort at {cohort_dir} and no brain MRI samples to generate it from: pass --source (or set "
                 "MONAI_DYMO_BRAIN_SAMPLES) to the folder of the real brain MRI samples <case>/{t1,t1c,t2,flair}.nii.gz."
             )
@@ -173,8 +176,6 @@ def _cohort_demo(args: argparse.Namespace) -> int:
         output_dir = os.path.join("runs", COHORT_NAME)  # never write into an installed package
     if output_dir is not None:
         overrides["work_dir"] = str(Path(output_dir).resolve())
-    from monai_dymo.errors import install_excepthook
-
     install_excepthook()
     run(
         config_file=[str(configs / "common.yaml"), str(configs / "inference.yaml")],
@@ -187,22 +188,22 @@ def _cohort_demo(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     if args.bundle is None:
-        raise FileNotFoundError(
+        raise DyMoFileNotFoundError(
             f"the PolyMNIST bundle is not installed with this monai_dymo (looked in {default_bundle_dir()} and "
             f"{_installed_bundles_dir() / BUNDLE_NAME}); pass --bundle PATH to a copy of bundles/{BUNDLE_NAME}."
         )
     bundle = Path(args.bundle).resolve()
     configs = bundle / "configs"
     if not (configs / "inference.yaml").is_file():
-        raise FileNotFoundError(
+        raise DyMoFileNotFoundError(
             f"no bundle at {bundle} (configs/inference.yaml not found); pass --bundle PATH to a copy of "
             f"bundles/{BUNDLE_NAME}."
         )
     for weights in ("fusion.pt", "recovery.pt", "calibration.pt"):
         if not (bundle / "models" / weights).is_file():
-            raise FileNotFoundError(f"bundle weights not found: {bundle / 'models' / weights}")
+            raise DyMoFileNotFoundError(f"bundle weights not found: {bundle / 'models' / weights}")
     if args.mnist is None or args.backgrounds is None:
-        raise FileNotFoundError("pass --mnist (MNIST .npz) and --backgrounds (folder of the five photographs).")
+        raise DyMoFileNotFoundError("pass --mnist (MNIST .npz) and --backgrounds (folder of the five photographs).")
 
     from monai.bundle import run  # heavy: only once a command runs
 
@@ -362,12 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as e:  # bundle configs wrap errors in RuntimeError: report the root cause of input problems
-        from monai_dymo.errors import error_line, input_error
-
         cause: BaseException | None = input_error(e)
-        if cause is None:  # a missing file or a wrong value met by MONAI itself (e.g. a config file not found)
+        if cause is None:  # a file met by MONAI itself (e.g. a config file not found); any other error is a bug
             cause = e
-            while cause is not None and not isinstance(cause, (FileNotFoundError, ValueError)):
+            while cause is not None and not isinstance(cause, FileNotFoundError):
                 cause = cause.__cause__
         if cause is None:
             raise

@@ -1,12 +1,18 @@
-"""Input errors at the surface: when a stage cannot start, the last line printed is one line naming the file and field.
+"""Input errors at the surface: when a stage cannot start because of its input, the last line printed is one line
+naming the file and field.
 
-monai_dymo raises ``ValueError`` / ``FileNotFoundError`` with a one-line message naming the file and the field when the
-user's input is wrong (cohort file, datalist, clinical table, classes, weights that do not fit, an empty split).
+monai_dymo raises :class:`DyMoInputError` (a ``ValueError``) or :class:`DyMoFileNotFoundError` (also a
+``FileNotFoundError``) with a one-line message naming the patient, modality, file and field where they apply, when the
+user's input is wrong: the cohort file, the datalist and clinical table, plan overrides, bundle settings (checkpoint,
+learning-rate schedule, metric, margin), weights or calibrations that do not fit, missing-pattern files, the source
+folders of the data converters. Every other ``ValueError`` is an internal check (our own modules disagree, a
+programming error) and keeps its traceback.
+
 Under ``python -m monai.bundle run`` MONAI wraps every error of a config expression in ``RuntimeError: Failed to
 evaluate ConfigExpression ...`` (``monai.bundle.config_item``), so the user's message ends up in the middle of a long
 double traceback. :func:`install_excepthook` (installed when ``monai_dymo`` is imported by a ``python -m monai.bundle``
 process, as every stage of the project's bundles does, see :func:`running_monai_bundle`, and by ``monai-dymo demo``)
-prints such an error as::
+prints an uncaught exception with a :class:`DyMoInputError` behind it (:func:`input_error`) as::
 
     monai-dymo: error: <the message>
 
@@ -19,11 +25,11 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from types import TracebackType
 
 __all__ = [
     "DyMoInputError",
+    "DyMoFileNotFoundError",
     "input_error",
     "error_line",
     "install_excepthook",
@@ -34,33 +40,26 @@ __all__ = [
 #: environment variable that shows the full traceback of an input error too.
 TRACEBACK_ENV = "MONAI_DYMO_TRACEBACK"
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-
 
 class DyMoInputError(ValueError):
     """A stage cannot start because of its input; the message is one line naming the file and the field."""
 
 
-def _raised_here(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised by monai_dymo's own code (its innermost frame is in the package)."""
-    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
-    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(_PACKAGE_DIR + os.sep)
+class DyMoFileNotFoundError(DyMoInputError, FileNotFoundError):
+    """An input file or folder the user named is not there (``except FileNotFoundError`` catches it too)."""
 
 
-def input_error(exc: BaseException | None) -> BaseException | None:
-    """The input error behind ``exc``, following the ``__cause__`` / ``__context__`` chain through MONAI's wrappers:
-    a :class:`DyMoInputError`, or a ``ValueError`` / ``FileNotFoundError`` raised by monai_dymo's own code. ``None``
-    when there is none (a bug or another failure: keep the traceback)."""
+def input_error(exc: BaseException | None) -> DyMoInputError | None:
+    """The :class:`DyMoInputError` behind ``exc``: ``exc`` itself or the first one down its explicit ``__cause__``
+    chain (``raise ... from e``, as MONAI's wrappers chain). ``None`` when there is none (a bug or another failure,
+    also one raised while handling an input error: keep the traceback)."""
     seen: set[int] = set()
-    found = None
     while exc is not None and id(exc) not in seen:
+        if isinstance(exc, DyMoInputError):
+            return exc
         seen.add(id(exc))
-        if isinstance(exc, DyMoInputError) or (isinstance(exc, (ValueError, FileNotFoundError)) and _raised_here(exc)):
-            found = exc  # keep walking its explicit causes: the innermost one is the root cause
-            exc = exc.__cause__
-        else:  # a wrapper (MONAI's RuntimeError) or another error raised while handling one
-            exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-    return found
+        exc = exc.__cause__
+    return None
 
 
 def error_line(exc: BaseException) -> str:

@@ -5,8 +5,9 @@ first column ``index`` gives each row's sample index (unique integers, any order
 ``i``. Every row keeps at least one modality observed. Seeded pattern files are named
 ``missing_rate{rate:g}_seed{seed}.csv`` (:func:`pattern_filename`).
 
-This module depends on nothing but NumPy, so that both ``monai_dymo.data`` and ``monai_dymo.transforms`` use it
-without importing each other.
+This module depends on nothing but NumPy (and :mod:`monai_dymo.errors`), so that both ``monai_dymo.data`` and
+``monai_dymo.transforms`` use it without importing each other. A file or rate that is not usable raises
+:class:`~monai_dymo.errors.DyMoInputError` naming the file, row, line and modality.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from monai_dymo.errors import DyMoFileNotFoundError, DyMoInputError
 
 __all__ = [
     "INDEX_COLUMN",
@@ -38,9 +41,9 @@ def check_missing_rate(rate: Any, what: str = "missing rate") -> float:
     try:
         value = float(rate)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number in [0, 1], got {rate!r}.") from None
+        raise DyMoInputError(f"{what} must be a number in [0, 1], got {rate!r}.") from None
     if not 0.0 <= value <= 1.0 or math.isnan(value):
-        raise ValueError(f"{what} {rate!r} is out of [0, 1].")
+        raise DyMoInputError(f"{what} {rate!r} is out of [0, 1].")
     return value
 
 
@@ -48,7 +51,7 @@ def pattern_filename(rate: float, seed: int) -> str:
     """``missing_rate{rate:g}_seed{seed}.csv``, e.g. ``missing_rate0.2_seed0.csv``; the rate must be in [0, 1] and the
     seed a non-negative integer."""
     if int(seed) != seed or int(seed) < 0:
-        raise ValueError(f"pattern seed must be a non-negative integer, got {seed}")
+        raise DyMoInputError(f"pattern seed must be a non-negative integer, got {seed}")
     return f"missing_rate{check_missing_rate(rate):g}_seed{int(seed)}.csv"
 
 
@@ -93,15 +96,15 @@ def write_pattern_table(
     return path
 
 
-def _not_found(path: Path) -> Exception:
+def _not_found(path: Path) -> DyMoInputError:
     """The error for a pattern file that does not exist: an out-of-range rate in its name is the real cause."""
     parsed = parse_pattern_filename(path)
     if parsed is not None:
         try:
             check_missing_rate(parsed[0])
         except ValueError as e:
-            return ValueError(f"{e} (missing-pattern file {path} was asked for)")
-    return FileNotFoundError(f"missing-pattern file not found: {path}")
+            return DyMoInputError(f"{e} (missing-pattern file {path} was asked for)")
+    return DyMoFileNotFoundError(f"missing-pattern file not found: {path}")
 
 
 def read_pattern_table(
@@ -123,44 +126,45 @@ def read_pattern_table(
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows:
-        raise ValueError(f"missing-pattern file {path} is empty; expected a header '{index_column},<modality names>'")
+        raise DyMoInputError(f"missing-pattern file {path} is empty; expected a header '{index_column},<modality "
+                             "names>'")
     header = [h.strip() for h in rows[0]]
     has_index = header[0] == index_column
     names = header[1:] if has_index else header
     if not names:
-        raise ValueError(f"missing-pattern file {path}: header {rows[0]} names no modality")
+        raise DyMoInputError(f"missing-pattern file {path}: header {rows[0]} names no modality")
     if len(set(names)) != len(names):
-        raise ValueError(f"missing-pattern file {path}: duplicate modality columns in header {header}")
+        raise DyMoInputError(f"missing-pattern file {path}: duplicate modality columns in header {header}")
     wanted = list(names) if modalities is None else [str(m) for m in modalities]
     absent = [m for m in wanted if m not in names]
     if absent:
-        raise ValueError(f"missing-pattern file {path}: no column for modality {absent}; file has {names}")
+        raise DyMoInputError(f"missing-pattern file {path}: no column for modality {absent}; file has {names}")
     body = rows[1:]
     if not body:
-        raise ValueError(f"missing-pattern file {path} has a header but no sample rows")
+        raise DyMoInputError(f"missing-pattern file {path} has a header but no sample rows")
     values = np.zeros((len(body), len(names)), dtype=bool)
     indices = np.arange(len(body), dtype=np.int64)
     seen: dict[int, int] = {}
     for r, row in enumerate(body):
         where = f"missing-pattern file {path}, row {r} (line {r + 2})"
         if len(row) != len(header):
-            raise ValueError(f"{where}: {len(row)} fields, expected {len(header)}")
+            raise DyMoInputError(f"{where}: {len(row)} fields, expected {len(header)}")
         if has_index:
             cell = row[0].strip()
             try:
                 indices[r] = int(cell)
             except ValueError:
-                raise ValueError(f"{where}: index {cell!r} is not an integer sample index") from None
+                raise DyMoInputError(f"{where}: index {cell!r} is not an integer sample index") from None
             if int(indices[r]) in seen:
-                raise ValueError(f"{where}: index {cell} repeats row {seen[int(indices[r])]}")
+                raise DyMoInputError(f"{where}: index {cell} repeats row {seen[int(indices[r])]}")
             seen[int(indices[r])] = r
         for c, cell in enumerate(row[1:] if has_index else row):
             cell = cell.strip()
             if cell not in ("0", "1"):
-                raise ValueError(
+                raise DyMoInputError(
                     f"{where}, modality {names[c]}: value {cell!r}, expected 1 (observed) or 0 (missing)"
                 )
             values[r, c] = cell == "1"
         if not values[r].any():
-            raise ValueError(f"{where}: every modality is missing; at least one must be observed")
+            raise DyMoInputError(f"{where}: every modality is missing; at least one must be observed")
     return indices, values[:, [names.index(m) for m in wanted]]

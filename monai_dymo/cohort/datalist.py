@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from monai_dymo.cohort.spec import CohortSpec
+from monai_dymo.errors import DyMoFileNotFoundError, DyMoInputError
 from monai_dymo.keys import DyMoKeys, Reason
 from monai_dymo.transforms.clinical import ClinicalFieldStats
 from monai_dymo.transforms.utils import format_reason, is_missing_path, reason_prefix
@@ -54,19 +55,19 @@ def read_datalist(spec: CohortSpec, path: str | Path | None = None) -> dict[str,
     """The datalist JSON as ``{split: [entries]}`` (``ValueError`` naming the file when it is not one)."""
     path = Path(path) if path is not None else spec.datalist
     if not path.is_file():
-        raise FileNotFoundError(f"datalist not found: {path}")
+        raise DyMoFileNotFoundError(f"datalist not found: {path}")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"datalist {path} is not valid JSON: {e}") from e
+        raise DyMoInputError(f"datalist {path} is not valid JSON: {e}") from e
     if not isinstance(data, Mapping):
-        raise ValueError(f"datalist {path} must be a JSON object with 'training' / 'validation' / 'testing' lists.")
+        raise DyMoInputError(f"datalist {path} must be a JSON object with 'training' / 'validation' / 'testing' lists.")
     out = {}
     for split, entries in data.items():
         if split not in spec.splits():
             continue
         if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
-            raise ValueError(f"datalist {path}: '{split}' must be a list of objects.")
+            raise DyMoInputError(f"datalist {path}: '{split}' must be a list of objects.")
         out[split] = [dict(e) for e in entries]
     return out
 
@@ -77,19 +78,20 @@ def read_clinical_table(spec: CohortSpec) -> pd.DataFrame | None:
         return None
     path = spec.clinical_csv
     if not path.is_file():
-        raise FileNotFoundError(f"clinical table not found: {path}")
+        raise DyMoFileNotFoundError(f"clinical table not found: {path}")
     table = pd.read_csv(path, dtype={spec.patient_id: str}, keep_default_na=True)
     if spec.patient_id not in table.columns:
-        raise ValueError(
+        raise DyMoInputError(
             f"clinical table {path} has no patient id column {spec.patient_id!r} (columns: {list(table.columns)})."
         )
     absent = [f for f in spec.clinical_fields if f not in table.columns]
     if absent:
-        raise ValueError(f"clinical table {path} lacks the declared field column(s) {absent} (columns: {list(table.columns)}).")
+        raise DyMoInputError(f"clinical table {path} lacks the declared field column(s) {absent} (columns: "
+                             f"{list(table.columns)}).")
     ids = table[spec.patient_id].astype(str).str.strip()
     dup = sorted(set(ids[ids.duplicated()]))
     if dup:
-        raise ValueError(f"clinical table {path}: patient id(s) {dup[:5]} appear in more than one row.")
+        raise DyMoInputError(f"clinical table {path}: patient id(s) {dup[:5]} appear in more than one row.")
     table = table.assign(**{spec.patient_id: ids}).set_index(spec.patient_id)
     return table[list(spec.clinical_fields)]
 
@@ -124,10 +126,10 @@ def load_split(
     source = Path(datalist) if datalist is not None else spec.datalist
     splits = read_datalist(spec, source)
     if split not in splits:
-        raise ValueError(f"datalist {source} has no '{split}' list (it has {sorted(splits)}).")
+        raise DyMoInputError(f"datalist {source} has no '{split}' list (it has {sorted(splits)}).")
     entries = splits[split]
     if not entries:
-        raise ValueError(f"datalist {source}: the '{split}' list is empty.")
+        raise DyMoInputError(f"datalist {source}: the '{split}' list is empty.")
     if require_labels is None:
         require_labels = split in ("training", "validation")
     table = read_clinical_table(spec) if clinical is True else (clinical if isinstance(clinical, pd.DataFrame) else None)
@@ -138,15 +140,15 @@ def load_split(
     for i, entry in enumerate(entries):
         pid = entry.get(spec.patient_id)
         if pid is None or str(pid).strip() == "":
-            raise ValueError(f"datalist {source}: '{split}' entry {i} has no {spec.patient_id!r}.")
+            raise DyMoInputError(f"datalist {source}: '{split}' entry {i} has no {spec.patient_id!r}.")
         pid = str(pid).strip()
         if pid in seen:
-            raise ValueError(f"datalist {source}: patient {pid!r} appears twice in '{split}'.")
+            raise DyMoInputError(f"datalist {source}: patient {pid!r} appears twice in '{split}'.")
         seen.add(pid)
         item: dict[str, Any] = {DyMoKeys.PATIENT_ID: pid, INDEX_KEY: i}
         if with_labels:
             if entry.get(spec.label) is None:
-                raise ValueError(f"datalist {source}: patient {pid!r} in '{split}' has no label {spec.label!r}.")
+                raise DyMoInputError(f"datalist {source}: patient {pid!r} in '{split}' has no label {spec.label!r}.")
             item[DyMoKeys.LABEL] = spec.label_index(entry[spec.label], pid, f"datalist {source}")
         image_reasons = {}
         for m in spec.image_modalities:
@@ -231,7 +233,7 @@ def prepare_cohort(
     available = read_datalist(spec)
     for required in ("training", "validation"):
         if required not in available:
-            raise ValueError(f"datalist {spec.datalist} has no '{required}' list (it has {sorted(available)}).")
+            raise DyMoInputError(f"datalist {spec.datalist} has no '{required}' list (it has {sorted(available)}).")
     rows, summary = [], []
     splits: dict[str, list[dict[str, Any]]] = {}
     checked: dict[str, list[dict[str, Any]]] = {}  # the entries with every checked reason, for the fingerprint
@@ -283,7 +285,8 @@ def prepare_cohort(
     if spec.clinical_modalities:
         train_rows = [e for e in splits["training"] if not (e.get(DyMoKeys.REASONS) or {})]
         if not train_rows:
-            raise ValueError(f"clinical table {spec.clinical_csv}: no training patient has a row; cannot fit encodings.")
+            raise DyMoInputError(f"clinical table {spec.clinical_csv}: no training patient has a row; cannot fit "
+                                 "encodings.")
         stats = ClinicalFieldStats.fit(
             train_rows,
             continuous=[f for m in spec.clinical_modalities for f in m.continuous],

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from monai_dymo.cohort.spec import CohortSpec
+from monai_dymo.errors import DyMoFileNotFoundError, DyMoInputError
 from monai_dymo.keys import DyMoKeys
 from monai_dymo.networks import (
     ClinicalTokenEncoder,
@@ -78,7 +79,7 @@ def _stats(stats: ClinicalFieldStats | str | Path | None) -> ClinicalFieldStats 
         return stats
     path = Path(stats)
     if not path.is_file():
-        raise FileNotFoundError(missing_stats_message(path))
+        raise DyMoFileNotFoundError(missing_stats_message(path))
     return ClinicalFieldStats.load(path)
 
 
@@ -134,7 +135,7 @@ class FusionSettings:
         for layer in layers:
             unknown = sorted(set(layer or {}) - set(known))
             if unknown:
-                raise ValueError(f"fusion network: unknown setting(s) {unknown}; known settings are {known}.")
+                raise DyMoInputError(f"fusion network: unknown setting(s) {unknown}; known settings are {known}.")
             values.update(layer or {})
         return cls(**values)
 
@@ -253,14 +254,14 @@ def init_encoders_from_recovery(
 
     path = Path(recovery_weights)
     if not path.is_file():
-        raise FileNotFoundError(f"recovery weights not found: {path}; train the recovery network first.")
+        raise DyMoFileNotFoundError(f"recovery weights not found: {path}; train the recovery network first.")
     state = torch.load(path, map_location="cpu", weights_only=False)
     state = state.get("model", state) if isinstance(state, Mapping) else state
     names = list(modalities) if modalities is not None else [
         m for m in network.modalities if is_small_encoder(network.encoders[m])
     ]
     if not names:
-        raise ValueError(
+        raise DyMoInputError(
             f"init_from_recovery: the fusion network has no convolutional ('small') image encoder to start from {path} "
             "(with backbone 'none' a sequence's only token is its histogram); build the encoders with "
             "--network_def#backbone_3d small."
@@ -279,7 +280,7 @@ def init_encoders_from_recovery(
             copied[hit["m"]] += 1
     empty = [m for m, n in copied.items() if n == 0]
     if empty:
-        raise ValueError(
+        raise DyMoInputError(
             f"no convolution of the recovery network {path} fits the fusion encoder(s) {empty}; build them with the "
             "recovery's channels (e.g. --network_def#channels_3d \"[8, 16, 32, 64]\")."
         )
@@ -365,7 +366,7 @@ def load_recovery_weights(
     read (returned as a new object)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"recovery weights not found: {path}; train the recovery network first.")
+        raise DyMoFileNotFoundError(f"recovery weights not found: {path}; train the recovery network first.")
     if isinstance(network, IterativeImputerRecovery):
         return IterativeImputerRecovery.load(path)
     from monai_dymo.checkpoints import load_weights

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from monai_dymo.errors import DyMoInputError
+
 if TYPE_CHECKING:
     import torch
 
@@ -144,10 +146,12 @@ class Plan:
             doc = json.loads(text)
             choices = dict(doc["choices"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{source} is not a plan written by the prepare stage ({type(e).__name__}: {e}).") from e
+            raise DyMoInputError(f"{source} is not a plan written by the prepare stage ({type(e).__name__}: "
+                                 f"{e}).") from e
         unknown = sorted(set(choices) - set(CHOICES))
         if unknown:
-            raise ValueError(f"{source}: unknown choice(s) {unknown}; rerun the prepare stage to write the plan again.")
+            raise DyMoInputError(f"{source}: unknown choice(s) {unknown}; rerun the prepare stage to write the plan "
+                                 "again.")
         options = _options()
         values = {k: _image_size(v) if k == "image_size" else _check_value(k, v, options, source)
                   for k, v in choices.items()}
@@ -330,25 +334,25 @@ def _check_value(key: str, value: Any, options: Mapping[str, tuple], source: str
     where = f"{source}: {key}"
     if key in options:
         if value not in options[key]:
-            raise ValueError(f"{where} must be one of {list(options[key])}, got {value!r}.")
+            raise DyMoInputError(f"{where} must be one of {list(options[key])}, got {value!r}.")
         return value
     if key in ("channels_2d", "channels_3d", "strides_3d"):
         if value is None and key == "strides_3d":
             return None
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value or not all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
-            raise ValueError(f"{where} must be a list of positive integers, got {value!r}.")
+            raise DyMoInputError(f"{where} must be a list of positive integers, got {value!r}.")
         return tuple(value)
     if key == "histogram_bins_3d" and value is None:
         return None
     if key in ("batch_size", "max_epochs", "pool_2d", "pool_3d", "histogram_bins_3d", "histogram_shells_3d", "folds"):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{where} must be a positive integer" + (" or null" if key == "histogram_bins_3d" else "")
-                             + f", got {value!r}.")
+            or_null = " or null" if key == "histogram_bins_3d" else ""
+            raise DyMoInputError(f"{where} must be a positive integer{or_null}, got {value!r}.")
         return value
     if key == "unimodal_weight":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{where} must be a number >= 0, got {value!r}.")
+            raise DyMoInputError(f"{where} must be a number >= 0, got {value!r}.")
         return float(value)
     raise ValueError(f"{where}: no check for this choice.")
 
@@ -358,17 +362,17 @@ def check_overrides(overrides: Any) -> dict[str, Any]:
     if overrides is None:
         return {}
     if not isinstance(overrides, Mapping):
-        raise ValueError(f"cohort plan: must be a mapping of choices, e.g. {{batch_size: 8}}, got {overrides!r}.")
+        raise DyMoInputError(f"cohort plan: must be a mapping of choices, e.g. {{batch_size: 8}}, got {overrides!r}.")
     if not overrides:
         return {}
     known = [k for k in CHOICES if k not in _RECORDS]
     unknown = sorted(str(k) for k in overrides if k not in CHOICES)
     if unknown:
-        raise ValueError(f"cohort plan: unknown key(s) {unknown}; known keys are {known}.")
+        raise DyMoInputError(f"cohort plan: unknown key(s) {unknown}; known keys are {known}.")
     records = sorted(str(k) for k in overrides if k in _RECORDS)
     if records:
-        raise ValueError(f"cohort plan: {records[0]} is set by the cohort file elsewhere (each modality's "
-                         "spatial_size), not in the plan.")
+        raise DyMoInputError(f"cohort plan: {records[0]} is set by the cohort file elsewhere (each modality's "
+                             "spatial_size), not in the plan.")
     options = _options()
     return {str(k): _check_value(str(k), v, options) for k, v in overrides.items()}
 

@@ -40,6 +40,7 @@ from monai.transforms.transform import Transform
 from monai.utils import convert_to_tensor
 
 from monai_dymo.cohort.spec import CohortSpec, ModalityEntry
+from monai_dymo.errors import DyMoFileNotFoundError
 from monai_dymo.keys import DyMoKeys, Reason
 from monai_dymo.transforms import (
     AsGrayscale2Dd,
@@ -167,7 +168,7 @@ def build_preprocessing(spec: CohortSpec, stats_file: str | Path | None = None) 
         if not Path(stats_file).is_file():
             from monai_dymo.cohort.networks import missing_stats_message
 
-            raise FileNotFoundError(missing_stats_message(stats_file))
+            raise DyMoFileNotFoundError(missing_stats_message(stats_file))
         chain.append(ClinicalFieldsd(spec.groups(), stats=stats_file, modalities=order, warn_each=False))
     return TolerantPreprocessing(Compose(chain), spec)
 

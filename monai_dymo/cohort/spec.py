@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monai_dymo.errors import DyMoInputError
+
 __all__ = ["MODALITY_KINDS", "ModalityEntry", "ROISpec", "CohortSpec"]
 
 MODALITY_KINDS = ("image2d", "image3d", "clinical")
@@ -53,11 +55,11 @@ def _ints(value: Any, what: str, n: int | None = None) -> tuple[int, ...]:
     try:
         out = tuple(int(v) for v in value)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{what} must be a list of integers, got {value!r}.") from e
+        raise DyMoInputError(f"{what} must be a list of integers, got {value!r}.") from e
     if n is not None and len(out) != n:
-        raise ValueError(f"{what} must have {n} values, got {list(out)}.")
+        raise DyMoInputError(f"{what} must have {n} values, got {list(out)}.")
     if any(v < 1 for v in out):
-        raise ValueError(f"{what} must be positive, got {list(out)}.")
+        raise DyMoInputError(f"{what} must be positive, got {list(out)}.")
     return out
 
 
@@ -110,18 +112,18 @@ class ModalityEntry:
     def from_config(cls, cfg: Mapping[str, Any], index: int) -> ModalityEntry:
         where = f"cohort.modalities[{index}]"
         if not isinstance(cfg, Mapping):
-            raise ValueError(f"{where} must be a mapping with at least 'name' and 'kind', got {cfg!r}.")
+            raise DyMoInputError(f"{where} must be a mapping with at least 'name' and 'kind', got {cfg!r}.")
         known = {"name", "kind", "spatial_size", "pixdim", "reader", "intensity", "continuous", "categorical",
                  "sentinels", "pretrained", "channels"}
         unknown = sorted(set(cfg) - known)
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}.")
+            raise DyMoInputError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}.")
         name = str(cfg.get("name") or "").strip()
         if not name or "," in name:
-            raise ValueError(f"{where}: 'name' must be a non-empty name without commas, got {cfg.get('name')!r}.")
+            raise DyMoInputError(f"{where}: 'name' must be a non-empty name without commas, got {cfg.get('name')!r}.")
         kind = str(cfg.get("kind", "")).lower()
         if kind not in MODALITY_KINDS:
-            raise ValueError(
+            raise DyMoInputError(
                 f"{where} ({name!r}): unknown modality kind {cfg.get('kind')!r}; use one of {list(MODALITY_KINDS)}."
             )
         where = f"{where} ({name!r})"
@@ -129,33 +131,34 @@ class ModalityEntry:
             cont = tuple(str(f) for f in cfg.get("continuous") or ())
             cat = tuple(str(f) for f in cfg.get("categorical") or ())
             if not cont and not cat:
-                raise ValueError(f"{where}: a clinical modality needs 'continuous' and/or 'categorical' fields.")
+                raise DyMoInputError(f"{where}: a clinical modality needs 'continuous' and/or 'categorical' fields.")
             dup = sorted({f for f in (*cont, *cat) if (*cont, *cat).count(f) > 1})
             if dup:
-                raise ValueError(f"{where}: field(s) {dup} listed twice.")
+                raise DyMoInputError(f"{where}: field(s) {dup} listed twice.")
             if "channels" in cfg:
-                raise ValueError(f"{where}: 'channels' is for image modalities.")
+                raise DyMoInputError(f"{where}: 'channels' is for image modalities.")
             return cls(name, kind, continuous=cont, categorical=cat, sentinels=tuple(cfg.get("sentinels") or ()))
         dims = 2 if kind == "image2d" else 3
         if "spatial_size" not in cfg:
-            raise ValueError(f"{where}: images need a 'spatial_size' ({dims} integers).")
+            raise DyMoInputError(f"{where}: images need a 'spatial_size' ({dims} integers).")
         size = _ints(cfg["spatial_size"], f"{where} spatial_size", dims)
         pixdim = cfg.get("pixdim")
         if pixdim is not None:
             if kind == "image2d":
-                raise ValueError(f"{where}: 'pixdim' is for 3D images; 2D images are resized to spatial_size.")
+                raise DyMoInputError(f"{where}: 'pixdim' is for 3D images; 2D images are resized to spatial_size.")
             pixdim = tuple(float(v) for v in (pixdim if isinstance(pixdim, Sequence) else [pixdim] * 3))
             if len(pixdim) != 3 or any(v <= 0 for v in pixdim):
-                raise ValueError(f"{where}: 'pixdim' must be 3 positive spacings in mm, got {cfg.get('pixdim')!r}.")
+                raise DyMoInputError(f"{where}: 'pixdim' must be 3 positive spacings in mm, got {cfg.get('pixdim')!r}.")
         intensity = str(cfg.get("intensity") or ("minmax" if kind == "image2d" else "zscore")).lower()
         if intensity not in _INTENSITY:
-            raise ValueError(f"{where}: 'intensity' must be one of {list(_INTENSITY)}, got {cfg.get('intensity')!r}.")
+            raise DyMoInputError(f"{where}: 'intensity' must be one of {list(_INTENSITY)}, got "
+                                 f"{cfg.get('intensity')!r}.")
         reader = cfg.get("reader")
         pretrained = cfg.get("pretrained")
         channels = cfg.get("channels", 1)
         allowed = (1, 3) if kind == "image2d" else (1,)
         if isinstance(channels, bool) or channels not in allowed:
-            raise ValueError(
+            raise DyMoInputError(
                 f"{where}: 'channels' must be one of {list(allowed)} for {kind} modalities, got {cfg.get('channels')!r}"
                 + (" (3: RGB kept, 1: grayscale)." if kind == "image2d" else ".")
             )
@@ -189,39 +192,40 @@ class ROISpec:
             ValueError: naming the key that is wrong.
         """
         if not isinstance(cfg, Mapping):
-            raise ValueError(f"cohort roi: must be a mapping like {{guide: [flair]}}, got {cfg!r}.")
+            raise DyMoInputError(f"cohort roi: must be a mapping like {{guide: [flair]}}, got {cfg!r}.")
         unknown = sorted(set(cfg) - {"guide", "sigma", "margin", "fraction"})
         if unknown:
-            raise ValueError(f"cohort roi: unknown key(s) {unknown}; known keys are ['fraction', 'guide', 'margin', "
-                             "'sigma'].")
+            raise DyMoInputError(f"cohort roi: unknown key(s) {unknown}; known keys are ['fraction', 'guide', "
+                                 "'margin', 'sigma'].")
         guide = cfg.get("guide")
         guide = (guide,) if isinstance(guide, str) else tuple(str(g) for g in (guide or ()))
         volumes = [m for m in modalities if m.kind == "image3d"]
         names = [m.name for m in volumes]
         if not guide or any(g not in names for g in guide):
-            raise ValueError(f"cohort roi: 'guide' must list image3d modalities (of {names}), got {list(guide)}.")
+            raise DyMoInputError(f"cohort roi: 'guide' must list image3d modalities (of {names}), got {list(guide)}.")
         no_pixdim = [m.name for m in volumes if m.pixdim is None]
         if no_pixdim:
-            raise ValueError(f"cohort roi: the cropped volumes need a 'pixdim' (the resolution the lesion needs); "
-                             f"{no_pixdim} have none.")
+            raise DyMoInputError(f"cohort roi: the cropped volumes need a 'pixdim' (the resolution the lesion needs); "
+                                 f"{no_pixdim} have none.")
         sizes = {m.spatial_size for m in volumes}
         if len(sizes) > 1:
-            raise ValueError(f"cohort roi: the cropped volumes share one region, so one 'spatial_size'; got "
-                             f"{ {m.name: list(m.spatial_size) for m in volumes} }.")
+            raise DyMoInputError(f"cohort roi: the cropped volumes share one region, so one 'spatial_size'; got "
+                                 f"{ {m.name: list(m.spatial_size) for m in volumes} }.")
         try:
             sigma, margin = float(cfg.get("sigma", 2.0)), int(cfg.get("margin", 1))
         except (TypeError, ValueError) as e:
-            raise ValueError(f"cohort roi: 'sigma' and 'margin' must be numbers of voxels ({e}).") from e
+            raise DyMoInputError(f"cohort roi: 'sigma' and 'margin' must be numbers of voxels ({e}).") from e
         if sigma < 0 or margin < 0:
-            raise ValueError(f"cohort roi: 'sigma' and 'margin' must be >= 0, got {sigma}, {margin}.")
+            raise DyMoInputError(f"cohort roi: 'sigma' and 'margin' must be >= 0, got {sigma}, {margin}.")
         fraction = cfg.get("fraction", 0.7)
         if fraction is not None:
             try:
                 fraction = float(fraction)
             except (TypeError, ValueError) as e:
-                raise ValueError(f"cohort roi: 'fraction' must be a number in (0, 1) or null, got {fraction!r}.") from e
+                raise DyMoInputError("cohort roi: 'fraction' must be a number in (0, 1) or null, got "
+                                     f"{fraction!r}.") from e
             if not 0.0 < fraction < 1.0:
-                raise ValueError(f"cohort roi: 'fraction' must be in (0, 1) or null, got {fraction}.")
+                raise DyMoInputError(f"cohort roi: 'fraction' must be in (0, 1) or null, got {fraction}.")
         return cls(guide=guide, sigma=sigma, margin=margin, fraction=fraction)
 
 
@@ -263,15 +267,16 @@ class CohortSpec:
             ValueError: naming the key that is missing or wrong.
         """
         if not isinstance(cfg, Mapping):
-            raise ValueError(f"the cohort description must be a mapping under the key 'cohort', got {type(cfg).__name__}.")
+            raise DyMoInputError("the cohort description must be a mapping under the key 'cohort', got "
+                                 f"{type(cfg).__name__}.")
         known = {"name", "datalist", "data_root", "clinical_csv", "patient_id", "label", "classes", "modalities", "roi",
                  "plan"}
         unknown = sorted(set(cfg) - known)
         if unknown:
-            raise ValueError(f"cohort: unknown key(s) {unknown}; known keys are {sorted(known)}.")
+            raise DyMoInputError(f"cohort: unknown key(s) {unknown}; known keys are {sorted(known)}.")
         for key in ("datalist", "classes", "modalities"):
             if not cfg.get(key):
-                raise ValueError(f"cohort: '{key}' is required.")
+                raise DyMoInputError(f"cohort: '{key}' is required.")
         base = Path(base_dir) if base_dir is not None else Path.cwd()
 
         def path(value: Any) -> Path:
@@ -283,24 +288,24 @@ class CohortSpec:
         clinical_csv = path(cfg["clinical_csv"]) if cfg.get("clinical_csv") else None
         classes = tuple(str(c) for c in cfg["classes"])
         if len(classes) < 2 or len(set(classes)) != len(classes):
-            raise ValueError(f"cohort: 'classes' must list at least two distinct class names, got {list(classes)}.")
+            raise DyMoInputError(f"cohort: 'classes' must list at least two distinct class names, got {list(classes)}.")
         mods_cfg = cfg["modalities"]
         if not isinstance(mods_cfg, Sequence) or isinstance(mods_cfg, (str, bytes)):
-            raise ValueError("cohort: 'modalities' must be a list of {name, kind, ...} mappings.")
+            raise DyMoInputError("cohort: 'modalities' must be a list of {name, kind, ...} mappings.")
         modalities = tuple(ModalityEntry.from_config(m, i) for i, m in enumerate(mods_cfg))
         names = [m.name for m in modalities]
         if len(set(names)) != len(names):
-            raise ValueError(f"cohort: modality names must be distinct, got {names}.")
+            raise DyMoInputError(f"cohort: modality names must be distinct, got {names}.")
         clinical = [m for m in modalities if not m.is_image]
         if clinical and clinical_csv is None:
-            raise ValueError(f"cohort: clinical modality {clinical[0].name!r} needs 'clinical_csv'.")
+            raise DyMoInputError(f"cohort: clinical modality {clinical[0].name!r} needs 'clinical_csv'.")
         fields = [f for m in clinical for f in m.fields]
         dup = sorted({f for f in fields if fields.count(f) > 1})
         if dup:
-            raise ValueError(f"cohort: clinical field(s) {dup} belong to more than one clinical modality.")
+            raise DyMoInputError(f"cohort: clinical field(s) {dup} belong to more than one clinical modality.")
         clash = sorted(set(fields) & set(names))
         if clash:
-            raise ValueError(f"cohort: clinical field(s) {clash} have the name of a modality; rename one of them.")
+            raise DyMoInputError(f"cohort: clinical field(s) {clash} have the name of a modality; rename one of them.")
         from monai_dymo.cohort.plan import check_overrides  # the plan module reads the spec: imported here
 
         plan_overrides = check_overrides(cfg.get("plan"))
@@ -359,7 +364,7 @@ class CohortSpec:
         except (TypeError, ValueError):
             index = -1
         if not 0 <= index < len(self.classes):
-            raise ValueError(
+            raise DyMoInputError(
                 f"{source}: patient {patient!r} has label {value!r}, not one of the declared classes "
                 f"{list(self.classes)} (or their indices 0..{len(self.classes) - 1})."
             )

@@ -65,6 +65,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from monai_dymo.errors import DyMoFileNotFoundError, DyMoInputError
+
 __all__ = [
     "SEQUENCES",
     "CLASSES",
@@ -141,7 +143,7 @@ def find_brain_samples(source_dir: str | os.PathLike | None = None) -> Path:
     for folder in candidates:
         if folder.is_dir() and _source_cases(folder):
             return folder
-    raise FileNotFoundError(
+    raise DyMoFileNotFoundError(
         f"brain MRI samples not found (looked in {', '.join(str(c) for c in candidates)}): expected case folders "
         f"each holding {', '.join(_SOURCE_FILES)}; pass source_dir / --source or set MONAI_DYMO_BRAIN_SAMPLES"
     )
@@ -229,10 +231,11 @@ def _load_sources_cached(folder: str, factor: int) -> tuple[BrainSource, ...]:
                 img = nib.as_closest_canonical(nib.load(str(case / f)))
                 arrs.append(np.asarray(img.dataobj))
             except Exception as e:
-                raise ValueError(f"brain sample {case.name}: cannot read {case / f}: {type(e).__name__}: {e}") from e
+                raise DyMoInputError(f"brain sample {case.name}: cannot read {case / f}: {type(e).__name__}: "
+                                     f"{e}") from e
         shapes = {a.shape for a in arrs}
         if len(shapes) != 1:
-            raise ValueError(f"brain sample {case.name}: sequences have different shapes {sorted(shapes)}")
+            raise DyMoInputError(f"brain sample {case.name}: sequences have different shapes {sorted(shapes)}")
         mask1 = np.sum([a > 0 for a in arrs], axis=0, dtype=np.int8) >= 2  # skull-stripped: background <= 0
         # crop to the brain (start even, so the 2 mm blocks stay aligned with the 1 mm index grid)
         idx = np.argwhere(mask1)
@@ -245,7 +248,7 @@ def _load_sources_cached(folder: str, factor: int) -> tuple[BrainSource, ...]:
         mask = ndi.binary_fill_holes(_block_mean(mask1.astype(np.float32), _SOURCE_BLOCK_MM) > 0.5)
         med = np.array([np.median(v[mask]) for v in vol], dtype=np.float32)
         if not np.all(med > 0):
-            raise ValueError(f"brain sample {case.name}: a sequence has a non-positive brain median {med.tolist()}")
+            raise DyMoInputError(f"brain sample {case.name}: a sequence has a non-positive brain median {med.tolist()}")
         vol = (vol / med[:, None, None, None]) * mask
         vol, mask, replaced = _suppress_real_lesion(vol.astype(np.float32), mask)
         vol = _block_mean(vol, factor).astype(np.float32)
@@ -257,7 +260,7 @@ def _load_sources_cached(folder: str, factor: int) -> tuple[BrainSource, ...]:
         center = (idx.min(0) + idx.max(0)) / 2.0 * voxel + (voxel - 1) / 2.0  # mm in the cropped grid
         out.append(BrainSource(case.name, np.ascontiguousarray(vol), mask, depth, voxel, center, replaced))
     if not out:
-        raise FileNotFoundError(f"no case folder with {', '.join(_SOURCE_FILES)} in {folder}")
+        raise DyMoFileNotFoundError(f"no case folder with {', '.join(_SOURCE_FILES)} in {folder}")
     return tuple(out)
 
 

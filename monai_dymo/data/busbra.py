@@ -32,6 +32,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from monai_dymo.errors import DyMoFileNotFoundError, DyMoInputError
+
 __all__ = [
     "CLASSES",
     "INPUT_FIELDS",
@@ -141,14 +143,14 @@ def build_busbra(
     needed = [images, meta_file] + ([folds_file] if fold is not None else [])
     for p in needed:
         if not p.exists():
-            raise FileNotFoundError(f"busbra: {p} not found; --source must be the BUSBRA folder.")
+            raise DyMoFileNotFoundError(f"busbra: {p} not found; --source must be the BUSBRA folder.")
     if fold is not None and not 1 <= int(fold) <= 5:
-        raise ValueError(f"busbra: fold must be 1-5 (or None for a seeded split), got {fold}.")
+        raise DyMoInputError(f"busbra: fold must be 1-5 (or None for a seeded split), got {fold}.")
     meta = pd.read_csv(meta_file)
     required = {"ID", "Case", "Pathology", "Histology", "BIRADS", "Device"}
     absent = sorted(required - set(meta.columns))
     if absent:
-        raise ValueError(f"busbra: {meta_file} lacks column(s) {absent}.")
+        raise DyMoInputError(f"busbra: {meta_file} lacks column(s) {absent}.")
     rows, cols = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
     cases: dict[str, dict[str, Any]] = {}
@@ -156,28 +158,31 @@ def build_busbra(
         image_id = str(r["ID"]).strip()
         m = _ID.match(image_id)
         if m is None:
-            raise ValueError(f"busbra: image id {image_id!r} is not of the form bus_<case>-l|r|s.")
+            raise DyMoInputError(f"busbra: {meta_file}: image id {image_id!r} is not of the form bus_<case>-l|r|s.")
         case, panel = int(m.group(1)), m.group(2)
         if int(r["Case"]) != case:
-            raise ValueError(f"busbra: {image_id} has Case {r['Case']}, not {case}.")
+            raise DyMoInputError(f"busbra: {meta_file}: {image_id} has Case {r['Case']}, not {case}.")
         if not (images / f"{image_id}.png").is_file():
-            raise FileNotFoundError(f"busbra: {image_id}: image {images / (image_id + '.png')} not found.")
+            raise DyMoFileNotFoundError(f"busbra: {image_id}: image {images / (image_id + '.png')} not found.")
         pathology = str(r["Pathology"]).strip().lower()
         if pathology not in CLASSES:
-            raise ValueError(f"busbra: {image_id}: pathology {r['Pathology']!r} is not one of {list(CLASSES)}.")
+            raise DyMoInputError(f"busbra: {meta_file}: {image_id}: pathology {r['Pathology']!r} is not one of "
+                                 f"{list(CLASSES)}.")
         pid = f"bus_{case:04d}"
         c = cases.setdefault(pid, {"panels": {}, "pathology": pathology, "histology": str(r["Histology"]).strip(),
                                    "device": str(r["Device"]).strip(), "birads": r["BIRADS"]})
         for key, value in (("pathology", pathology), ("histology", str(r["Histology"]).strip()),
                            ("device", str(r["Device"]).strip())):
             if c[key] != value:
-                raise ValueError(f"busbra: {pid}: {key} differs between its images ({c[key]!r} vs {value!r}).")
+                raise DyMoInputError(f"busbra: {meta_file}: {pid}: {key} differs between its images ({c[key]!r} vs "
+                                     f"{value!r}).")
         if panel in c["panels"]:
-            raise ValueError(f"busbra: {pid}: image {image_id} listed twice.")
+            raise DyMoInputError(f"busbra: {meta_file}: {pid}: image {image_id} listed twice.")
         c["panels"][panel] = image_id
     for pid, c in cases.items():
         if "s" in c["panels"] and len(c["panels"]) > 1:
-            raise ValueError(f"busbra: {pid} has both a single image and dual-panel images: {sorted(c['panels'])}.")
+            raise DyMoInputError(f"busbra: {meta_file}: {pid} has both a single image and dual-panel images: "
+                                 f"{sorted(c['panels'])}.")
 
     single = {pid: "s" in c["panels"] or len(c["panels"]) == 1 for pid, c in cases.items()}
     strata = {pid: (c["pathology"], single[pid]) for pid, c in cases.items()}
@@ -188,18 +193,19 @@ def build_busbra(
     else:
         folds = pd.read_csv(folds_file)
         if "ID" not in folds.columns or "kFold" not in folds.columns:
-            raise ValueError(f"busbra: {folds_file} lacks the ID / kFold columns.")
+            raise DyMoInputError(f"busbra: {folds_file} lacks the ID / kFold columns.")
         fold_of: dict[str, int] = {}
         for image_id, k in zip(folds["ID"].astype(str).str.strip(), folds["kFold"].astype(int)):
             m = _ID.match(image_id)
             if m is None:
-                raise ValueError(f"busbra: {folds_file}: image id {image_id!r} is not of the form bus_<case>-l|r|s.")
+                raise DyMoInputError(f"busbra: {folds_file}: image id {image_id!r} is not of the form "
+                                     "bus_<case>-l|r|s.")
             pid = f"bus_{int(m.group(1)):04d}"
             if fold_of.setdefault(pid, k) != k:
-                raise ValueError(f"busbra: {folds_file}: the images of {pid} are in folds {fold_of[pid]} and {k}.")
+                raise DyMoInputError(f"busbra: {folds_file}: the images of {pid} are in folds {fold_of[pid]} and {k}.")
         unknown = sorted(set(cases) - set(fold_of))
         if unknown:
-            raise ValueError(f"busbra: {folds_file} has no fold for {unknown[:5]}.")
+            raise DyMoInputError(f"busbra: {folds_file} has no fold for {unknown[:5]}.")
         test = {pid for pid in cases if fold_of[pid] == int(fold)}
         rest = {pid: key for pid, key in strata.items() if pid not in test}
         fr = {"training": SPLIT_FRACTIONS["training"], "validation": SPLIT_FRACTIONS["validation"]}

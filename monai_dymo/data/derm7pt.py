@@ -31,6 +31,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from monai_dymo.errors import DyMoFileNotFoundError, DyMoInputError
+
 __all__ = [
     "CLASSES",
     "DIAGNOSIS_GROUPS",
@@ -97,15 +99,15 @@ SPLIT_FILES = {"training": "train_indexes.csv", "validation": "valid_indexes.csv
 _LOOKUP = {name: cls for cls, names in DIAGNOSIS_GROUPS.items() for name in names}
 
 
-def diagnosis_class(diagnosis: str) -> str:
+def diagnosis_class(diagnosis: str, where: str = "derm7pt") -> str:
     """The 5-class label of a release diagnosis string (case and surrounding blanks ignored).
 
     Raises:
-        ValueError: a diagnosis the grouping does not know, naming it.
+        DyMoInputError: a diagnosis the grouping does not know, naming it after ``where`` (file and case).
     """
     key = " ".join(str(diagnosis).strip().lower().split())
     if key not in _LOOKUP:
-        raise ValueError(f"derm7pt: unknown diagnosis {diagnosis!r}; known: {sorted(_LOOKUP)}.")
+        raise DyMoInputError(f"{where}: unknown diagnosis {diagnosis!r}; known: {sorted(_LOOKUP)}.")
     return _LOOKUP[key]
 
 
@@ -146,12 +148,12 @@ def build_derm7pt(
     meta_file = src / "meta" / "meta.csv"
     for p in (images, meta_file, *(src / "meta" / f for f in SPLIT_FILES.values())):
         if not p.exists():
-            raise FileNotFoundError(f"derm7pt: {p} not found; --source must be the release_v0 folder.")
+            raise DyMoFileNotFoundError(f"derm7pt: {p} not found; --source must be the release_v0 folder.")
     meta = pd.read_csv(meta_file)
     required = {"case_num", "clinic", "derm", "notes", *INPUT_FIELDS, "diagnosis"}
     absent = sorted(required - set(meta.columns))
     if absent:
-        raise ValueError(f"derm7pt: {meta_file} lacks column(s) {absent}.")
+        raise DyMoInputError(f"derm7pt: {meta_file} lacks column(s) {absent}.")
     rows, cols = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
     split_of: dict[int, str] = {}
@@ -159,9 +161,9 @@ def build_derm7pt(
         idx = pd.read_csv(src / "meta" / fname).iloc[:, 0].astype(int).tolist()
         for i in idx:
             if not 0 <= i < len(meta):
-                raise ValueError(f"derm7pt: {fname} lists row {i}, outside meta.csv's {len(meta)} rows.")
+                raise DyMoInputError(f"derm7pt: {fname} lists row {i}, outside meta.csv's {len(meta)} rows.")
             if i in split_of:
-                raise ValueError(f"derm7pt: row {i} is in both {split_of[i]} and {split}.")
+                raise DyMoInputError(f"derm7pt: row {i} is in both {split_of[i]} and {split}.")
             split_of[i] = split
 
     datalist: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLIT_FILES}
@@ -174,14 +176,14 @@ def build_derm7pt(
         for m in ("clinic", "derm"):
             rel = str(r[m]).strip()
             if not (images / rel).is_file():
-                raise FileNotFoundError(f"derm7pt: {pid} ({m}): image {images / rel} not found.")
+                raise DyMoFileNotFoundError(f"derm7pt: {pid} ({m}): image {images / rel} not found.")
             entry[m] = rel
         note = r["notes"]
         if isinstance(note, str) and note.strip():
             entry["clinic"] = None
             entry["clinic_missing_reason"] = _missing_clinic_reason(note)
             missing_clinic.append({"patient_id": pid, "split": split_of[i], "notes": note.strip()})
-        entry["label"] = diagnosis_class(r["diagnosis"])
+        entry["label"] = diagnosis_class(r["diagnosis"], where=f"derm7pt: {meta_file}: {pid}")
         entry["diagnosis"] = str(r["diagnosis"])
         datalist[split_of[i]].append(entry)
         clinical.append({"patient_id": pid, **{f: r[f] for f in INPUT_FIELDS}})

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from monai.data import Dataset
 
+from monai_dymo.errors import DyMoFileNotFoundError, DyMoInputError
 from monai_dymo.keys import DyMoKeys, Reason
 
 __all__ = [
@@ -95,45 +96,46 @@ def load_mnist_npz(path: str | Path) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DyMoFileNotFoundError(
             f"MNIST archive not found: {path} (expected an .npz file with arrays {', '.join(_MNIST_KEYS)})"
         )
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as e:  # zip/pickle/format errors all mean "not a usable archive"
-        raise ValueError(f"MNIST archive {path} could not be read as an .npz file: {e}") from e
+        raise DyMoInputError(f"MNIST archive {path} could not be read as an .npz file: {e}") from e
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(
+        raise DyMoInputError(
             f"MNIST archive {path} is a single .npy array, expected an .npz archive with keys {', '.join(_MNIST_KEYS)}"
         )
     with archive:
         missing = [k for k in _MNIST_KEYS if k not in archive.files]
         if missing:
-            raise ValueError(
+            raise DyMoInputError(
                 f"MNIST archive {path} lacks key(s) {', '.join(missing)}; expected {', '.join(_MNIST_KEYS)}, "
                 f"found {', '.join(archive.files) or 'none'}"
             )
         try:
             out = {k: archive[k] for k in _MNIST_KEYS}
         except Exception as e:
-            raise ValueError(f"MNIST archive {path}: could not load arrays: {e}") from e
+            raise DyMoInputError(f"MNIST archive {path}: could not load arrays: {e}") from e
     for part in ("train", "test"):
         x, y = out[f"x_{part}"], out[f"y_{part}"]
         if x.ndim != 3 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or x.shape[0] == 0:
-            raise ValueError(
+            raise DyMoInputError(
                 f"MNIST archive {path}: x_{part} has shape {x.shape}, "
                 f"expected (N, {IMAGE_SIZE}, {IMAGE_SIZE}) with N > 0"
             )
         if x.dtype != np.uint8:
-            raise ValueError(f"MNIST archive {path}: x_{part} has dtype {x.dtype}, expected uint8 (grey levels 0..255)")
+            raise DyMoInputError(f"MNIST archive {path}: x_{part} has dtype {x.dtype}, expected uint8 (grey levels "
+                                 "0..255)")
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
-            raise ValueError(
+            raise DyMoInputError(
                 f"MNIST archive {path}: y_{part} has shape {y.shape}, expected ({x.shape[0]},) to match x_{part}"
             )
         if not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"MNIST archive {path}: y_{part} has dtype {y.dtype}, expected an integer dtype")
+            raise DyMoInputError(f"MNIST archive {path}: y_{part} has dtype {y.dtype}, expected an integer dtype")
         if y.min() < 0 or y.max() > 9:
-            raise ValueError(
+            raise DyMoInputError(
                 f"MNIST archive {path}: y_{part} has labels in [{y.min()}, {y.max()}], expected digits 0..9"
             )
         out[f"y_{part}"] = y.astype(np.int64)
@@ -145,7 +147,7 @@ def _find_background(directory: Path, name: str) -> Path:
         for candidate in (directory / f"{name}{suffix}", directory / f"{name}{suffix.upper()}"):
             if candidate.is_file():
                 return candidate
-    raise FileNotFoundError(
+    raise DyMoFileNotFoundError(
         f"PolyMNIST background '{name}' not found in {directory}: expected {directory / (name + '.jpg')} "
         f"(or .jpeg/.png/.tif/.bmp)"
     )
@@ -167,7 +169,7 @@ def load_backgrounds(
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(
+        raise DyMoFileNotFoundError(
             f"PolyMNIST background folder not found: {directory} "
             f"(expected a folder holding {', '.join(n + '.jpg' for n in names)})"
         )
@@ -178,9 +180,9 @@ def load_backgrounds(
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
         except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise ValueError(f"PolyMNIST background {path} is not a readable image: {e}") from e
+            raise DyMoInputError(f"PolyMNIST background {path} is not a readable image: {e}") from e
         if arr.shape[0] < IMAGE_SIZE or arr.shape[1] < IMAGE_SIZE:
-            raise ValueError(
+            raise DyMoInputError(
                 f"PolyMNIST background {path} is {arr.shape[1]}x{arr.shape[0]} pixels; "
                 f"expected at least {IMAGE_SIZE}x{IMAGE_SIZE}"
             )
@@ -248,7 +250,7 @@ def digit_permutations(
     if distinct:
         for d, idx in members.items():
             if idx.size < num_modalities:
-                raise ValueError(
+                raise DyMoInputError(
                     f"digit {d} has only {idx.size} image(s) in this split; {num_modalities} distinct instances "
                     f"per sample need at least {num_modalities}"
                 )
@@ -327,7 +329,8 @@ def _tqdm(**kwargs: Any):
 
 def _split_indices(num_test: int, val_size: int, seed: int) -> dict[str, np.ndarray]:
     if not 0 < val_size < num_test:
-        raise ValueError(f"val_size={val_size} must be in 1..{num_test - 1} (the MNIST test set has {num_test} images)")
+        raise DyMoInputError(f"val_size={val_size} must be in 1..{num_test - 1} (the MNIST test set has {num_test} "
+                             "images)")
     rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_ASSIGN_CODE]))
     order = rng.permutation(num_test)
     return {"val": np.sort(order[:val_size]), "test": np.sort(order[val_size:])}
@@ -365,12 +368,12 @@ def build_polymnist(
     else:
         bgs = [np.asarray(b, dtype=np.uint8) for b in backgrounds]
     if len(bgs) != len(POLYMNIST_BACKGROUNDS):
-        raise ValueError(f"expected {len(POLYMNIST_BACKGROUNDS)} backgrounds, got {len(bgs)}")
+        raise DyMoInputError(f"expected {len(POLYMNIST_BACKGROUNDS)} backgrounds, got {len(bgs)}")
     unknown = [s for s in splits if s not in POLYMNIST_SPLITS]
     if unknown:
-        raise ValueError(f"unknown split(s) {unknown}; expected a subset of {list(POLYMNIST_SPLITS)}")
+        raise DyMoInputError(f"unknown split(s) {unknown}; expected a subset of {list(POLYMNIST_SPLITS)}")
     if max_samples is not None and max_samples < 1:
-        raise ValueError(f"max_samples must be positive, got {max_samples}")
+        raise DyMoInputError(f"max_samples must be positive, got {max_samples}")
     test_parts = _split_indices(data["x_test"].shape[0], val_size, seed) if {"val", "test"} & set(splits) else {}
     out: dict[str, dict[str, np.ndarray]] = {}
     for split in splits:
@@ -387,8 +390,8 @@ def build_polymnist(
             built = build_polymnist_split(
                 x[source], y[source], bgs, rng, distinct=distinct, progress=progress, desc=f"polymnist {split}"
             )
-        except ValueError as e:
-            raise ValueError(f"split '{split}' ({source.size} MNIST images): {e}") from e
+        except DyMoInputError as e:
+            raise DyMoInputError(f"split '{split}' ({source.size} MNIST images): {e}") from e
         out[split] = {
             "images": built["images"],
             "labels": built["labels"],
@@ -496,7 +499,7 @@ def build_polymnist_to_disk(
     """Build and write PolyMNIST (``fmt`` in ``npz``, ``png``, ``both``); returns the provenance record also written to
     ``{out_dir}/polymnist_info.json``."""
     if fmt not in ("npz", "png", "both"):
-        raise ValueError(f"format must be 'npz', 'png' or 'both', got {fmt!r}")
+        raise DyMoInputError(f"format must be 'npz', 'png' or 'both', got {fmt!r}")
     start = time.perf_counter()
     mnist, backgrounds, out_dir = Path(mnist), Path(backgrounds), Path(out_dir)
     data = load_mnist_npz(mnist)
@@ -552,32 +555,33 @@ def load_polymnist_npz(path: str | Path, max_samples: int | None = None) -> dict
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DyMoFileNotFoundError(
             f"PolyMNIST split file not found: {path} (build it with `python -m monai_dymo.data polymnist`)"
         )
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as e:
-        raise ValueError(f"PolyMNIST file {path} could not be read as an .npz archive: {e}") from e
+        raise DyMoInputError(f"PolyMNIST file {path} could not be read as an .npz archive: {e}") from e
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"PolyMNIST file {path} is a single .npy array, expected an .npz archive")
+        raise DyMoInputError(f"PolyMNIST file {path} is a single .npy array, expected an .npz archive")
     with archive:
         missing = [k for k in _NPZ_KEYS if k not in archive.files]
         if missing:
-            raise ValueError(
+            raise DyMoInputError(
                 f"PolyMNIST file {path} lacks key(s) {', '.join(missing)}; expected {', '.join(_NPZ_KEYS)}"
             )
         data = {k: archive[k] for k in archive.files}
     images, labels, names = data["images"], data["labels"], data["modalities"]
     if images.ndim != 5 or images.shape[2:] != (3, IMAGE_SIZE, IMAGE_SIZE) or images.dtype != np.uint8:
-        raise ValueError(
+        raise DyMoInputError(
             f"PolyMNIST file {path}: images has shape {images.shape} dtype {images.dtype}, "
             f"expected uint8 [N, M, 3, {IMAGE_SIZE}, {IMAGE_SIZE}]"
         )
     if labels.shape != (images.shape[0],):
-        raise ValueError(f"PolyMNIST file {path}: labels has shape {labels.shape}, expected ({images.shape[0]},)")
+        raise DyMoInputError(f"PolyMNIST file {path}: labels has shape {labels.shape}, expected ({images.shape[0]},)")
     if names.shape != (images.shape[1],):
-        raise ValueError(f"PolyMNIST file {path}: modalities has shape {names.shape}, expected ({images.shape[1]},)")
+        raise DyMoInputError(f"PolyMNIST file {path}: modalities has shape {names.shape}, expected "
+                             f"({images.shape[1]},)")
     if max_samples is not None:
         data = {k: (v[:max_samples] if k in _PER_SAMPLE_KEYS else v) for k, v in data.items()}
     data["labels"] = data["labels"].astype(np.int64)
@@ -669,7 +673,7 @@ class PolyMNISTDataset(Dataset):
         names = tuple(modalities) if modalities is not None else all_names
         unknown = [n for n in names if n not in all_names]
         if unknown:
-            raise ValueError(
+            raise DyMoInputError(
                 f"PolyMNIST file {npz_path}: unknown modality name(s) {unknown}; file has {list(all_names)}"
             )
         self.modalities = names
@@ -681,7 +685,7 @@ class PolyMNISTDataset(Dataset):
             present = read_pattern_csv(pattern_csv, names)
             n = data["labels"].shape[0]
             if (max_samples is None and present.shape[0] != n) or present.shape[0] < n:
-                raise ValueError(
+                raise DyMoInputError(
                     f"missing-pattern file {pattern_csv} has {present.shape[0]} rows, expected {n} "
                     f"(one per sample of {npz_path})"
                 )
@@ -714,28 +718,28 @@ def load_polymnist_datalist(
     for name in modalities:
         folder = base / name
         if not folder.is_dir():
-            raise FileNotFoundError(f"PolyMNIST PNG folder not found: {folder}")
+            raise DyMoFileNotFoundError(f"PolyMNIST PNG folder not found: {folder}")
         entries: dict[int, tuple[int, Path]] = {}
         for p in folder.glob("*.png"):
             parts = p.stem.split(".")
             if len(parts) != 2 or not parts[0].isdigit() or not parts[1].isdigit():
-                raise ValueError(f"PolyMNIST PNG {p}: name must be '{{index}}.{{label}}.png'")
+                raise DyMoInputError(f"PolyMNIST PNG {p}: name must be '{{index}}.{{label}}.png'")
             entries[int(parts[0])] = (int(parts[1]), p)
         by_mod[name] = entries
     ref_name = modalities[0]
     ref = by_mod[ref_name]
     indices = sorted(ref)
     if indices != list(range(len(indices))):
-        raise ValueError(f"PolyMNIST PNG folder {base / ref_name}: indices are not 0..{len(indices) - 1}")
+        raise DyMoInputError(f"PolyMNIST PNG folder {base / ref_name}: indices are not 0..{len(indices) - 1}")
     out = []
     for i in indices[: max_samples if max_samples is not None else len(indices)]:
         label = ref[i][0]
         item: dict[str, Any] = {}
         for name in modalities:
             if i not in by_mod[name]:
-                raise ValueError(f"PolyMNIST PNG: sample {i} missing in {base / name}")
+                raise DyMoInputError(f"PolyMNIST PNG: sample {i} missing in {base / name}")
             if by_mod[name][i][0] != label:
-                raise ValueError(
+                raise DyMoInputError(
                     f"PolyMNIST PNG: sample {i} has label {by_mod[name][i][0]} in {base / name}, "
                     f"{label} in {base / ref_name}"
                 )

@@ -12,6 +12,8 @@ from ignite.handlers import EMAHandler
 from ignite.metrics import Accuracy, Metric, Recall
 from ignite.metrics.metric import sync_all_reduce
 
+from monai_dymo.errors import DyMoInputError
+
 __all__ = [
     "LR_SCHEDULES",
     "CHECKPOINTS",
@@ -33,7 +35,7 @@ CHECKPOINT_METRICS: tuple[str, ...] = ("balanced_accuracy", "accuracy")
 
 def _choose(setting: str, value: str, options: tuple[str, ...]) -> str:
     if value not in options:
-        raise ValueError(f"{setting} must be one of {', '.join(options)}, got {value!r}.")
+        raise DyMoInputError(f"{setting} must be one of {', '.join(options)}, got {value!r}.")
     return value
 
 
@@ -94,7 +96,7 @@ def build_lr_scheduler(
     """
     _choose("lr_schedule", schedule, LR_SCHEDULES)
     if int(max_epochs) < 1:
-        raise ValueError(f"max_epochs must be at least 1, got {max_epochs}.")
+        raise DyMoInputError(f"max_epochs must be at least 1, got {max_epochs}.")
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(max_epochs), eta_min=0.0)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
@@ -113,7 +115,7 @@ def build_ema_handler(network: torch.nn.Module, momentum: float | None) -> EMAHa
     try:
         value = float(momentum)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"ema_momentum must be a number in (0, 1) or null, got {momentum!r}.") from e
+        raise DyMoInputError(f"ema_momentum must be a number in (0, 1) or null, got {momentum!r}.") from e
     if not 0.0 < value < 1.0:
-        raise ValueError(f"ema_momentum must be in (0, 1) or null, got {momentum!r}.")
+        raise DyMoInputError(f"ema_momentum must be in (0, 1) or null, got {momentum!r}.")
     return EMAHandler(network, momentum=value)

@@ -35,6 +35,7 @@ from torch import nn
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Act
 
+from monai_dymo.errors import DyMoFileNotFoundError, DyMoInputError
 from monai_dymo.networks.encoders import ImageTokenEncoder, token_pool
 from monai_dymo.networks.histogram import HistogramTokenEncoder
 from monai_dymo.networks.mirror import MirrorInputEncoder
@@ -282,17 +283,17 @@ def load_pretrained_backbone(encoder: nn.Module, path: str | Path, name: str = "
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"modality '{name}': pretrained weights not found: {path}")
+        raise DyMoFileNotFoundError(f"modality '{name}': pretrained weights not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a pickled module or an unreadable file
-        raise ValueError(f"modality '{name}': cannot read pretrained weights {path}: {err}") from None
+        raise DyMoInputError(f"modality '{name}': cannot read pretrained weights {path}: {err}") from None
     for key in ("state_dict", "model", "net", "model_state_dict"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
             break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"modality '{name}': {path} holds no state dict of tensors.")
+        raise DyMoInputError(f"modality '{name}': {path} holds no state dict of tensors.")
     target = encoder_backbone(encoder)
     own = target.state_dict()
 
@@ -310,7 +311,7 @@ def load_pretrained_backbone(encoder: nn.Module, path: str | Path, name: str = "
     incoming = {k: v for k, v in incoming.items() if not k.startswith(_HEADS)}
     matched = {k: v for k, v in incoming.items() if k in own}
     if not matched:
-        raise ValueError(
+        raise DyMoInputError(
             f"modality '{name}': no parameter of {path} matches the {getattr(encoder, 'backbone_name', 'small')} "
             f"backbone (file keys e.g. {list(obj)[:3]}, backbone keys e.g. {list(own)[:3]})."
         )
@@ -321,14 +322,14 @@ def load_pretrained_backbone(encoder: nn.Module, path: str | Path, name: str = "
         ):
             matched[k] = v = v.sum(1, keepdim=True)  # RGB first convolution -> greyscale
         if v.shape != want:
-            raise ValueError(
+            raise DyMoInputError(
                 f"modality '{name}': pretrained weights {path} do not fit: parameter '{k}' has shape "
                 f"{tuple(v.shape)} in the file, {tuple(want)} in the {getattr(encoder, 'backbone_name', 'small')} "
                 "backbone."
             )
     missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
     if missing:
-        raise ValueError(
+        raise DyMoInputError(
             f"modality '{name}': pretrained weights {path} do not fit: the "
             f"{getattr(encoder, 'backbone_name', 'small')} backbone's parameter '{missing[0]}' is not in the file "
             f"({len(missing)} missing; another architecture or depth?)."

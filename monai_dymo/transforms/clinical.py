@@ -47,6 +47,7 @@ from sklearn.preprocessing import OrdinalEncoder, StandardScaler
 
 from monai.config import PathLike
 from monai.transforms.transform import MapTransform, Transform
+from monai_dymo.errors import DyMoFileNotFoundError, DyMoInputError
 from monai_dymo.keys import DyMoKeys, Reason
 from monai_dymo.transforms.utils import format_reason, get_patient_id, resolve_modality_order, update_presence
 
@@ -146,7 +147,7 @@ class ClinicalFieldStats:
         cat = {str(k): [str(c) for c in v] for k, v in (categorical or {}).items()}
         both = sorted(set(cont) & set(cat))
         if both:
-            raise ValueError(f"ClinicalFieldStats: fields {both} are both continuous and categorical.")
+            raise DyMoInputError(f"ClinicalFieldStats: fields {both} are both continuous and categorical.")
         self.sentinels = list(sentinels)
         self.missing_values = [str(v) for v in (DEFAULT_MISSING_VALUES if missing_values is None else missing_values)]
         self._num_sentinels = {float(s) for s in self.sentinels if _is_number(s)}
@@ -156,6 +157,7 @@ class ClinicalFieldStats:
         self._continuous_fields = list(cont)
         self._categorical_fields = list(cat)
         self._column = {f: i for i, f in enumerate(cont)} | {f: i for i, f in enumerate(cat)}
+        self.source: str | None = None  # the file read by :meth:`load`, named in errors
 
     @staticmethod
     def _make_scaler(stats: Mapping[str, tuple[float, float]]) -> StandardScaler | None:
@@ -223,19 +225,19 @@ class ClinicalFieldStats:
         """
         records = _as_records(rows)
         if not records:
-            raise ValueError("ClinicalFieldStats.fit: no training rows.")
+            raise DyMoInputError("ClinicalFieldStats.fit: no training rows.")
         probe = cls(sentinels=sentinels, missing_values=missing_values)
         columns = set().union(*(r.keys() for r in records))
         for f in (*continuous, *categorical):
             if f not in columns:
                 pid = _row_id(records[0], 0, patient_id_key)
-                raise ValueError(
+                raise DyMoInputError(
                     f"ClinicalFieldStats.fit: clinical field {f!r} is not in the table "
                     f"(patient {pid!r}; columns {sorted(map(str, columns))})."
                 )
         both = sorted(set(continuous) & set(categorical))
         if both:
-            raise ValueError(f"ClinicalFieldStats: fields {both} are both continuous and categorical.")
+            raise DyMoInputError(f"ClinicalFieldStats: fields {both} are both continuous and categorical.")
         ids = [_row_id(r, i, patient_id_key) for i, r in enumerate(records)]
         num = np.asarray(
             [[probe._value(f, r.get(f), pid)[0] for f in continuous] for r, pid in zip(records, ids)], dtype=np.float64
@@ -250,7 +252,8 @@ class ClinicalFieldStats:
         ):
             empty = [f for f, seen in zip(fields, observed.any(0)) if not seen]
             if empty:
-                raise ValueError(f"ClinicalFieldStats.fit: {kind} field {empty[0]!r} has no observed value in the table.")
+                raise DyMoInputError(f"ClinicalFieldStats.fit: {kind} field {empty[0]!r} has no observed value in the "
+                                     "table.")
         stats = cls(sentinels=sentinels, missing_values=missing_values)
         if continuous:
             stats.scaler = StandardScaler().fit(num)  # NaN (missing) entries are disregarded
@@ -281,7 +284,7 @@ class ClinicalFieldStats:
         """
         unknown_index = data.get("unknown_index", UNKNOWN_CATEGORY)
         if unknown_index != UNKNOWN_CATEGORY:
-            raise ValueError(
+            raise DyMoInputError(
                 f"ClinicalFieldStats: these statistics code unseen categories as {unknown_index!r}, this version "
                 f"as {UNKNOWN_CATEGORY} with categories from 0; refit them with ClinicalFieldStats.fit."
             )
@@ -297,11 +300,13 @@ class ClinicalFieldStats:
         """Read statistics written by :meth:`save`."""
         p = Path(path)
         if not p.is_file():
-            raise ValueError(f"ClinicalFieldStats.load: statistics file not found: {p}")
+            raise DyMoFileNotFoundError(f"ClinicalFieldStats.load: statistics file not found: {p}")
         try:
-            return cls.from_dict(json.loads(p.read_text()))
+            stats = cls.from_dict(json.loads(p.read_text()))
         except ValueError as e:
-            raise ValueError(f"{e} (file {p})") from e
+            raise DyMoInputError(f"{e} (file {p})") from e
+        stats.source = str(p)
+        return stats
 
     # ---------------------------------------------------------------- encoding
     @property
@@ -359,7 +364,8 @@ class ClinicalFieldStats:
         except (TypeError, ValueError):
             f = float("nan")
         if isinstance(value, bool) or not math.isfinite(f):
-            raise ValueError(f"clinical field {field!r} of patient {patient_id!r} is not a finite number: {value!r}.")
+            raise DyMoInputError(f"clinical field {field!r} of patient {patient_id!r} is not a finite number: "
+                                 f"{value!r}.")
         return f
 
     def _value(self, field: str, value: Any, patient_id: str | None, categorical: bool = False) -> tuple[Any, bool]:
@@ -367,6 +373,10 @@ class ClinicalFieldStats:
         if self.is_missing(value):
             return math.nan, False
         return (_category_key(value) if categorical else self._to_float(field, value, patient_id)), True
+
+    def _unfitted(self, unknown: Sequence[str]) -> str:
+        where = "" if self.source is None else f" {self.source}"
+        return f"ClinicalFieldStats{where}: fields {list(unknown)} have no fitted statistics (known: {self.fields})."
 
     def num_categories(self, field: str) -> int:
         """Number ``K`` of categories of a categorical field seen in training (codes ``0..K-1``)."""
@@ -376,7 +386,7 @@ class ClinicalFieldStats:
         """Order of ``fields`` in an encoded vector: continuous ones first, then categorical, each in given order."""
         unknown = [f for f in fields if f not in self]
         if unknown:
-            raise ValueError(f"ClinicalFieldStats: fields {unknown} have no fitted statistics (known: {self.fields}).")
+            raise DyMoInputError(self._unfitted(unknown))
         cont = set(self._continuous_fields)
         return [f for f in fields if f in cont] + [f for f in fields if f not in cont]
 
@@ -402,7 +412,7 @@ class ClinicalFieldStats:
         where missing."""
         unknown = [f for f in fields if f not in self]
         if unknown:
-            raise ValueError(f"ClinicalFieldStats: fields {unknown} have no fitted statistics (known: {self.fields}).")
+            raise DyMoInputError(self._unfitted(unknown))
         out = np.full(len(fields), np.nan)
         present = np.zeros(len(fields), dtype=bool)
         for part, transformer, names in (
@@ -441,7 +451,7 @@ def _encode_fields(
     """``stats.encode_row`` as tensors ``(FloatTensor[F], BoolTensor[F])``; a field not in the row is an error."""
     for f in fields:
         if f not in row:
-            raise ValueError(
+            raise DyMoInputError(
                 f"clinical field {f!r} is not in the table for patient {patient_id!r} "
                 f"(sample keys {sorted(map(str, row.keys()))})."
             )

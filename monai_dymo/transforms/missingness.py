@@ -26,6 +26,7 @@ import torch
 
 from monai.config import KeysCollection, PathLike
 from monai.transforms.transform import MapTransform, RandomizableTransform
+from monai_dymo.errors import DyMoInputError
 from monai_dymo.keys import DyMoKeys, Reason
 from monai_dymo.missing_patterns_io import INDEX_COLUMN, check_missing_rate, read_pattern_table, write_pattern_table
 from monai_dymo.presence import keep_one_observed
@@ -68,7 +69,7 @@ def read_missing_patterns(
     try:
         indices, masks = read_pattern_table(path, modalities, index_column)
     except FileNotFoundError as e:
-        raise ValueError(str(e)) from e
+        raise DyMoInputError(str(e)) from e
     return {int(i): masks[k] for k, i in enumerate(indices)}
 
 

@@ -22,6 +22,7 @@ from monai.config import PathLike
 from monai.data.image_reader import ImageReader
 from monai.data.utils import is_supported_format, orientation_ras_lps
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple, optional_import
+from monai_dymo.errors import DyMoInputError
 from monai_dymo.keys import Reason
 
 sitk, has_sitk = optional_import("SimpleITK")
@@ -100,7 +101,7 @@ class SimpleITKReader(ImageReader):
             return arrays[0], metas[0]
         shapes = {a.shape for a in arrays}
         if len(shapes) != 1:
-            raise ValueError(f"SimpleITKReader: cannot stack images of different shapes {sorted(shapes)}.")
+            raise DyMoInputError(f"SimpleITKReader: cannot stack images of different shapes {sorted(shapes)}.")
         meta = dict(metas[0])
         meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0
         return np.stack(arrays, axis=0), meta
