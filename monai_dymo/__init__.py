@@ -6,7 +6,8 @@ Layers, bottom up: ``subsets`` (bitmask codes) -> ``selection`` / ``calibration`
 transformer, recovery networks), ``transforms`` (tolerant loading, presence masks, clinical fields, simulated
 missingness), ``engines`` / ``handlers`` (training, evaluation), ``report`` (the per-patient report) and ``data``
 (PolyMNIST builder) sit beside them.
-``checkpoints`` loads weights and calibrations with one-line errors naming the file.
+``checkpoints`` loads weights and calibrations with one-line errors naming the file; ``errors`` holds
+``DyMoInputError`` / ``DyMoFileNotFoundError``, what the package raises for input it cannot use.
 
 Importing the package is cheap: the public names below and the subpackages are imported on first use (PEP 562), so
 ``monai-dymo --help`` does not import torch or MONAI. ``from monai_dymo import DyMoInferer`` works as usual.
@@ -26,6 +27,8 @@ _LAZY_NAMES: dict[str, str] = {
     "fit_calibration": "calibration",
     "NO_MODALITY_ERROR": "step",
     "DyMoInferer": "inferers",
+    "DyMoInputError": "errors",
+    "DyMoFileNotFoundError": "errors",
     "DyMoKeys": "keys",
     "Reason": "keys",
     "SelectionResult": "selection",
@@ -47,6 +50,7 @@ _SUBMODULES = frozenset(
         "cli",
         "data",
         "engines",
+        "errors",
         "evaluation",
         "handlers",
         "inferers",
@@ -73,6 +77,7 @@ if _errors.running_monai_bundle():
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .calibration import CALIBRATION_FORMAT_VERSION, SubsetCalibration, fit_calibration
     from .checkpoints import load_calibration, load_weights
+    from .errors import DyMoFileNotFoundError, DyMoInputError
     from .inferers import DyMoInferer
     from .keys import DyMoKeys, Reason
     from .selection import SelectionResult, select_modalities
