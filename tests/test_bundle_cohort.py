@@ -64,14 +64,16 @@ def test_training_stages_write_every_artefact(trained):
     assert "Iter: " in recovery_log and " loss: " in recovery_log and " recon: " in recovery_log  # the training loss
     for stage, proc in logs.items():  # quiet logs: no progress-bar redraws, no nvImageCodec warning
         assert "\r" not in proc.stdout + proc.stderr and "nvImageCodec" not in proc.stdout + proc.stderr, stage
-    # calibrate certified the margin on the validation split (6 patients: too few to certify anything)
+    # calibrate certified the margin on the held-out half of the validation split (holdout_fraction 0.5, the default;
+    # 3 of 6 patients: too few to certify anything)
     from monai_dymo import SubsetCalibration
 
     cert = SubsetCalibration.load(models / "calibration.pt").certification
-    assert cert["num_patients"] == 6 and cert["source"].startswith("validation split")
+    assert cert["num_patients"] == 3 and cert["source"].startswith("validation split")
+    assert cert["source"].endswith("holdout_fraction 0.5")
     assert cert["margin"] == float("inf") and all(t["status"] in ("skipped", "not certified", "not tested")
                                                  for t in cert["tests"])
-    assert "held-out certification on 6 patients" in logs["calibrate"].stdout
+    assert "held-out certification on 3 patients" in logs["calibrate"].stdout
 
 
 @pytest.mark.slow
@@ -150,6 +152,16 @@ def test_evaluate_on_natural_missingness(trained):
     assert summary["margin"] == "inf" and summary["margin_source"] == "certified"
     assert summary["fixed"]["dymo"] == summary["broken"]["dymo"] == 0
     assert summary["refer"]["coverage"] == 0.0 and summary["refer"]["referred"] == 9
+    # few held-out patients: the guarantee in expectation (refer_guarantee auto), said in the statement
+    assert summary["refer"]["guarantee"] == "expected" and "guarantee auto" in summary["refer"]["statement"]
+    # the clinicians' figures on the calibrated probabilities (temperature fitted by calibrate, saved with it)
+    from monai_dymo import SubsetCalibration
+
+    temperature = SubsetCalibration.load(out / "models" / "tiny" / "calibration.pt").probability_temperature
+    assert summary["probability_temperature"] == pytest.approx(temperature)
+    assert summary["metrics"]["dymo"]["num_patients"] == 9 and 0 <= summary["ece"] <= 1
+    assert "## Clinical metrics" in (folder / "results.md").read_text() and (folder / "reliability.png").is_file()
+    assert "balanced accuracy" in proc.stdout.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -181,6 +193,48 @@ def run_stage_failing(stage: str, cohort_file: Path, bundle_root: Path, *args: s
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert proc.returncode != 0, proc.stdout[-3000:]
     return proc.stdout.strip().splitlines()
+
+
+@pytest.mark.slow
+def test_folds_cross_validate_certify_out_of_fold_and_evaluate_the_ensemble(tmp_path):
+    """folds 2 (the cohort file's plan): prepare writes folds.json over the training + validation patients, train runs
+    once per fold (fusion_fold<f>.pt), calibrate writes oof.csv (every training + validation patient once, with its
+    fold), certifies out of fold and calibrates the ensemble, evaluate runs the ensemble on the testing split."""
+    import torch
+
+    from monai_dymo import SubsetCalibration
+
+    cfg = make_tiny_cohort(tmp_path / "data", n_train=18, n_val=6, n_test=6)
+    cohort_file = tmp_path / "my_cohort.yaml"
+    cohort_file.write_text(yaml.safe_dump({"cohort": {**cfg, "plan": {"folds": 2, "max_epochs": 1}}}))
+    out = tmp_path / "bundle"
+    models = out / "models" / "tiny"
+    run_stage("prepare", cohort_file, out)
+    record = json.loads((models / "folds.json").read_text())
+    datalist = json.loads(Path(cfg["datalist"]).read_text())
+    pooled = [e["patient_id"] for e in datalist["training"] + datalist["validation"]]
+    assert record["folds"] == 2 and sorted(record["patients"]) == sorted(pooled)  # the testing split is in no fold
+    lines = run_stage_failing("train", cohort_file, out)
+    assert lines[-1] == "monai-dymo: error: folds is 2: give the fold to train, --fold 0 .. --fold 1."
+    run_stage("train_recovery", cohort_file, out, "--max_epochs", "1")
+    for f in (0, 1):
+        run_stage("train", cohort_file, out, "--fold", str(f))
+    assert (models / "fusion_fold0.pt").is_file() and (models / "fusion_fold1.pt").is_file()
+    assert not (models / "fusion.pt").exists()
+    calibrate = run_stage("calibrate", cohort_file, out)
+    oof = pd.read_csv(models / "oof.csv", dtype={"patient_id": str})
+    assert sorted(oof["patient_id"]) == sorted(pooled) and oof["patient_id"].is_unique
+    assert [record["patients"][p] for p in oof["patient_id"]] == oof["fold"].tolist()
+    assert {f"prob_dymo_{k}" for k in range(3)} <= set(oof.columns)
+    cal = SubsetCalibration.load(models / "calibration.pt")
+    cert = cal.certification
+    assert cert["num_patients"] == 24 and cert["source"].startswith("out of fold: 2 folds")
+    assert cal.proj_dim == 2 * torch.load(models / "fusion_fold0.pt", weights_only=True)["projection.weight"].shape[0]
+    assert "out-of-fold predictions of 24 patients" in calibrate.stdout
+    run_stage("evaluate", cohort_file, out, "--report_pages", "false")
+    per_patient = pd.read_csv(out / "runs" / "tiny" / "evaluate_testing" / "per_patient.csv",
+                              dtype={"patient_id": str})
+    assert sorted(per_patient["patient_id"]) == sorted(e["patient_id"] for e in datalist["testing"])
 
 
 def test_input_errors_end_the_stage_with_one_line(tmp_path):
@@ -251,6 +305,10 @@ def test_inference_report_speaks_class_names_with_pictures_and_summary(trained):
         assert s["modalities"][m]["observed"] == int((report[f"{m}_status"] == "observed").sum())
         assert s["modalities"][m]["accepted"] == int((report[f"{m}_status"] == "accepted").sum())
     assert proc.stdout.strip().splitlines()[-1].startswith(f"DyMo summary: 9 patients; accuracy {s['accuracy']:.2f} %")
+    # the clinicians' block on the labelled patients: metrics by class name, calibration, reliability diagram
+    assert set(s["metrics"]["dymo"]["per_class"]) == set(cfg["classes"]) and s["ece"] is not None
+    assert len(s["reliability"]) == 10 and (folder / "dymo_report_files" / "reliability.png").is_file()
+    assert 'id="metrics"' in (folder / "dymo_report.html").read_text()
     # pictures on by default; the 2D picture keeps the file's orientation (the class stripe is vertical in the PNG)
     from PIL import Image
 

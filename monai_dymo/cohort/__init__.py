@@ -6,7 +6,8 @@ The cohort bundle (``bundles/cohort_dymo``) only configures these:
 - :mod:`~monai_dymo.cohort.datalist`: split loading, the clinical join by patient id, path checks, the ``prepare`` stage;
 - :mod:`~monai_dymo.cohort.plan`: the cohort's fingerprint and the plan of every generic choice made from it;
 - :mod:`~monai_dymo.cohort.preprocessing`: the transform chain of every modality kind;
-- :mod:`~monai_dymo.cohort.dataset`: cached datasets of a split;
+- :mod:`~monai_dymo.cohort.folds`: K-fold cross-validation of the pooled training and validation patients;
+- :mod:`~monai_dymo.cohort.dataset`: cached datasets of a split or of a fold's part;
 - :mod:`~monai_dymo.cohort.networks`: the fusion and recovery networks built from the spec and the clinical statistics.
 
 It sits above transforms, networks and engines and imports them; none of them imports it.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from .datalist import INDEX_KEY, check_image_path, load_split, prepare_cohort, read_clinical_table, read_datalist
 from .dataset import cohort_dataset, preprocessing_key
+from .folds import check_fold, fold_assignments, fold_entries, read_folds, write_folds
 from .networks import (
     FusionSettings,
     build_cohort_fusion,
@@ -64,7 +66,12 @@ __all__ = [
     "find_stats_file",
     "fit_imputer_recovery",
     "load_recovery_weights",
+    "check_fold",
     "cohort_dataset",
+    "fold_assignments",
+    "fold_entries",
+    "read_folds",
+    "write_folds",
     "load_split",
     "modality_transforms",
     "prepare_cohort",

@@ -19,8 +19,10 @@ from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose
 
 from monai_dymo.cohort.datalist import load_split
+from monai_dymo.cohort.folds import fold_entries
 from monai_dymo.cohort.preprocessing import build_preprocessing
 from monai_dymo.cohort.spec import CohortSpec
+from monai_dymo.errors import DyMoInputError
 
 __all__ = ["preprocessing_key", "cohort_dataset"]
 
@@ -53,12 +55,16 @@ def cohort_dataset(
     require_labels: bool | None = None,
     num_workers: int = 0,
     augmentation: Any = None,
+    folds_file: str | Path | None = None,
+    fold: int | None = None,
 ) -> Dataset:
-    """The preprocessed patients of one split.
+    """The preprocessed patients of one split, or of one part of a fold (cross-validation).
 
     Args:
         spec: the cohort.
-        split: ``"training"``, ``"validation"`` or ``"testing"``.
+        split: ``"training"``, ``"validation"`` or ``"testing"``; with ``folds_file``, a part of the folds of the
+            pooled training and validation patients (:func:`~monai_dymo.cohort.folds.fold_entries`): ``"training"``
+            = every fold but ``fold`` (every pooled patient when ``fold`` is None), ``"validation"`` = fold ``fold``.
         stats_file: clinical statistics of the prepare stage.
         datalist: another datalist with the same modalities (e.g. new patients for inference).
         cache: ``"disk"`` (``PersistentDataset`` under ``cache_dir``), ``"memory"`` (``CacheDataset``) or ``None``.
@@ -69,10 +75,17 @@ def cohort_dataset(
         num_workers: workers that fill a memory cache.
         augmentation: random transforms applied after the (cached) preprocessing, e.g.
             :func:`~monai_dymo.cohort.build_augmentation` for training.
+        folds_file: the ``folds.json`` of the prepare stage (folds > 1); None: the datalist's own splits.
+        fold: the fold, ``0..K-1`` (with ``folds_file`` only).
     """
     if max_patients is not None and int(max_patients) < 1:  # an empty run would end "successfully" with no report
-        raise ValueError(f"max_patients must be at least 1 (or null for every patient), got {max_patients}.")
-    entries = load_split(spec, split, datalist=datalist, require_labels=require_labels)
+        raise DyMoInputError(f"max_patients must be at least 1 (or null for every patient), got {max_patients}.")
+    if folds_file is not None:
+        entries = fold_entries(spec, split, folds_file, fold, datalist=datalist)
+    elif fold is not None:
+        raise DyMoInputError(f"fold {fold} given without the folds file of the prepare stage (folds > 1).")
+    else:
+        entries = load_split(spec, split, datalist=datalist, require_labels=require_labels)
     if max_patients is not None:
         entries = entries[: int(max_patients)]
     transform: Any = build_preprocessing(spec, stats_file)

@@ -16,6 +16,7 @@ from .histogram import HistogramTokenEncoder, IntensityHistogram
 from .mirror import MirrorAsymmetry, MirrorInputEncoder
 from .shell_pool import RadialShellPool
 from .fusion import DynamicFusionTransformer, build_image_fusion, build_polymnist_fusion
+from .ensemble import FusionEnsemble
 
 from .recovery import IterativeImputerRecovery, MoPoERecovery, RecoveryNetwork, build_mri_recovery, build_polymnist_recovery
 
@@ -34,6 +35,7 @@ __all__ = [
     "MirrorInputEncoder",
     "RadialShellPool",
     "DynamicFusionTransformer",
+    "FusionEnsemble",
     "FusionExport",
     "example_fusion_inputs",
     "export_fusion",

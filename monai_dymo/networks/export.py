@@ -160,12 +160,13 @@ def verify_fusion_in_out(
 
 
 def export_fusion(network: nn.Module, example: tuple[dict[str, torch.Tensor], torch.Tensor]) -> Any:
-    """``torch.export.export`` of :class:`FusionExport` (network in eval mode) with the batch dimension dynamic.
+    """``torch.export.export`` of :class:`FusionExport` (network in eval mode) with the batch dimension dynamic; a
+    :class:`~monai_dymo.networks.FusionEnsemble` exports its mean-probability logits (its ``exportable()``).
 
     ``example``: ``(inputs, present)`` as :func:`example_fusion_inputs` returns (batch size at least 2). The program is
     saved with ``torch.export.save(program, "fusion.pt2")`` and run with ``program.module()(inputs, present)``.
     """
-    module = FusionExport(network).eval()
+    module = (network.exportable() if hasattr(network, "exportable") else FusionExport(network)).eval()
     inputs, present = example
     batch = torch.export.Dim("batch", min=1)
     shapes = ({name: {0: batch} for name in inputs}, {0: batch})
