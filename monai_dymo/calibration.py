@@ -81,6 +81,10 @@ class SubsetCalibration:
         certification: optional held-out certification (:func:`monai_dymo.certification.certify`: the certified
             reward margin, its tests with counts and p-values, and the held-out outcome vectors used by the refer
             rule); saved with the file. Files without it load as before (``None``).
+        probability_temperature: temperature ``T`` of the calibrated class probabilities ``softmax(logits / T)``
+            (temperature scaling of DyMo's final logits, fitted on labelled held-out patients by
+            :func:`monai_dymo.certification.fit_probability_temperature`); saved with the file; 1.0 (the raw softmax)
+            for files without it. Not the quality score's temperature ``tau``.
 
     All tensors are stored as float64 (they are small); use :meth:`to` to move them to a device.
     """
@@ -94,6 +98,7 @@ class SubsetCalibration:
         modalities: Sequence[str] | None = None,
         fallback: torch.Tensor | None = None,
         certification: Mapping[str, Any] | None = None,
+        probability_temperature: float = 1.0,
     ) -> None:
         prototypes = torch.as_tensor(prototypes)
         sigma = torch.as_tensor(sigma, device=prototypes.device)
@@ -146,6 +151,10 @@ class SubsetCalibration:
         self.modalities: tuple[str, ...] | None = modalities
         self.fallback = fallback
         self.certification: dict[str, Any] | None = None if certification is None else dict(certification)
+        probability_temperature = float(probability_temperature)
+        if not (math.isfinite(probability_temperature) and probability_temperature > 0):
+            raise ValueError(f"probability_temperature must be finite and > 0, got {probability_temperature}.")
+        self.probability_temperature = probability_temperature
 
     # ------------------------------------------------------------------ properties
     @property
@@ -176,6 +185,7 @@ class SubsetCalibration:
         out.metric = self.metric
         out.modalities = self.modalities
         out.certification = self.certification
+        out.probability_temperature = self.probability_temperature
         return out
 
     def __repr__(self) -> str:
@@ -194,6 +204,7 @@ class SubsetCalibration:
             "sigma": self.sigma.cpu(),
             "overall": self.overall.cpu(),
             "fallback": self.fallback.cpu(),
+            "probability_temperature": self.probability_temperature,
             **({} if self.certification is None else {"certification": self.certification}),
         }
 
@@ -233,6 +244,7 @@ class SubsetCalibration:
                 modalities=state["modalities"],
                 fallback=state.get("fallback"),
                 certification=state.get("certification"),
+                probability_temperature=state.get("probability_temperature", 1.0),
             )
         except (KeyError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from e

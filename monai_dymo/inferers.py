@@ -10,7 +10,7 @@ import torch
 from monai.inferers import Inferer
 
 from .calibration import SubsetCalibration
-from .certification import refer_decisions, refer_for_margin, resolve_margin
+from .certification import refer_decisions, refer_for_margin, resolve_margin, rule_threshold
 from .keys import DyMoKeys
 from .report.records import selection_records
 from .selection import SelectionResult
@@ -50,13 +50,22 @@ class DyMoInferer(Inferer):
             modality is accepted only if its reward is ``> margin``; 0 is the method page's rule; ``"certified"``
             uses the margin certified on held-out data and saved in the calibration file
             (:mod:`monai_dymo.certification`; ``inf`` when none was certified: recoveries never accepted).
-        refer_alpha, refer_delta: the refer flag: a patient is not referred when the softmax probability of the final
-            prediction reaches the threshold certified on the calibration file's held-out outcomes so that the error
-            among patients not referred is ``<= refer_alpha`` with probability ``>= 1 - refer_delta``
+        refer_alpha, refer_delta: the refer flag: a patient is not referred when the calibrated probability of the
+            final prediction reaches the threshold learned on the calibration file's held-out outcomes so that (``pac``)
+            the error among patients not referred is ``<= refer_alpha`` with probability ``>= 1 - refer_delta``
             (:func:`~monai_dymo.certification.refer_for_margin`). ``refer_alpha=None``: no refer flag.
+        refer_guarantee: ``"pac"``, ``"expected"`` or ``"auto"`` (``pac`` from 200 held-out patients on, else
+            ``expected``), see :func:`~monai_dymo.certification.refer_for_margin`.
+        refer_per_class: one threshold per predicted class (True), one for all (False) or ``"auto"`` (per class when
+            a class has under 20 % of the held-out patients).
+        margin_source: None, or ``"independent"``: ``margin`` was fixed without looking at the held-out patients
+            (:func:`~monai_dymo.certification.resolve_margin`).
         single_modality: also classify every patient from each OBSERVED modality alone (one extra fused row per
             observed modality; records get ``alone: {modality: class or None}``), so the report shows what each
             encoder has learnt; never used for the prediction.
+
+    Probabilities are calibrated: ``softmax(logits / T)`` with the calibration file's ``probability_temperature``
+    ``T`` (1 for files without one), in the records (``probability``, ``probabilities``) and for the refer flag.
 
     After each call, :attr:`last_result` holds the :class:`~monai_dymo.selection.SelectionResult` of the batch (one
     row per input patient) and :meth:`last_records` turns it into per-patient reliability records
@@ -75,6 +84,9 @@ class DyMoInferer(Inferer):
         refer_alpha: float | None = None,
         refer_delta: float = 0.1,
         single_modality: bool = True,
+        refer_guarantee: str = "auto",
+        refer_per_class: bool | str = "auto",
+        margin_source: str | None = None,
     ) -> None:
         super().__init__()
         self.single_modality = bool(single_modality)
@@ -86,12 +98,17 @@ class DyMoInferer(Inferer):
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.calibration = calibration
         self.recovery = recovery
-        self.margin, self.margin_source = resolve_margin(margin, calibration.certification)
+        self.margin, self.margin_source = resolve_margin(margin, calibration.certification, margin_source)
         self.temperature = float(temperature)
+        self.probability_temperature = calibration.probability_temperature
         self.refer_rule = (
             None
             if refer_alpha is None
-            else refer_for_margin(calibration.certification, self.margin, self.margin_source, refer_alpha, refer_delta)
+            else refer_for_margin(
+                calibration.certification, self.margin, self.margin_source, refer_alpha, refer_delta,
+                per_class=refer_per_class, guarantee=refer_guarantee, num_classes=calibration.num_classes,
+                probability_temperature=self.probability_temperature,
+            )
         )
         self.refer_alpha = refer_alpha
         self.refer_delta = float(refer_delta)
@@ -174,10 +191,12 @@ class DyMoInferer(Inferer):
         patient_ids: Sequence[Any] | None = None,
         reasons: Mapping[str, Sequence[str]] | Sequence[Mapping[str, str]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Per-patient reliability records of the last call (see :func:`monai_dymo.report.selection_records`)."""
+        """Per-patient reliability records of the last call (see :func:`monai_dymo.report.selection_records`), with
+        the calibrated probabilities."""
         if self.last_result is None or self.last_modalities is None:
             raise RuntimeError("DyMoInferer.last_records() called before the inferer was run.")
-        records = selection_records(self.last_result, self.last_modalities, patient_ids=patient_ids, reasons=reasons)
+        records = selection_records(self.last_result, self.last_modalities, patient_ids=patient_ids, reasons=reasons,
+                                    probability_temperature=self.probability_temperature)
         if self.last_result.alone_logits is not None:  # each observed modality alone (None where missing)
             alone = class_or_missing(self.last_result.alone_logits).tolist()
             for rec, row in zip(records, alone):
@@ -185,22 +204,33 @@ class DyMoInferer(Inferer):
         return self.add_trust_fields(records)
 
     def add_trust_fields(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Add ``margin`` / ``margin_source`` (the reward margin in force and why) and, with ``refer_alpha`` set,
-        ``refer`` / ``refer_reason`` / ``refer_threshold`` / ``refer_alpha`` / ``refer_delta`` to each record."""
+        """Add ``margin`` / ``margin_source`` (the reward margin in force and why), ``probability_temperature`` and,
+        with ``refer_alpha`` set, ``refer`` / ``refer_reason`` / ``refer_threshold`` (the threshold that applied to the
+        patient: its predicted class's for a per-class rule; None without a rule or a prediction) /
+        ``refer_alpha`` / ``refer_delta`` / ``refer_guarantee`` / ``refer_per_class`` to each record (whose
+        ``probability`` is the calibrated one)."""
+        rule = self.refer_rule
         decisions = (
-            refer_decisions([r.get("probability") for r in records], self.refer_rule)
+            refer_decisions([r.get("probability") for r in records], rule,
+                            prediction=[r.get("prediction") for r in records])
             if self.refer_alpha is not None
             else None
         )
-        threshold = None if self.refer_rule is None else float(self.refer_rule["threshold"])
         for i, rec in enumerate(records):
             rec["margin"] = self.margin if self.margin != float("inf") else "inf"
             rec["margin_source"] = self.margin_source
+            rec["probability_temperature"] = self.probability_temperature
             if decisions is not None:
                 rec["refer"], rec["refer_reason"] = decisions[i]
-                rec["refer_threshold"] = threshold
+                pooled = rule is not None and not rule.get("per_class")
+                rec["refer_threshold"] = (
+                    None if rule is None or (not pooled and rec.get("prediction") is None)
+                    else rule_threshold(rule, rec.get("prediction"))
+                )
                 rec["refer_alpha"] = float(self.refer_alpha)  # type: ignore[arg-type]
                 rec["refer_delta"] = self.refer_delta
+                rec["refer_guarantee"] = None if rule is None else rule["guarantee"]
+                rec["refer_per_class"] = None if rule is None else bool(rule["per_class"])
         return records
 
 

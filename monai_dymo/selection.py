@@ -175,9 +175,12 @@ class SelectionResult:
             out &= ~failed[:, None]
         return out
 
-    def probabilities(self) -> torch.Tensor:
-        """``softmax(logits)``, ``[B, C]``."""
-        return torch.softmax(self.logits.float(), dim=-1)
+    def probabilities(self, probability_temperature: float = 1.0) -> torch.Tensor:
+        """``softmax(logits / probability_temperature)``, ``[B, C]`` (the temperature scaling fitted with the
+        calibration, :attr:`~monai_dymo.calibration.SubsetCalibration.probability_temperature`; 1: the raw softmax)."""
+        if not probability_temperature > 0:
+            raise ValueError(f"probability_temperature must be > 0, got {probability_temperature}.")
+        return torch.softmax(self.logits.float() / float(probability_temperature), dim=-1)
 
     def to(self, device: torch.device | str) -> SelectionResult:
         moved: dict[str, Any] = {}

@@ -191,7 +191,8 @@ def run_dymo(
         alone: fill ``alone_logits`` (each observed modality alone).
         prefixes: fill ``prefix_logits`` (every prefix of the greedy path).
         refer_rule: a refer rule (:func:`monai_dymo.certification.refer_for_margin`): fill ``refer`` /
-            ``refer_reasons`` for the final prediction.
+            ``refer_reasons`` for the final prediction, its probability at the rule's ``probability_temperature``
+            (and its class, for a per-class rule).
         keep_inputs: fill ``inputs`` (as encoded; as given, or zeroed, for patients with nothing observed).
         encode_args, encode_kwargs: passed on to ``network.encode``.
 
@@ -232,7 +233,9 @@ def run_dymo(
     if refer_rule is not None:
         from .certification import refer_decisions
 
-        decisions = refer_decisions(result.probabilities().amax(-1).tolist(), refer_rule)
+        prob, pred = result.probabilities(refer_rule.get("probability_temperature", 1.0)).max(-1)
+        pred = torch.where(torch.isnan(prob), -1, pred).tolist()
+        decisions = refer_decisions(prob.tolist(), refer_rule, prediction=[None if c < 0 else c for c in pred])
         result = replace(
             result,
             refer=torch.tensor([bool(r) for r, _ in decisions], dtype=torch.bool, device=device),

@@ -206,6 +206,10 @@ def test_every_config_runs_at_ci_size(tiny_polymnist, tmp_path):
     assert cert["num_patients"] == round(n_val / 2) and [t["margin"] for t in cert["tests"]] == cert["margins"]
     certified = [t["margin"] for t in cert["tests"] if t["status"] == "certified"]
     assert cert["margin"] == (min(certified) if certified else float("inf"))
+    # the probability temperature is fitted on the other half (the samples that do not certify) and saved
+    fit = cert["probability_temperature"]
+    assert fit["patients"] == n_val - cert["num_patients"] and not fit["approximate"]
+    assert cal.probability_temperature == fit["value"] > 0
 
     _run("inference.yaml", "evaluate.yaml", missing_rate=0.8, pattern_seed=1, **common)
     report = pd.read_csv(tmp_path / "runs" / "eval_rate0.8_seed1" / "dymo_report.csv", dtype=str, keep_default_na=False)

@@ -291,7 +291,8 @@ def test_inferer_margin_options_and_refer_fields(toy):
     cert = certify(collect_outcomes(net, calib, held, progress=False), DEFAULT_MARGINS, 0.1)
     cert["margin"] = math.inf  # as when nothing is certified
     c2 = SubsetCalibration.from_state_dict({**calib.state_dict(), "certification": cert})
-    inferer = DyMoInferer(c2, margin="certified", refer_alpha=0.5, refer_delta=0.2)
+    inferer = DyMoInferer(c2, margin="certified", refer_alpha=0.5, refer_delta=0.2, refer_guarantee="pac",
+                          refer_per_class=False)
     assert inferer.margin == math.inf and inferer.margin_source == "certified"
     batch = held[0]
     x = {n: batch[n] for n in NAMES}
@@ -306,7 +307,8 @@ def test_inferer_margin_options_and_refer_fields(toy):
         assert rec["refer_alpha"] == 0.5 and rec["refer_delta"] == 0.2 and rec["refer_reason"]
     # a typed margin that the certification tested on these patients may have been read off its table: the refer
     # rule pays for the choice as for the certified one, unless the margin is declared independent of them
-    fixed = DyMoInferer(c2, margin=0.0, refer_alpha=0.5, refer_delta=0.2)
+    fixed = DyMoInferer(c2, margin=0.0, refer_alpha=0.5, refer_delta=0.2, refer_guarantee="pac",
+                        refer_per_class=False)
     assert fixed.margin_source == "method rule" and fixed.refer_rule["margin_on_holdout"]
     assert fixed.refer_rule["test_level"] == pytest.approx(0.2 / (len(DEFAULT_MARGINS) + 1))
     assert resolve_margin(0.0, cert, margin_source="independent") == (0.0, "independent")

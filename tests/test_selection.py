@@ -555,8 +555,8 @@ def test_records_format_and_reasons():
     ids = [f"p{b}" for b in range(8)]
     records = selection_records(res, names, patient_ids=ids, reasons=reasons)
     keys = {"patient_id", "observed", "recovered", "selected", "accepted", "rejected", "unused", "quality",
-            "log_ics", "ics", "prediction", "probability", "steps", "reasons", "error", "calibration_fallback",
-            "rewards", "trajectory"}
+            "log_ics", "ics", "prediction", "probability", "probabilities", "steps", "reasons", "error",
+            "calibration_fallback", "rewards", "trajectory"}
     probs = torch.softmax(res.logits, -1)
     for b, rec in enumerate(records):
         assert set(rec) == keys and rec["patient_id"] == ids[b] and rec["error"] is None
@@ -566,6 +566,7 @@ def test_records_format_and_reasons():
         assert [a["step"] for a in rec["accepted"]] == list(range(rec["steps"]))
         assert rec["prediction"] == int(res.logits[b].argmax())
         assert rec["probability"] == pytest.approx(float(probs[b].max()), rel=1e-6)
+        assert rec["probabilities"] == pytest.approx(probs[b].tolist(), rel=1e-6)
         assert rec["ics"] == pytest.approx(math.exp(rec["log_ics"]))
         assert rec["reasons"] == {n: reasons[n][b] for n in names}
         assert sorted(rec["unused"] + [a["modality"] for a in rec["accepted"] + rec["rejected"]]) == sorted(

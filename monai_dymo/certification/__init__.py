@@ -3,7 +3,8 @@
 - :mod:`.statistics` (numpy only): exact binomial tests, the fallback / fixed-sequence procedures, the margin
   certification, the refer thresholds (high probability, per predicted class, conformal risk control) and the drawing
   of the held-out part. Its module docstring states exactly what each procedure guarantees.
-- :mod:`.outcomes` (torch): per-patient outcome vectors of a held-out split and the certification record.
+- :mod:`.outcomes` (torch): per-patient outcome vectors of a held-out split, the certification record and the
+  temperature of the calibrated probabilities fitted on such outcomes.
 - :mod:`.policy`: the margin in force and its provenance, the refer rule at that margin and each patient's decision.
 - :mod:`.simulation` (numpy only): synthetic held-out draws with known truth, to check the guarantees.
 
@@ -22,9 +23,11 @@ _LAZY_NAMES: dict[str, str] = {
         "certify_margin", "margin_weights", "refer_start", "refer_threshold", "refer_threshold_per_class",
         "risk_control_threshold", "risk_control_threshold_per_class", "holdout_indices")},
     **{name: "outcomes" for name in (
-        "outcomes_at_margin", "batch_outcomes", "collect_outcomes", "holdout_part", "certify", "certify_calibration")},
+        "outcomes_at_margin", "logits_at_margin", "batch_outcomes", "collect_outcomes", "holdout_part", "certify",
+        "certify_calibration", "fit_probability_temperature")},
     **{name: "policy" for name in (
-        "GUARANTEES", "AUTO_CLASS_FRACTION", "margin_label", "resolve_margin", "margin_on_holdout", "refer_for_margin",
+        "GUARANTEES", "GUARANTEE_SETTINGS", "AUTO_CLASS_FRACTION", "AUTO_PAC_PATIENTS", "margin_label",
+        "resolve_margin", "margin_on_holdout", "refer_for_margin",
         "rule_threshold", "refer_decisions", "certification_summary")},
 }
 _SUBMODULES = frozenset({"statistics", "outcomes", "policy", "simulation"})
@@ -37,11 +40,15 @@ if TYPE_CHECKING:
         certify,
         certify_calibration,
         collect_outcomes,
+        fit_probability_temperature,
         holdout_part,
+        logits_at_margin,
         outcomes_at_margin,
     )
     from .policy import (
         AUTO_CLASS_FRACTION,
+        AUTO_PAC_PATIENTS,
+        GUARANTEE_SETTINGS,
         GUARANTEES,
         certification_summary,
         margin_label,

@@ -4,10 +4,11 @@ One run of the selection with margin 0 (the method page's rule) gives, per patie
 ``r_1 > 0, r_2 > 0, ...`` of the accepted recoveries in order. Under a margin ``m`` the candidates' rewards are the
 same (they do not depend on the margin) and the patient stops at the first step whose best reward is ``<= m``, so its
 final set is the prefix of the margin-0 path of length ``k(m)`` = number of leading accepted rewards ``> m``.
-:func:`collect_outcomes` stores the prediction and its softmax probability of every prefix ``k = 0..steps`` (prefix 0 =
-discarding the missing modalities), so that any margin is evaluated offline (:func:`outcomes_at_margin`).
-:func:`batch_outcomes` is the per-batch step of that loop. The networks are never imported: ``network`` is any object
-with ``encode`` / ``fuse`` / ``modalities``.
+:func:`collect_outcomes` stores the prediction, its softmax probability and the logits of every prefix
+``k = 0..steps`` (prefix 0 = discarding the missing modalities), so that any margin is evaluated offline
+(:func:`outcomes_at_margin`, :func:`logits_at_margin`). :func:`batch_outcomes` is the per-batch step of that loop.
+:func:`fit_probability_temperature` fits the temperature of the calibrated probabilities on such outcomes. The networks
+are never imported: ``network`` is any object with ``encode`` / ``fuse`` / ``modalities``.
 """
 
 from __future__ import annotations
@@ -24,24 +25,51 @@ from .statistics import DEFAULT_MARGINS, certify_margin, holdout_indices
 
 __all__ = [
     "outcomes_at_margin",
+    "logits_at_margin",
     "batch_outcomes",
     "collect_outcomes",
     "holdout_part",
     "certify",
     "certify_calibration",
+    "fit_probability_temperature",
 ]
 
 
-def outcomes_at_margin(outcomes: Mapping[str, Any], margin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(prediction[N], probability[N], accepted[N])`` of DyMo at ``margin`` from the stored held-out outcomes:
-    patient ``b`` keeps the leading accepted recoveries whose reward is ``> margin``."""
+def _prefix_at_margin(outcomes: Mapping[str, Any], margin: float) -> np.ndarray:
+    """``k[N]``: the length of each patient's path at ``margin`` (leading accepted rewards ``> margin``)."""
     rewards = np.asarray(outcomes["accepted_rewards"], dtype=float)  # [N, M], NaN padded
-    pred = np.asarray(outcomes["prefix_prediction"])  # [N, M + 1]
-    prob = np.asarray(outcomes["prefix_probability"], dtype=float)
     above = np.nan_to_num(rewards, nan=-np.inf) > margin
-    k = np.cumprod(above, axis=1).sum(axis=1) if above.shape[1] else np.zeros(above.shape[0], dtype=int)
+    return np.cumprod(above, axis=1).sum(axis=1) if above.shape[1] else np.zeros(above.shape[0], dtype=int)
+
+
+def logits_at_margin(outcomes: Mapping[str, Any], margin: float) -> np.ndarray:
+    """``[N, C]`` DyMo's final logits at ``margin`` from the stored ``prefix_logits`` (``ValueError`` for outcomes
+    collected without them)."""
+    if "prefix_logits" not in outcomes:
+        raise ValueError("these held-out outcomes have no prefix_logits (collected by an older monai_dymo); collect "
+                         "them again (the bundle's calibrate or certify config).")
+    logits = np.asarray(outcomes["prefix_logits"], dtype=float)  # [N, M + 1, C]
+    k = _prefix_at_margin(outcomes, margin)
+    return logits[np.arange(logits.shape[0]), k]
+
+
+def outcomes_at_margin(
+    outcomes: Mapping[str, Any], margin: float, probability_temperature: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(prediction[N], probability[N], accepted[N])`` of DyMo at ``margin`` from the stored held-out outcomes:
+    patient ``b`` keeps the leading accepted recoveries whose reward is ``> margin``. ``probability`` is the top-class
+    ``softmax(logits / probability_temperature)`` from ``prefix_logits``; outcomes without them (older files) give
+    the stored ``prefix_probability`` (temperature 1)."""
+    pred = np.asarray(outcomes["prefix_prediction"])  # [N, M + 1]
+    k = _prefix_at_margin(outcomes, margin)
     rows = np.arange(pred.shape[0])
-    return pred[rows, k], prob[rows, k], k
+    if "prefix_logits" in outcomes:
+        from ..confidence import apply_temperature, top_label_confidence
+
+        prob = top_label_confidence(apply_temperature(logits_at_margin(outcomes, margin), probability_temperature))
+    else:
+        prob = np.asarray(outcomes["prefix_probability"], dtype=float)[rows, k]
+    return pred[rows, k], prob, k
 
 
 def _drop_observed(present: torch.Tensor, rate: float, gen: torch.Generator) -> torch.Tensor:
@@ -63,7 +91,8 @@ def batch_outcomes(
 ) -> dict[str, torch.Tensor]:
     """Margin-0 selection of ``B`` patients (each with something observed) and the prediction of every prefix of
     its path: ``prefix_prediction [B, M + 1]`` (-1 padded), ``prefix_probability [B, M + 1]`` (NaN padded),
-    ``accepted_rewards [B, M]`` (NaN padded). Missing modalities are zeroed before the recovery."""
+    ``prefix_logits [B, M + 1, C]`` (float32, NaN padded), ``accepted_rewards [B, M]`` (NaN padded). Missing
+    modalities are zeroed before the recovery."""
     res = run_dymo(network, calibration, x, present, recovery=recovery, hide_missing=True, temperature=temperature,
                    prefixes=True)
     assert res.prefix_logits is not None
@@ -77,7 +106,8 @@ def batch_outcomes(
         bb, mm = res.accepted.nonzero(as_tuple=True)
         tt = res.accept_step[bb, mm]
         rew[bb, tt] = res.rewards[tt, bb, mm]
-    return {"prefix_prediction": pred_t, "prefix_probability": prob_t, "accepted_rewards": rew}
+    return {"prefix_prediction": pred_t, "prefix_probability": prob_t,
+            "prefix_logits": res.prefix_logits.detach().float(), "accepted_rewards": rew}
 
 
 @torch.no_grad()
@@ -101,11 +131,12 @@ def collect_outcomes(
     observed are left out. ``drop_observed > 0`` additionally hides each observed modality with that probability
     (seeded by ``seed``; at least one observed modality is kept), to get more patients with something to recover on a
     cohort whose natural missingness is rare. Returns numpy arrays ``label [N]``, ``prefix_prediction [N, M + 1]``,
-    ``prefix_probability [N, M + 1]``, ``accepted_rewards [N, M]``, ``missing [N]`` (:func:`batch_outcomes`), and
-    ``num_classes`` when the network has it.
+    ``prefix_probability [N, M + 1]``, ``prefix_logits [N, M + 1, C]`` (float32), ``accepted_rewards [N, M]``,
+    ``missing [N]`` (:func:`batch_outcomes`), and ``num_classes`` when the network has it.
     """
     from tqdm.auto import tqdm
 
+    from .._console import bar_disabled
     from ..presence import align_present
 
     modalities = tuple(str(m) for m in network.modalities)
@@ -114,10 +145,10 @@ def collect_outcomes(
         device = params[0].device if params else torch.device("cpu")
     cal = calibration.to(device)
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                            ("label", "prefix_prediction", "prefix_probability", "accepted_rewards",
-                                             "missing")}
+                                            ("label", "prefix_prediction", "prefix_probability", "prefix_logits",
+                                             "accepted_rewards", "missing")}
     gen = torch.Generator().manual_seed(int(seed))
-    for batch in tqdm(loader, desc="held-out outcomes", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="held-out outcomes", disable=bar_disabled(progress), leave=False):
         x = {m: torch.as_tensor(batch[m]).to(device) for m in modalities}
         present = align_present(batch[present_key], modalities, "collect_outcomes").to(device).bool()
         y = torch.as_tensor(batch[label_key]).reshape(-1).long().to(device)
@@ -203,4 +234,69 @@ def certify_calibration(
     certify the margin (:func:`certify`) and attach the result to ``calibration`` (saved with it); returns it."""
     outcomes = collect_outcomes(network, calibration, loader, **kwargs)
     calibration.certification = certify(outcomes, margins, delta, source, procedure=procedure, weights=weights)
+    return calibration
+
+
+def _has_no_patient(loader: Iterable[Any]) -> bool:
+    """True when ``loader`` (or its ``dataset``) has a length and it is 0."""
+    try:
+        return len(getattr(loader, "dataset", loader)) == 0  # type: ignore[arg-type]
+    except TypeError:
+        return False
+
+
+def fit_probability_temperature(
+    calibration: Any,
+    network: Any = None,
+    loader: Iterable[Mapping[str, Any]] | None = None,
+    *,
+    margin: float | str = "certified",
+    margin_source: str | None = None,
+    source: str = "",
+    **kwargs: Any,
+) -> Any:
+    """Fit the temperature of DyMo's calibrated probabilities and store it on ``calibration``; returns it.
+
+    ``T = fit_temperature(final logits [N, C] at the margin in force, labels [N])``
+    (:func:`~monai_dymo.confidence.fit_temperature`), stored as ``calibration.probability_temperature``; the fit's
+    provenance goes into ``calibration.certification["probability_temperature"]`` (``{"value", "patients", "margin",
+    "source", "approximate"}``) when there is a certification.
+
+    Args:
+        calibration: the :class:`~monai_dymo.calibration.SubsetCalibration`, certified first when ``margin`` is
+            ``"certified"``.
+        network, loader: labelled patients that do not certify (e.g. the validation split's ``"rest"`` part,
+            :func:`holdout_part`): their outcomes are collected (:func:`collect_outcomes`, ``kwargs`` passed on).
+            ``loader=None`` (or a loader over no patient): the certification's own held-out outcomes (e.g.
+            out-of-fold outcomes); the refer threshold is then learned on the patients the temperature was fitted on,
+            so its guarantee is approximate (recorded as ``approximate``).
+        margin, margin_source: the margin in force (:func:`~.policy.resolve_margin`).
+        source: how the loader's patients were drawn, in words (without a loader: the certification's source).
+    """
+    from ..confidence import fit_temperature
+    from .policy import resolve_margin
+
+    cert = calibration.certification
+    if loader is not None and _has_no_patient(loader):
+        loader = None  # e.g. a validation split too small to leave patients outside the certification
+    if loader is None:
+        if cert is None or "outcomes" not in cert:
+            raise ValueError("fitting the probability temperature without a loader needs a certification with "
+                             "held-out outcomes (certify the calibration first).")
+        outcomes = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+                    for k, v in cert["outcomes"].items()}
+        source = f"the certification's held-out outcomes ({cert.get('source') or 'unknown source'})"
+    else:
+        if network is None:
+            raise ValueError("fitting the probability temperature on a loader needs the network.")
+        outcomes = collect_outcomes(network, calibration, loader, **kwargs)
+    value, _ = resolve_margin(margin, cert, margin_source)
+    labels = np.asarray(outcomes["label"]).reshape(-1)
+    temperature = fit_temperature(logits_at_margin(outcomes, value), labels)
+    calibration.probability_temperature = float(temperature)
+    if cert is not None:
+        cert["probability_temperature"] = {
+            "value": float(temperature), "patients": int(labels.size), "margin": float(value), "source": str(source),
+            "approximate": loader is None,
+        }
     return calibration

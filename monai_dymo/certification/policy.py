@@ -13,8 +13,14 @@ over the ``K + 1``). A margin outside that set could not have been picked from t
 from, not those of any run): see :mod:`.statistics`. With ``per_class="auto"`` the pooled or per-class rule is picked
 from the held-out labels (per class when a class has under 20 % of them); that choice looks at the data, so each
 candidate runs at half the level and the stated guarantee (per class or pooled, ``pac``; pooled joint rate,
-``expected``) still holds at the full level. When the margin in force is certified, the margin's and the refer rule's
-``pac`` guarantees hold together with probability ``>= 1 - (certify_delta + refer_delta)``.
+``expected``) still holds at the full level. With ``guarantee="auto"`` the guarantee is picked from the number of
+held-out patients only (``pac`` from :data:`AUTO_PAC_PATIENTS` on, else ``expected``), fixed before any label is read:
+it costs no level. When the margin in force is certified, the margin's and the refer rule's ``pac`` guarantees hold
+together with probability ``>= 1 - (certify_delta + refer_delta)``.
+
+**Calibrated probabilities.** The rule thresholds the top-class ``softmax(logits / probability_temperature)``: learned
+on the held-out outcomes' ``prefix_logits`` at that temperature (outcomes without them, from older files, give their
+stored ``prefix_probability``), and the rule records the temperature so that it is applied at the same one.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
+
+from monai_dymo.errors import DyMoInputError
 
 from .outcomes import outcomes_at_margin
 from .statistics import (
@@ -37,7 +45,9 @@ from .statistics import (
 
 __all__ = [
     "GUARANTEES",
+    "GUARANTEE_SETTINGS",
     "AUTO_CLASS_FRACTION",
+    "AUTO_PAC_PATIENTS",
     "margin_label",
     "resolve_margin",
     "margin_on_holdout",
@@ -50,8 +60,12 @@ __all__ = [
 #: ``pac``: with probability >= 1 - delta, population error among patients not referred <= alpha; ``expected``:
 #: E[population rate of wrong and not referred] <= alpha
 GUARANTEES: tuple[str, ...] = ("pac", "expected")
+#: the ``guarantee`` settings of :func:`refer_for_margin`: one of :data:`GUARANTEES`, or ``"auto"``
+GUARANTEE_SETTINGS: tuple[str, ...] = (*GUARANTEES, "auto")
 #: ``per_class="auto"`` refers per predicted class when some class has under this fraction of the held-out labels
 AUTO_CLASS_FRACTION = 0.2
+#: ``guarantee="auto"`` gives ``pac`` from this many held-out patients on, ``expected`` below (a rule on the count only)
+AUTO_PAC_PATIENTS = 200
 
 
 def margin_label(margin: float) -> str:
@@ -66,14 +80,15 @@ def resolve_margin(
     (``"fixed"``). ``margin_source="independent"`` declares a number fixed without looking at the held-out patients
     (source ``"independent"``); see :func:`margin_on_holdout` for what the source changes."""
     if margin_source not in (None, "independent"):
-        raise ValueError(f"margin_source must be None or 'independent', got {margin_source!r}.")
+        raise DyMoInputError(f"margin_source must be None or 'independent', got {margin_source!r}.")
     if isinstance(margin, str):
         key = margin.strip().lower()
         if key == "certified":
             if margin_source == "independent":
-                raise ValueError("the certified margin is chosen on the held-out patients; it cannot be 'independent'.")
+                raise DyMoInputError("the certified margin is chosen on the held-out patients; it cannot be "
+                                     "'independent'.")
             if certification is None:
-                raise ValueError(
+                raise DyMoInputError(
                     "margin 'certified' needs a calibration file with a held-out certification (run the bundle's "
                     "calibrate or certify config), or set the margin to 0 (the method page's rule) or a number."
                 )
@@ -81,10 +96,10 @@ def resolve_margin(
         try:
             margin = float(key)
         except ValueError:
-            raise ValueError(f"margin must be 'certified' or a number >= 0, got {margin!r}.") from None
+            raise DyMoInputError(f"margin must be 'certified' or a number >= 0, got {margin!r}.") from None
     margin = float(margin)
     if math.isnan(margin) or margin < 0:
-        raise ValueError(f"margin must be 'certified' or a number >= 0, got {margin}.")
+        raise DyMoInputError(f"margin must be 'certified' or a number >= 0, got {margin}.")
     if margin_source == "independent":
         return margin, "independent"
     return margin, ("method rule" if margin == 0 else "fixed")
@@ -141,10 +156,11 @@ def refer_for_margin(
     thresholds: Sequence[float] = DEFAULT_REFER_THRESHOLDS,
     *,
     per_class: bool | Literal["auto"] = False,
-    guarantee: Literal["pac", "expected"] = "pac",
+    guarantee: Literal["pac", "expected", "auto"] = "pac",
     num_classes: int | None = None,
     procedure: str = "fixed_sequence",
     start: float | None = None,
+    probability_temperature: float = 1.0,
 ) -> dict[str, Any] | None:
     """The refer rule for DyMo at ``margin`` from the held-out outcomes of ``certification`` (None without one).
 
@@ -154,13 +170,17 @@ def refer_for_margin(
             not referred) and failure probability (``pac`` only).
         per_class: one threshold per predicted class (True), one for all (False), or ``"auto"``: per class when a
             class has under :data:`AUTO_CLASS_FRACTION` of the held-out labels (each candidate at half the level).
-        guarantee: ``"pac"`` or ``"expected"`` (:mod:`.statistics`).
+        guarantee: ``"pac"`` or ``"expected"`` (:mod:`.statistics`), or ``"auto"``: ``pac`` when the held-out
+            patients number at least :data:`AUTO_PAC_PATIENTS`, else ``expected`` (the count only, no label read).
         num_classes: the classifier's classes (default: the certification's, else the largest class seen + 1).
         procedure, start: of :func:`~.statistics.refer_threshold` (``pac``).
+        probability_temperature: the rule thresholds ``softmax(logits / probability_temperature)`` (the
+            calibration's); learned on the held-out ``prefix_logits`` at that temperature.
 
     Returns:
         ``{"threshold"`` (None when per class), ``"thresholds"`` (per class: ``{c: t}``), ``"alpha", "delta",
-        "guarantee", "per_class", "test_level"`` (``pac``: level of each class's / the pooled sequence),
+        "guarantee", "guarantee_setting", "guarantee_reason"`` (why that guarantee), ``"per_class", "test_level"``
+        (``pac``: level of each class's / the pooled sequence), ``"probability_temperature"``,
         ``"risk_level"`` (``expected``: the alpha used), ``"margin", "margin_source", "margin_on_holdout",
         "margin_certified", "certify_delta"`` (the margin certificate's delta when the margin in force is certified,
         else None), ``"statement"`` (the guarantee in words), ``"holdout_coverage", "holdout_error_not_referred",
@@ -168,14 +188,24 @@ def refer_for_margin(
     """
     if certification is None or "outcomes" not in certification:
         return None
-    if guarantee not in GUARANTEES:
-        raise ValueError(f"guarantee must be one of {GUARANTEES}, got {guarantee!r}.")
+    if guarantee not in GUARANTEE_SETTINGS:
+        raise DyMoInputError(f"the refer guarantee must be one of {GUARANTEE_SETTINGS}, got {guarantee!r}.")
+    if not probability_temperature > 0:
+        raise ValueError(f"probability_temperature must be > 0, got {probability_temperature}.")
     if per_class not in (True, False, "auto"):
-        raise ValueError(f"per_class must be True, False or 'auto', got {per_class!r}.")
+        raise DyMoInputError(f"the refer per_class setting must be True, False or 'auto', got {per_class!r}.")
     outcomes = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
                 for k, v in certification["outcomes"].items()}
-    pred, prob, _ = outcomes_at_margin(outcomes, margin)
+    pred, prob, _ = outcomes_at_margin(outcomes, margin, probability_temperature)
     labels = np.asarray(outcomes["label"]).reshape(-1)
+    guarantee_setting = guarantee
+    if guarantee == "auto":  # the count of held-out patients only: decided before any label is read
+        guarantee = "pac" if labels.size >= AUTO_PAC_PATIENTS else "expected"
+        guarantee_reason = (f"guarantee auto: {labels.size} held-out patients "
+                            + (f">= {AUTO_PAC_PATIENTS}, so pac" if guarantee == "pac"
+                               else f"< {AUTO_PAC_PATIENTS}, so in expectation"))
+    else:
+        guarantee_reason = f"guarantee {guarantee} (set)"
     correct = pred == labels
     C = _num_classes(certification, outcomes, num_classes)
     on_holdout = margin_on_holdout(certification, margin, margin_source)
@@ -201,11 +231,17 @@ def refer_for_margin(
         test_level = None
     certified_margin = on_holdout and _margin_certified(certification, margin)
     stated_per_class = per_class and not (auto and guarantee == "expected")
+    statement = _statement(guarantee, stated_per_class, float(alpha), float(delta))
+    if guarantee_setting == "auto":
+        statement += f" ({guarantee_reason})"
     out.update({
         "threshold": None if per_class else out["threshold"],
         "alpha": float(alpha),
         "delta": float(delta),
         "guarantee": guarantee,
+        "guarantee_setting": guarantee_setting,
+        "guarantee_reason": guarantee_reason,
+        "probability_temperature": float(probability_temperature),
         "per_class": bool(per_class),
         "per_class_setting": "auto" if auto else bool(per_class),
         "num_classes": C,
@@ -216,7 +252,7 @@ def refer_for_margin(
         "margin_on_holdout": on_holdout,
         "margin_certified": certified_margin,
         "certify_delta": float(certification["delta"]) if certified_margin else None,
-        "statement": _statement(guarantee, stated_per_class, float(alpha), float(delta)),
+        "statement": statement,
         "holdout_coverage": out.pop("coverage"),
         "holdout_patients": out.pop("n"),
     })
@@ -281,7 +317,8 @@ def refer_decisions(
 
 
 def certification_summary(certification: Mapping[str, Any] | None) -> str:
-    """Human-readable lines: the certified margin, the procedure and every margin's counts, level and p-value."""
+    """Human-readable lines: the certified margin, the procedure, every margin's counts, level and p-value, and the
+    probability temperature's fit when there is one."""
     if certification is None:
         return "no held-out certification"
     procedure = certification.get("procedure", "fixed_sequence")
@@ -296,4 +333,10 @@ def certification_summary(certification: Mapping[str, Any] | None) -> str:
         p = "-" if t.get("p_value") is None else format(t["p_value"], ".3g")
         lines.append(f"  {t['margin']:<6g}  {t['fixed']:>5}  {t['broken']:>6}  {t.get('changed', ''):>7}  "
                      f"{level:<8}  {p:<8}  {t['status']}")
+    fit = certification.get("probability_temperature")
+    if fit:
+        lines.append(
+            f"probability temperature {fit['value']:.4g} (calibrated probabilities softmax(logits / T)), fitted at "
+            f"margin {margin_label(float(fit['margin']))} on {fit['patients']} labelled patients: {fit['source']}"
+            + ("; approximate: the same patients learn the refer threshold" if fit.get("approximate") else ""))
     return "\n".join(lines)

@@ -25,13 +25,13 @@ columns are per image (the two panels of a lesion may fall apart) and are not us
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from monai_dymo.data.cohort_files import image_size, require_paths, write_cohort_files, write_manifest
 from monai_dymo.errors import DyMoFileNotFoundError, DyMoInputError
 
 __all__ = [
@@ -117,13 +117,10 @@ def build_busbra(
 
     Args:
         source: the ``BUSBRA`` folder (``Images/``, ``bus_data.csv``; ``5-fold-cv.csv`` when ``fold`` is given).
-        out: output folder (created); images are referenced in ``source``, not copied.
         size: image size after preprocessing (rows, columns), or one integer for a square.
         seed: seed of the training / validation (and, without ``fold``, testing) draw.
         fold: the release's 5-fold CV fold (1-5) used as the test list; ``None``: a seeded 60 / 20 / 20 split.
-        name: cohort name.
-        work_dir, model_dir: the bundle's run and weight folders written into the cohort file (default
-            ``<out>/runs`` and ``<out>/models``).
+        out, name, work_dir, model_dir: see :func:`~monai_dymo.data.cohort_files.write_cohort_files`.
 
     Returns:
         ``{"datalist", "clinical_csv", "cohort_file", "manifest"}`` paths plus ``"summary"``.
@@ -134,16 +131,13 @@ def build_busbra(
             pathology outside :data:`CLASSES`, a lesion with both a single image and panels, a fold outside 1-5.
     """
     import pandas as pd
-    import yaml
 
     src = Path(source).expanduser().resolve()
     images = src / "Images"
     meta_file = src / "bus_data.csv"
     folds_file = src / "5-fold-cv.csv"
-    needed = [images, meta_file] + ([folds_file] if fold is not None else [])
-    for p in needed:
-        if not p.exists():
-            raise DyMoFileNotFoundError(f"busbra: {p} not found; --source must be the BUSBRA folder.")
+    require_paths([images, meta_file] + ([folds_file] if fold is not None else []), "busbra",
+                  "--source must be the BUSBRA folder")
     if fold is not None and not 1 <= int(fold) <= 5:
         raise DyMoInputError(f"busbra: fold must be 1-5 (or None for a seeded split), got {fold}.")
     meta = pd.read_csv(meta_file)
@@ -151,7 +145,7 @@ def build_busbra(
     absent = sorted(required - set(meta.columns))
     if absent:
         raise DyMoInputError(f"busbra: {meta_file} lacks column(s) {absent}.")
-    rows, cols = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    rows, cols = image_size(size)
 
     cases: dict[str, dict[str, Any]] = {}
     for _, r in meta.iterrows():
@@ -235,39 +229,17 @@ def build_busbra(
         datalist[split_of[pid]].append(entry)
         clinical.append({"patient_id": pid, "device": c["device"]})
 
-    out_dir = Path(out).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    datalist_file = out_dir / "datalist.json"
-    datalist_file.write_text(json.dumps(datalist, indent=1))
-    clinical_file = out_dir / "clinical.csv"
-    pd.DataFrame(clinical, columns=["patient_id", *INPUT_FIELDS]).to_csv(clinical_file, index=False)
-    cohort = {
-        "name": name,
-        "datalist": str(datalist_file),
-        "data_root": str(images),
-        "clinical_csv": str(clinical_file),
-        "patient_id": "patient_id",
-        "label": "label",
-        "classes": list(CLASSES),
-        "modalities": [
-            {"name": "view1", "kind": "image2d", "spatial_size": [rows, cols], "channels": 1},
-            {"name": "view2", "kind": "image2d", "spatial_size": [rows, cols], "channels": 1},
-            {"name": "acquisition", "kind": "clinical", "categorical": list(INPUT_FIELDS)},
-        ],
-    }
-    cohort_file = out_dir / f"{name}.yaml"
-    header = (
-        "# BUS-BRA cohort for bundles/cohort_dymo, written by `python -m monai_dymo.data busbra`.\n"
-        "# Inputs: the two ultrasound views of the lesion (view2 absent for single-view lesions) and the scanner;\n"
-        "# pathology, histology and BI-RADS are outcomes, never inputs. Split: " + split_note + ".\n"
-        "# work_dir / model_dir keep the cache, reports and weights trained on these images outside the bundle.\n"
+    files = write_cohort_files(
+        out, name, datalist, clinical, INPUT_FIELDS, images, CLASSES, ("view1", "view2"), 1, (rows, cols), "acquisition",
+        header=(
+            "# BUS-BRA cohort for bundles/cohort_dymo, written by `python -m monai_dymo.data busbra`.\n"
+            "# Inputs: the two ultrasound views of the lesion (view2 absent for single-view lesions) and the scanner;\n"
+            "# pathology, histology and BI-RADS are outcomes, never inputs. Split: " + split_note + ".\n"
+            "# work_dir / model_dir keep the cache, reports and weights trained on these images outside the bundle.\n"
+        ),
+        work_dir=work_dir,
+        model_dir=model_dir,
     )
-    body = {
-        "cohort": cohort,
-        "work_dir": str(Path(work_dir).expanduser().resolve() if work_dir else out_dir / "runs"),
-        "model_dir": str(Path(model_dir).expanduser().resolve() if model_dir else out_dir / "models"),
-    }
-    cohort_file.write_text(header + yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=120))
 
     def per_split(key: Any) -> dict[str, dict[str, int]]:
         return {s: dict(sorted(Counter(str(key(e)) for e in v).items())) for s, v in datalist.items()}
@@ -285,14 +257,9 @@ def build_busbra(
         "birads_by_class": {k: dict(sorted(Counter(str(c["birads"]) for c in cases.values()
                                                    if c["pathology"] == k).items())) for k in CLASSES},
     }
-    manifest = out_dir / "manifest.json"
-    manifest.write_text(
-        json.dumps(
-            {"source": str(src), "classes": list(CLASSES), "inputs": list(INPUT_FIELDS),
-             "outcomes_not_inputs": list(OUTCOME_COLUMNS), "image_size": [rows, cols], "split": split_note,
-             "fold": fold, "seed": seed, "summary": summary, "audit": audit, "missing_views": missing},
-            indent=2,
-        )
-    )
-    return {"datalist": datalist_file, "clinical_csv": clinical_file, "cohort_file": cohort_file, "manifest": manifest,
-            "summary": summary}
+    record = {
+        "source": str(src), "classes": list(CLASSES), "inputs": list(INPUT_FIELDS),
+        "outcomes_not_inputs": list(OUTCOME_COLUMNS), "image_size": [rows, cols], "split": split_note,
+        "fold": fold, "seed": seed, "summary": summary, "audit": audit, "missing_views": missing,
+    }
+    return write_manifest(files, record, summary)

@@ -25,12 +25,12 @@ NEV (every nevus), MEL (every melanoma), MISC (dermatofibroma, lentigo, melanosi
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from monai_dymo.data.cohort_files import image_size, require_paths, write_cohort_files, write_manifest
 from monai_dymo.errors import DyMoFileNotFoundError, DyMoInputError
 
 __all__ = [
@@ -127,11 +127,8 @@ def build_derm7pt(
 
     Args:
         source: the ``release_v0`` folder (``images/``, ``meta/meta.csv``, ``meta/*_indexes.csv``).
-        out: output folder (created); images are referenced in ``source``, not copied.
         size: image size after preprocessing (rows, columns), or one integer for a square.
-        name: cohort name.
-        work_dir, model_dir: the bundle's run and weight folders written into the cohort file (default
-            ``<out>/runs`` and ``<out>/models``).
+        out, name, work_dir, model_dir: see :func:`~monai_dymo.data.cohort_files.write_cohort_files`.
 
     Returns:
         ``{"datalist", "clinical_csv", "cohort_file", "manifest"}`` paths plus ``"summary"``.
@@ -141,20 +138,18 @@ def build_derm7pt(
         ValueError: an unknown diagnosis, a split index outside ``meta.csv``, a case in two splits.
     """
     import pandas as pd
-    import yaml
 
     src = Path(source).expanduser().resolve()
     images = src / "images"
     meta_file = src / "meta" / "meta.csv"
-    for p in (images, meta_file, *(src / "meta" / f for f in SPLIT_FILES.values())):
-        if not p.exists():
-            raise DyMoFileNotFoundError(f"derm7pt: {p} not found; --source must be the release_v0 folder.")
+    require_paths((images, meta_file, *(src / "meta" / f for f in SPLIT_FILES.values())), "derm7pt",
+                  "--source must be the release_v0 folder")
     meta = pd.read_csv(meta_file)
     required = {"case_num", "clinic", "derm", "notes", *INPUT_FIELDS, "diagnosis"}
     absent = sorted(required - set(meta.columns))
     if absent:
         raise DyMoInputError(f"derm7pt: {meta_file} lacks column(s) {absent}.")
-    rows, cols = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    rows, cols = image_size(size)
 
     split_of: dict[int, str] = {}
     for split, fname in SPLIT_FILES.items():
@@ -188,54 +183,26 @@ def build_derm7pt(
         datalist[split_of[i]].append(entry)
         clinical.append({"patient_id": pid, **{f: r[f] for f in INPUT_FIELDS}})
 
-    out_dir = Path(out).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    datalist_file = out_dir / "datalist.json"
-    datalist_file.write_text(json.dumps(datalist, indent=1))
-    clinical_file = out_dir / "clinical.csv"
-    pd.DataFrame(clinical, columns=["patient_id", *INPUT_FIELDS]).to_csv(clinical_file, index=False)
-    cohort = {
-        "name": name,
-        "datalist": str(datalist_file),
-        "data_root": str(images),
-        "clinical_csv": str(clinical_file),
-        "patient_id": "patient_id",
-        "label": "label",
-        "classes": list(CLASSES),
-        "modalities": [
-            {"name": "clinic", "kind": "image2d", "spatial_size": [rows, cols], "channels": 3},
-            {"name": "derm", "kind": "image2d", "spatial_size": [rows, cols], "channels": 3},
-            {"name": "metadata", "kind": "clinical", "categorical": list(INPUT_FIELDS)},
-        ],
-    }
-    cohort_file = out_dir / f"{name}.yaml"
-    header = (
-        "# derm7pt cohort for bundles/cohort_dymo, written by `python -m monai_dymo.data derm7pt`.\n"
-        "# Inputs: clinical photo, dermoscopic photo (RGB) and the metadata known before diagnosis (sex, location,\n"
-        "# elevation); the 7-point criteria, management, diagnosis and difficulty are outcomes, never inputs.\n"
-        "# work_dir / model_dir keep the cache, reports and weights trained on these images outside the bundle.\n"
+    files = write_cohort_files(
+        out, name, datalist, clinical, INPUT_FIELDS, images, CLASSES, ("clinic", "derm"), 3, (rows, cols), "metadata",
+        header=(
+            "# derm7pt cohort for bundles/cohort_dymo, written by `python -m monai_dymo.data derm7pt`.\n"
+            "# Inputs: clinical photo, dermoscopic photo (RGB) and the metadata known before diagnosis (sex, location,\n"
+            "# elevation); the 7-point criteria, management, diagnosis and difficulty are outcomes, never inputs.\n"
+            "# work_dir / model_dir keep the cache, reports and weights trained on these images outside the bundle.\n"
+        ),
+        work_dir=work_dir,
+        model_dir=model_dir,
     )
-    body = {
-        "cohort": cohort,
-        "work_dir": str(Path(work_dir).expanduser().resolve() if work_dir else out_dir / "runs"),
-        "model_dir": str(Path(model_dir).expanduser().resolve() if model_dir else out_dir / "models"),
-    }
-    cohort_file.write_text(header + yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=120))
-
     summary = {
         "cases": {s: len(v) for s, v in datalist.items()},
         "classes": {s: dict(sorted(Counter(e["label"] for e in v).items())) for s, v in datalist.items()},
         "diagnoses": dict(sorted(Counter(e["diagnosis"] for v in datalist.values() for e in v).items())),
         "missing_clinic": {s: sum(1 for m in missing_clinic if m["split"] == s) for s in datalist},
     }
-    manifest = out_dir / "manifest.json"
-    manifest.write_text(
-        json.dumps(
-            {"source": str(src), "classes": list(CLASSES), "groups": {k: list(v) for k, v in DIAGNOSIS_GROUPS.items()},
-             "inputs": list(INPUT_FIELDS), "outcomes_not_inputs": list(OUTCOME_COLUMNS), "image_size": [rows, cols],
-             "summary": summary, "missing_clinic_photos": missing_clinic},
-            indent=2,
-        )
-    )
-    return {"datalist": datalist_file, "clinical_csv": clinical_file, "cohort_file": cohort_file, "manifest": manifest,
-            "summary": summary}
+    record = {
+        "source": str(src), "classes": list(CLASSES), "groups": {k: list(v) for k, v in DIAGNOSIS_GROUPS.items()},
+        "inputs": list(INPUT_FIELDS), "outcomes_not_inputs": list(OUTCOME_COLUMNS), "image_size": [rows, cols],
+        "summary": summary, "missing_clinic_photos": missing_clinic,
+    }
+    return write_manifest(files, record, summary)

@@ -12,6 +12,8 @@ from monai.data import MetaTensor
 
 from ..similarity import check_metric
 from .encoders import ImageTokenEncoder
+from .fusion_inputs import check_index, check_modality_names, check_subset, check_tokens
+from .packed_attention import block_all_tokens, block_cls_token, check_packable_blocks
 
 #: how the logits of a subset are formed (see :class:`DynamicFusionTransformer`, ``logit_fusion``)
 LOGIT_FUSIONS = ("transformer", "product")
@@ -167,7 +169,7 @@ class DynamicFusionTransformer(nn.Module):
         The returned tokens already carry everything that does not depend on the subset (see :meth:`embed_tokens`),
         so that it is computed once per sample rather than once per (sample, subset) row in :meth:`fuse`.
         """
-        self._check_names(inputs, "inputs")
+        check_modality_names(self.modalities, inputs, "inputs")
         raw: dict[str, torch.Tensor] = {}
         batch: int | None = None
         for m in self.modalities:
@@ -239,9 +241,7 @@ class DynamicFusionTransformer(nn.Module):
         independent given the class and balanced classes, their product is the Bayes rule on the subset (naive Bayes
         over modalities). Every (sample, modality) pair the rows need is fused once. An empty row gives zeros.
         """
-        batch = self._check_tokens(tokens)
-        rows, index = self._check_index(index, batch)
-        subset = self._check_subset(subset, rows)
+        batch, rows, index, subset = self._check_rows(tokens, subset, index)
         num_mod = len(self.modalities)
         sample = torch.arange(rows, device=subset.device) if index is None else index.to(subset.device)
         need = torch.zeros(batch, num_mod, dtype=torch.int64, device=subset.device).index_add_(0, sample, subset.long())
@@ -262,10 +262,8 @@ class DynamicFusionTransformer(nn.Module):
         are packed without padding (rows of equal sequence length run their attention together) and the last block
         only computes the CLS query, the one output used.
         """
-        batch = self._check_tokens(tokens)
-        rows, index = self._check_index(index, batch)
-        subset = self._check_subset(subset, rows)
-        self._check_blocks()
+        batch, rows, index, subset = self._check_rows(tokens, subset, index)
+        check_packable_blocks(self.blocks, self.dim)
         dim, num_tok = self.dim, self.total_tokens
         device = subset.device
         if rows == 0:
@@ -305,9 +303,9 @@ class DynamicFusionTransformer(nn.Module):
                 qkv = None if qkv_source is None else qkv_source.index_select(0, idx)
                 for i, block in enumerate(self.blocks):
                     if i < len(self.blocks) - 1:
-                        x = self._block_all(block, x, qkv, k, length)
+                        x = block_all_tokens(block, x, qkv, k, length)
                     else:
-                        x = self._block_cls(block, x, qkv, k, length)
+                        x = block_cls_token(block, x, qkv, k, length)
                     qkv = None
                 outputs.append(x if len(self.blocks) else x.view(k, length, dim)[:, 0])
         logits, z = self._head(outputs[0] if len(outputs) == 1 else torch.cat(outputs))
@@ -328,9 +326,7 @@ class DynamicFusionTransformer(nn.Module):
     def _fuse_full_transformer(
         self, tokens: Mapping[str, torch.Tensor], subset: torch.Tensor, index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self._check_tokens(tokens)
-        rows, index = self._check_index(index, batch)
-        subset = self._check_subset(subset, rows)
+        _, rows, index, subset = self._check_rows(tokens, subset, index)
         if index is not None:
             tokens = {m: t.index_select(0, index) for m, t in tokens.items()}
         first = tokens[self.modalities[0]]
@@ -420,160 +416,18 @@ class DynamicFusionTransformer(nn.Module):
         return self.fuse(tokens, subset)
 
     # ------------------------------------------------------------------ internals
-    def _check_names(self, mapping: Mapping[str, torch.Tensor], what: str) -> None:
-        names = set(mapping.keys())
-        missing = [m for m in self.modalities if m not in names]
-        unknown = sorted(str(k) for k in names - set(self.modalities))
-        if missing or unknown:
-            raise ValueError(
-                f"{what} must hold exactly the modalities {list(self.modalities)}: "
-                f"missing {missing}, unknown {unknown}."
-            )
-
     def _check_tokens(self, tokens: Mapping[str, torch.Tensor]) -> int:
-        self._check_names(tokens, "tokens")
-        first = tokens[self.modalities[0]]
-        batch = first.shape[0] if isinstance(first, torch.Tensor) and first.ndim > 0 else -1
-        for m in self.modalities:
-            t = tokens[m]
-            expected = (batch, self.num_tokens[m], self.dim)
-            if not isinstance(t, torch.Tensor) or tuple(t.shape) != expected:
-                found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"modality '{m}': expected tokens of shape [B, n, dim] = {expected}, found {found}.")
-        return batch
+        """Batch size of embedded tokens ``{name: [B, n_m, dim]}``."""
+        return check_tokens(self.modalities, self.num_tokens, self.dim, tokens)
 
-    def _check_index(self, index: torch.Tensor | None, batch: int) -> tuple[int, torch.Tensor | None]:
-        """Number of rows and the row -> sample index (``None``: one row per sample)."""
-        if index is None:
-            return batch, None
-        if not isinstance(index, torch.Tensor) or index.ndim != 1 or index.dtype not in (torch.int32, torch.int64):
-            found = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
-            raise ValueError(f"index must be an integer tensor [R] of sample indices, found {found}.")
-        index = index.to(device=self.cls_token.device, dtype=torch.int64)
-        if index.numel():
-            low, high = torch.aminmax(index)
-            low, high = int(low), int(high)
-            if low < 0 or high >= batch:
-                raise ValueError(
-                    f"index values must lie in [0, {batch}) (the tokens' batch size), found {low}..{high}."
-                )
-        return index.shape[0], index
-
-    def _check_subset(self, subset: torch.Tensor, rows: int) -> torch.Tensor:
-        """Validated subset ``BoolTensor[R, M]`` on the network's device."""
-        num_mod = len(self.modalities)
-        if not isinstance(subset, torch.Tensor) or subset.dtype != torch.bool:
-            found = getattr(subset, "dtype", type(subset).__name__)
-            raise ValueError(f"subset must be a bool tensor [B, {num_mod}], found {found}.")
-        if type(subset) is not torch.Tensor:  # e.g. a MetaTensor: plain tensor semantics
-            subset = subset.as_subclass(torch.Tensor)
-        if subset.ndim == 1 and subset.shape[0] == num_mod:
-            subset = subset.unsqueeze(0).expand(rows, -1)
-        if tuple(subset.shape) != (rows, num_mod):
-            raise ValueError(f"subset must have shape [B, M] = {(rows, num_mod)}, found {tuple(subset.shape)}.")
-        subset = subset.to(self.cls_token.device)
-        empty = ~subset.any(1)
-        if bool(empty.any()):
-            raise ValueError(f"row {int(empty.nonzero()[0])}: empty subset (no modality selected).")
-        return subset
-
-    def _check_blocks(self) -> None:
-        """Refuse blocks that :meth:`fuse` would not compute exactly as their ``forward`` does.
-
-        Raises:
-            ValueError: naming the block and what differs from ``nn.TransformerEncoderLayer(d_model=dim, ...,
-                activation="gelu", batch_first=True, norm_first=True)``.
-        """
-        for i, block in enumerate(self.blocks):
-            problems = []
-            if not isinstance(block, nn.TransformerEncoderLayer):
-                problems.append(f"is a {type(block).__name__}, not a torch.nn.TransformerEncoderLayer")
-            else:
-                attn, act = block.self_attn, block.activation
-                if not block.norm_first:
-                    problems.append("norm_first=False (post-norm)")
-                if not (act is F.gelu or (type(act) is nn.GELU and act.approximate == "none")):
-                    problems.append(f"activation {act!r} (exact GELU expected)")
-                if not attn.batch_first:
-                    problems.append("batch_first=False")
-                if attn.in_proj_weight is None or attn.embed_dim != self.dim:
-                    problems.append(f"attention other than one packed q/k/v projection of width {self.dim}")
-                if attn.bias_k is not None or attn.add_zero_attn:
-                    problems.append("add_bias_kv or add_zero_attn")
-                if not (type(block.norm1) is type(block.norm2) is nn.LayerNorm):
-                    problems.append("norms other than torch.nn.LayerNorm")
-            if problems:
-                raise ValueError(
-                    f"fusion block {i}: {'; '.join(problems)}. DynamicFusionTransformer.fuse computes "
-                    'nn.TransformerEncoderLayer(activation="gelu", batch_first=True, norm_first=True) blocks only.'
-                )
-
-    @staticmethod
-    def _attend(
-        block: nn.TransformerEncoderLayer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> torch.Tensor:
-        """Multi-head attention of ``q [n, Lq, H, hd]`` over ``k, v [n, L, H, hd]`` -> ``[n, Lq, H * hd]``."""
-        p = block.self_attn.dropout if block.training else 0.0
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p)
-        return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
-
-    def _mlp(self, block: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
-        """Second half of a pre-norm block: ``x + MLP(norm2(x))``."""
-        h = block.linear2(block.dropout(block.activation(block.linear1(block.norm2(x)))))
-        return x + block.dropout2(h)
-
-    def _block_all(
-        self, block: nn.TransformerEncoderLayer, x: torch.Tensor, qkv: torch.Tensor | None, rows: int, length: int
-    ) -> torch.Tensor:
-        """One pre-norm block (the computation of ``block.forward``) on ``rows`` packed sequences of ``length``
-        tokens, ``x [rows * length, dim]``; ``qkv [rows * length, 3 dim]`` if already projected."""
-        heads = block.self_attn.num_heads
-        if qkv is None:
-            qkv = F.linear(block.norm1(x), block.self_attn.in_proj_weight, block.self_attn.in_proj_bias)
-        g = qkv.view(rows, length, 3, heads, -1)
-        attn = self._attend(block, g[:, :, 0], g[:, :, 1], g[:, :, 2]).reshape(rows * length, -1)
-        x = x + block.dropout1(block.self_attn.out_proj(attn))
-        return self._mlp(block, x)
-
-    def _block_cls(
-        self, block: nn.TransformerEncoderLayer, x: torch.Tensor, qkv: torch.Tensor | None, rows: int, length: int
-    ) -> torch.Tensor:
-        """Last block, CLS outputs only (the other tokens' outputs of the last block are never used): attention of
-        each sequence's CLS (its first token) over all its tokens, then the MLP -> ``[rows, dim]``.
-
-        Without precomputed ``qkv`` the keys and values are never formed: for head ``h``,
-        ``q_h . (W_k,h n_j + b_k,h) = (W_k,h^T q_h) . n_j + const`` (``n_j`` the normed token; the constant cancels in
-        the softmax) and ``sum_j a_j (W_v,h n_j + b_v,h) = W_v,h (sum_j a_j n_j) + b_v,h sum_j a_j``, which costs
-        ``O(dim)`` per token and head instead of a ``dim x 2 dim`` projection per token.
-        """
-        attn_mod = block.self_attn
-        heads, dim = attn_mod.num_heads, self.dim
-        head_dim = dim // heads
-        weight, bias = attn_mod.in_proj_weight, attn_mod.in_proj_bias
-        x_cls = x.view(rows, length, dim)[:, 0]
-        if qkv is not None:
-            kv, q = qkv[:, dim:], qkv.view(rows, length, 3 * dim)[:, 0, :dim]
-            g = kv.view(rows, length, 2, heads, -1)
-            attn = self._attend(block, q.view(rows, 1, heads, -1), g[:, :, 0], g[:, :, 1]).reshape(rows, dim)
-        else:
-            normed = block.norm1(x).view(rows, length, dim)
-            q = F.linear(normed[:, 0], weight[:dim], None if bias is None else bias[:dim])  # [rows, dim]
-            w_k = weight[dim : 2 * dim].view(heads, head_dim, dim)
-            w_v = weight[2 * dim :].view(heads, head_dim, dim)
-            q_k = torch.bmm(q.view(rows, heads, head_dim).transpose(0, 1), w_k).transpose(0, 1)  # [rows, H, dim]
-            scores = torch.bmm(q_k * head_dim**-0.5, normed.transpose(1, 2))  # [rows, H, length]
-            weights = torch.softmax(scores, dim=-1)
-            p = attn_mod.dropout if block.training else 0.0
-            if p > 0:
-                weights = F.dropout(weights, p)
-            context = torch.bmm(weights, normed)  # [rows, H, dim]
-            attn = torch.bmm(context.transpose(0, 1), w_v.transpose(1, 2)).transpose(0, 1)  # [rows, H, head_dim]
-            if bias is not None:
-                b_v = bias[2 * dim :].view(heads, head_dim)
-                attn = attn + (b_v * weights.sum(-1, keepdim=True) if p > 0 else b_v)
-            attn = attn.reshape(rows, dim)
-        x_cls = x_cls + block.dropout1(attn_mod.out_proj(attn))
-        return self._mlp(block, x_cls)
+    def _check_rows(
+        self, tokens: Mapping[str, torch.Tensor], subset: torch.Tensor, index: torch.Tensor | None
+    ) -> tuple[int, int, torch.Tensor | None, torch.Tensor]:
+        """Validated arguments of a fusion call (see :meth:`fuse`): ``(B, R, index [R] or None, subset [R, M])``."""
+        batch = self._check_tokens(tokens)
+        device = self.cls_token.device
+        rows, index = check_index(index, batch, device)
+        return batch, rows, index, check_subset(subset, rows, len(self.modalities), device)
 
     def _head(self, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Final CLS states ``[R, dim]`` -> ``(logits [R, C], z [R, proj_dim])``."""
@@ -668,8 +522,7 @@ def build_polymnist_fusion(
 
     The defaults are the reference's network (method page section 7), the PolyMNIST bundle's: dim 128, MLP ratio 4,
     per modality three stride-2 ReLU convolutions (32, 64, 128 channels) without normalisation and a 2x2 max-pool,
-    so 4 tokens per modality. This project's first network was ``dim=64, mlp_ratio=2, channels=(32, 64),
-    strides=(2, 2), pool_size=4, norm="BATCH", act="PRELU", pool_mode="avg"`` (16 tokens per modality).
+    so 4 tokens per modality.
     """
     names = tuple(modalities) if modalities is not None else tuple(f"m{i}" for i in range(num_modalities))
     return build_image_fusion(

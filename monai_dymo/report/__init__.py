@@ -5,6 +5,8 @@ Modules, bottom up:
 - :mod:`~monai_dymo.report.records`: the per-patient records (:func:`selection_records` from a selection result) and
   how the report reads them (status and decision of each modality, class names, JSON-safe values);
 - :mod:`~monai_dymo.report.summary`: cohort figures (:func:`report_summary`, :func:`summary_line`);
+- :mod:`~monai_dymo.report.clinical`: the clinicians' metrics and the calibration of the probabilities
+  (:func:`clinical_summary`);
 - :mod:`~monai_dymo.report.trust`: the guarantees (reward margin in force, refer flag) in the columns, summary and page;
 - :mod:`~monai_dymo.report.tables`: CSV / JSON / data dictionary writers and readers;
 - :mod:`~monai_dymo.report.pictures`, :mod:`~monai_dymo.report.figures`: patient thumbnails, cohort charts;
@@ -19,6 +21,7 @@ ignite handler that collects the records of an evaluation and calls :func:`write
 
 from __future__ import annotations
 
+from .clinical import clinical_summary
 from .collect import OutputKeys, in_datalist_order, records_and_inputs
 from .figures import STATUS_COLORS, STATUS_LABELS, plot_reward_distributions, plot_selection_summary, plot_trust_map
 from .html import TEMPLATE_DIR, patient_page_name, report_environment, write_report_html
@@ -68,6 +71,7 @@ __all__ = [
     "accuracy_split",
     "class_name",
     "clinical_groups",
+    "clinical_summary",
     "format_reward",
     "image_planes",
     "in_datalist_order",

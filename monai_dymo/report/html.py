@@ -5,6 +5,7 @@ Layout written by :func:`write_report_html` for ``<dir>/dymo_report.html``::
     dymo_report.html                   cohort page: legend, per-modality rates, accuracy split, figures, errors,
                                        one table row per patient (linked to its page when it has one)
     dymo_report_files/trust_map.png    patients x modalities map of what was used
+    dymo_report_files/reliability.png  reliability diagram of the calibrated probabilities (labelled patients)
     dymo_report_files/rewards.png      reward distributions per modality
     dymo_report_files/patients/*.html  per-patient pages (at most ``max_patient_pages``: errors first, then patients
                                        with a rejected, then an accepted recovered modality)
@@ -163,6 +164,64 @@ _ACCURACY_MEANING = {
 }
 
 
+def _majority_rate(records: Sequence[Mapping[str, Any]]) -> float | None:
+    """Chance as the majority-class rate (%) of the labelled records (None without labels)."""
+    labels = [str(label_value(r.get("label"))) for r in records if label_value(r.get("label")) is not None]
+    if not labels:
+        return None
+    return 100.0 * max(labels.count(v) for v in set(labels)) / len(labels)
+
+
+def _pct_ci(v: float | None, ci: Sequence[float] | None, scale: float = 100.0, fmt: str = ".1f") -> str:
+    if v is None:
+        return "n/a"
+    text = format(scale * v, fmt) + ("%" if scale == 100.0 else "")
+    return text + (f" [{format(scale * ci[0], fmt)}, {format(scale * ci[1], fmt)}]" if ci else "")
+
+
+def _clinical_context(s: Mapping[str, Any], files_dir: str, out_dir: str) -> dict[str, Any] | None:
+    """The cohort page's clinical metrics (DyMo on the labelled records) and the reliability diagram, written to
+    ``files_dir/reliability.png``; None without ``metrics`` in the summary."""
+    from ..confidence import plot_reliability_diagram
+
+    m = (s.get("metrics") or {}).get("dymo")
+    if not m or not m.get("num_patients"):
+        return None
+    ci = m.get("ci95") or {}
+    headline = [
+        ("balanced accuracy [95% CI]", _pct_ci(m["balanced_accuracy"], ci.get("balanced_accuracy"))),
+        ("accuracy [95% CI]", _pct_ci(m["accuracy"], ci.get("accuracy"))),
+        ("macro F1", f"{m['macro_f1']:.3f}"),
+        ("AUROC [95% CI]", _pct_ci(m["auroc"], ci.get("auroc"), 1.0, ".3f")
+         + (f" ({m['auroc_note']})" if m.get("auroc_note") else "")),
+        ("chance (always the majority class, " + str(m["majority_class"]) + ")", _pct_ci(m["chance"], None)),
+    ]
+    if s.get("ece") is not None:
+        headline.append(("ECE (top-label, 10 bins)", _pct_ci(float(s["ece"]), None)))
+    names = list(m["per_class"])
+    per_class = [
+        {"name": n, "support": c["support"], "sensitivity": _pct_ci(c["sensitivity"], None),
+         "precision": _pct_ci(c["precision"], None), "f1": "n/a" if c["f1"] is None else f"{c['f1']:.3f}",
+         "auroc": "n/a" if c["auroc"] is None else f"{c['auroc']:.3f}"}
+        for n, c in m["per_class"].items()
+    ]
+    figure = None
+    if s.get("reliability"):
+        os.makedirs(files_dir, exist_ok=True)
+        png = plot_reliability_diagram(s["reliability"], os.path.join(files_dir, "reliability.png"),
+                                       title="DyMo: calibrated probabilities")
+        figure = _rel(png, out_dir)
+    boot = m.get("bootstrap")
+    return {
+        "patients": m["num_patients"], "headline": headline, "per_class": per_class, "names": names,
+        "confusion": [{"name": n, "counts": row} for n, row in zip(names, m["confusion_matrix"])],
+        "reliability": figure,
+        "temperature": (None if s.get("probability_temperature") is None
+                        else f"{float(s['probability_temperature']):.4g}"),
+        "intervals": None if not boot else f"{boot['method']}, {boot['replicates']} replicates (seed {boot['seed']})",
+    }
+
+
 def _accuracy_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [
         {"group": g, "meaning": _ACCURACY_MEANING[g], "n": n, "correct": c, "accuracy": _pct(c, n)}
@@ -233,7 +292,7 @@ def _patient_context(
     err = rec.get("error")
     label, pred = _names(rec)
     facts = [
-        (label, "label"), (pred, "prediction"), (_num(rec.get("probability"), ".3f"), "probability"),
+        (label, "label"), (pred, "prediction"), (_num(rec.get("probability"), ".3f"), "probability (calibrated)"),
         ("" if ok is None else ("yes" if ok else "no"), "correct"),
         (_num(rec.get("quality"), ".4f"), "quality q (final)"), (_num(rec.get("ics"), ".4g"), "ICS p (final)"),
         (_num(rec.get("log_ics"), ".4g"), "log ICS"), (_num(rec.get("steps")), "accepted steps"),
@@ -455,7 +514,8 @@ def write_report_html(
         cards=cards,
         modality_rows=_modality_rows(records, modalities),
         alone={m: v for m, v in (s.get("single_modality") or {}).items()},
-        n_classes=len({label_value(r.get("label")) for r in records if label_value(r.get("label")) is not None}),
+        chance=_majority_rate(records),
+        clinical=_clinical_context(s, files_dir, out_dir),
         accuracy_rows=_accuracy_rows(records),
         figures=[{"src": _rel(p, out_dir), "caption": c} for p, c in figs],
         errors=errors,

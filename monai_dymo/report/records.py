@@ -2,8 +2,9 @@
 
 A record is a JSON-serialisable dictionary (the shared record format, built by :func:`selection_records`):
 ``patient_id``, ``observed``, ``recovered``, ``selected``, ``accepted``, ``rejected``, ``unused``, ``quality``,
-``log_ics``, ``ics``, ``prediction``, ``probability``, ``steps``, ``calibration_fallback``, ``reasons``, ``error``,
-``rewards``, ``trajectory``. The inferer adds ``alone`` and the guarantee fields (see :mod:`.trust`), the report
+``log_ics``, ``ics``, ``prediction``, ``probability`` (the predicted class's calibrated probability),
+``probabilities`` (every class's), ``steps``, ``calibration_fallback``, ``reasons``, ``error``, ``rewards``,
+``trajectory``. The inferer adds ``alone`` and the guarantee fields (see :mod:`.trust`), the report
 handler ``label``, ``missing_fields``, ``num_fields``, ``field_notes`` and ``roi_guide`` (see :mod:`.collect`). Keys
 starting with ``_`` are private to the report writer (e.g. ``_pictures``) and never written.
 """
@@ -83,6 +84,7 @@ def selection_records(
     modalities: Sequence[str],
     patient_ids: Sequence[Any] | None = None,
     reasons: Mapping[str, Sequence[str]] | Sequence[Mapping[str, str]] | None = None,
+    probability_temperature: float = 1.0,
 ) -> list[dict[str, Any]]:
     """One JSON-serialisable record per patient of a :class:`~monai_dymo.selection.SelectionResult` of ``B`` patients.
 
@@ -97,6 +99,8 @@ def selection_records(
         patient_ids: ``B`` identifiers (default: the batch index as a string).
         reasons: why each modality is / is not present, either collated (``{name: [B reasons]}``) or one dict per
             patient; missing entries become ``"observed"`` for observed modalities and ``None`` otherwise.
+        probability_temperature: ``probability`` / ``probabilities`` are ``softmax(logits / probability_temperature)``
+            (the calibration's temperature scaling; 1: the raw softmax).
     """
     modalities = [str(m) for m in modalities]
     B, M = result.batch_size, result.num_modalities
@@ -111,8 +115,9 @@ def selection_records(
     accepted, rejected = cpu.accepted.tolist(), cpu.rejected.tolist()
     accept_step, reject_step = cpu.accept_step.tolist(), cpu.reject_step.tolist()
     rewards = cpu.rewards  # [T, B, M]
-    probs = cpu.probabilities()
+    probs = cpu.probabilities(probability_temperature)
     prob_max, pred = probs.max(dim=-1) if probs.shape[0] else (probs.new_zeros(0), probs.new_zeros(0))
+    prob_rows = probs.tolist()
     quality, log_ics, ics = cpu.quality.tolist(), cpu.log_ics.tolist(), cpu.ics.tolist()
     steps = cpu.steps.tolist()
     errors = result.errors or [None] * B
@@ -168,6 +173,7 @@ def selection_records(
             "ics": None if failed else _finite_or_none(ics[b]),
             "prediction": None if failed else int(pred[b]),
             "probability": None if failed else _finite_or_none(float(prob_max[b])),
+            "probabilities": None if failed else [_finite_or_none(v) for v in prob_rows[b]],
             "steps": int(steps[b]),
             "calibration_fallback": bool(fell_back[b]),
             "reasons": rsn,

@@ -120,6 +120,12 @@ def summary_line(summary: Mapping[str, Any], where: str | None = None) -> str:
         parts[0] += f" ({summary['errors']} not processed)"
     if summary.get("accuracy") is not None:
         parts.append(f"accuracy {summary['accuracy']:.2f} % ({summary['correct']} of {summary['labelled']} labelled)")
+        dymo = (summary.get("metrics") or {}).get("dymo") or {}
+        if dymo.get("num_patients"):
+            ci = (dymo.get("ci95") or {}).get("balanced_accuracy")
+            parts.append(f"balanced accuracy {100 * dymo['balanced_accuracy']:.1f} %"
+                         + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+                         + f", chance (majority class) {100 * dymo['chance']:.1f} %")
     else:
         parts.append("no labels (no accuracy)")
     mods = summary.get("modalities") or {}

@@ -72,7 +72,8 @@ def report_columns(modalities: Sequence[str], groups: Sequence[str] = ()) -> lis
         ("prediction", "int", "predicted class index on the modalities DyMo used (blank if the patient was not "
          "processed)"),
         ("prediction_name", "text", "name of the predicted class"),
-        ("probability", "float", "softmax probability of the predicted class"),
+        ("probability", "float", "calibrated probability of the predicted class: softmax(logits / T), T the "
+         "probability temperature fitted with the calibration on labelled held-out patients (1: the raw softmax)"),
         ("correct", "int", "1 if prediction == label, 0 if not, blank without a label"),
         ("quality", "float", "quality q of the final set: the largest class probability of the projection against "
          "the class prototypes (0-1, higher = more confident)"),
@@ -255,10 +256,16 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
 JSON_FIELDS = (
     ("summary", "cohort figures: patients, processed, errors, labelled, correct, accuracy (%, null without labels), "
      "accuracy_by_use, used_recovered, had_rejection, modalities {modality: {observed, recovered, accepted, rejected, "
-     "unused, missing}} (patients per status); margin, margin_source and refer {alpha, delta, threshold, coverage, "
-     "error_not_referred, ...} (the guarantees of the run); single_modality {modality: {patients, accuracy}} (each "
-     "observed modality alone, labelled patients)"),
+     "unused, missing}} (patients per status); margin, margin_source, probability_temperature and refer {alpha, "
+     "delta, guarantee, per_class, threshold (null under a per-class rule), thresholds (per-class rule: {predicted "
+     "class: threshold}), coverage, error_not_referred, ...} (the guarantees of the run); single_modality {modality: "
+     "{patients, accuracy}} (each observed modality alone, labelled patients); with labels, metrics {dymo: {accuracy, "
+     "balanced_accuracy, per_class {class: {sensitivity, precision, f1, support, auroc}}, macro_f1, auroc, "
+     "confusion_matrix, chance (majority-class rate), ci95 {accuracy, balanced_accuracy, auroc}, ...}}, ece (top-label "
+     "expected calibration error of the calibrated probabilities, 10 bins) and reliability [{lo, hi, count, "
+     "confidence, accuracy}]"),
     ("patients", "one record per patient, with the fields below"),
+    ("probabilities", "[calibrated probability of each class, by class index] (null when not processed)"),
     ("alone / alone_names", "{modality: class index / name from that modality alone, null where missing}: what each "
      "encoder reads (never used for the prediction)"),
     ("rewards", "{modality: [reward at step 0, 1, ...]} of every recovered modality, up to its decision"),
@@ -271,8 +278,12 @@ JSON_FIELDS = (
     ("roi_guide", "what placed the region of interest the 3D volumes were cropped to: a guide sequence's name, or "
      "'foreground' (the centre of the scanned volume: no guide observed); absent without a region of interest"),
     ("decisions", "{modality: {status, step, reward, rewards, why}}: the CSV's per-modality columns"),
-    ("refer / refer_threshold / refer_alpha / refer_delta", "the refer flag (true / false) and its rule: referred when "
-     "probability < refer_threshold (null: none certified, everybody referred); <prefix>_trust.json summarises the run"),
+    ("refer / refer_threshold / refer_alpha / refer_delta / refer_guarantee / refer_per_class", "the refer flag "
+     "(true / false) and its rule: referred when probability < refer_threshold, the threshold that applied to the "
+     "patient (its predicted class's under a per-class rule; null: none certified, everybody referred, or no "
+     "prediction); refer_guarantee 'pac' (high probability) or 'expected' (in expectation); <prefix>_trust.json "
+     "summarises the run"),
+    ("probability_temperature", "the temperature T of the calibrated probabilities softmax(logits / T)"),
 )
 
 

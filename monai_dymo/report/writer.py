@@ -3,7 +3,9 @@
 :func:`write_report` writes into ``output_dir``: ``<prefix>.csv`` and ``<prefix>.json`` (default ``dymo_report.*``),
 the data dictionary ``<prefix>_columns.csv``, with guarantees in the records ``<prefix>_trust.json``, if ``plot`` the
 summary chart (``dymo_summary.png``), and if ``html`` the page ``<prefix>.html`` with its pictures and per-patient pages
-in ``<prefix>_files/`` (see :func:`~monai_dymo.report.html.write_report_html`).
+in ``<prefix>_files/`` (see :func:`~monai_dymo.report.html.write_report_html`). With labelled records the summary block
+has the clinicians' metrics and the calibration of the probabilities
+(:func:`~monai_dymo.report.clinical.clinical_summary`).
 
 The report holds the records' patient ids and what the run computed, never image metadata. With
 ``pseudonymize_key`` every patient id is replaced by a keyed pseudonym (see :mod:`~monai_dymo.report.pseudonyms`), raw
@@ -18,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .clinical import clinical_summary
 from .figures import plot_selection_summary
 from .html import write_report_html
 from .pseudonyms import pseudonymize_records
@@ -117,6 +120,9 @@ def write_report(
     groups = clinical_groups(records)
     extra = options.summary_extra(records) if callable(options.summary_extra) else options.summary_extra
     extra = dict(extra or {})
+    clinical = clinical_summary(records, options.class_names)
+    if clinical is not None:  # labelled records: the clinicians' metrics and the calibration of the probabilities
+        extra = {**clinical, **extra}
     trust = trust_summary(records)
     if trust is not None:  # the margin in force and the refer rule of this run in the summary block too
         extra = {**trust, **extra}

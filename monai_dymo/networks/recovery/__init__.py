@@ -8,16 +8,9 @@ from __future__ import annotations
 
 from .base import RecoveryNetwork, check_recovery_inputs, merge_recovered, missing_rows
 from .imputer import IMPUTER_FILE_FORMAT, IterativeImputerRecovery
-from .mopoe import (
-    MOPOE_CHECKPOINT_FORMAT,
-    ModalitySpec,
-    MoPoERecovery,
-    build_mri_recovery,
-    build_polymnist_recovery,
-    gaussian_kl_standard,
-    product_of_experts,
-    product_of_natural_experts,
-)
+from .gaussian_experts import gaussian_kl_standard, product_of_experts, product_of_natural_experts
+from .modality_spec import ModalitySpec
+from .mopoe import MOPOE_CHECKPOINT_FORMAT, MoPoERecovery, build_mri_recovery, build_polymnist_recovery
 
 __all__ = [
     "RecoveryNetwork",

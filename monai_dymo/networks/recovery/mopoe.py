@@ -28,18 +28,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from monai.networks.layers.utils import get_act_layer
-from monai.networks.nets import FullyConnectedNet, Generator, Regressor
 from monai.utils import convert_to_tensor
 from torch import nn
 
-from monai_dymo.networks.recovery.base import UNKNOWN_CODE, RecoveryNetwork, check_recovery_inputs, missing_rows
+from monai_dymo.networks.recovery.base import RecoveryNetwork, check_recovery_inputs, missing_rows
+from monai_dymo.networks.recovery.gaussian_experts import (
+    gaussian_kl_standard,
+    product_of_experts,
+    product_of_natural_experts,
+)
+from monai_dymo.networks.recovery.modality_likelihood import (
+    encoder_input,
+    negative_log_likelihood,
+    output_to_mean,
+)
+from monai_dymo.networks.recovery.modality_networks import build_modality_decoder, build_modality_encoder
+from monai_dymo.networks.recovery.modality_spec import ModalitySpec
 from monai_dymo.subsets import all_subset_masks, mask_to_code
 
 __all__ = [
@@ -57,253 +65,9 @@ __all__ = [
 MOPOE_CHECKPOINT_FORMAT = "monai_dymo.MoPoERecovery"
 _MOPOE_CHECKPOINT_VERSION = 1
 
-_IMAGE_LIKELIHOODS = ("laplace", "gaussian")
 #: encoder output conventions; index = code stored in the state_dict (state_dicts without it are "mean_logvar")
 _EXPERT_PARAMETRIZATIONS = ("mean_logvar", "natural")
 _PARAM_KEY = "expert_parametrization_code"
-_OUTPUT_ACTIVATIONS = (None, "sigmoid", "tanh")
-
-
-def _tuple_int(v: Any) -> tuple[int, ...]:
-    if isinstance(v, int):
-        return (int(v),)
-    return tuple(int(x) for x in v)
-
-
-@dataclass
-class ModalitySpec:
-    """Configuration of one modality of :class:`MoPoERecovery` (every field has a config-friendly plain type).
-
-    Args:
-        shape: per-patient shape: ``(C, H, W)`` (2D image), ``(C, D, H, W)`` (3D image) or ``(F,)`` (clinical vector).
-        likelihood: images: ``"laplace"`` (default) or ``"gaussian"``; vectors: ``"gaussian"`` (default; continuous
-            fields; categorical fields always use a categorical likelihood).
-        scale: fixed Laplace scale ``b`` / Gaussian ``sigma``; default 0.75 for Laplace, 1.0 for Gaussian.
-        weight: weight ``w_m`` of this modality's log-likelihood in the ELBO.
-        categorical: vectors only, ``{field index: number of classes}``.
-        channels, strides: image encoder (:class:`monai.networks.nets.Regressor`) conv channels / strides.
-        decoder_channels, decoder_strides: image decoder (:class:`monai.networks.nets.Generator`); default: the
-            encoder's in reverse, ending with the image channels; strides from the end are set to 1 until the
-            spatial size is divisible by their product.
-        kernel_size, num_res_units, act, norm, dropout: passed to the MONAI blocks.
-        hidden: vectors only, hidden widths of the MLP encoder (the decoder uses them reversed).
-        output_activation: ``None``, ``"sigmoid"`` (images in [0, 1]) or ``"tanh"``; images only.
-    """
-
-    shape: Sequence[int]
-    likelihood: str | None = None
-    scale: float | None = None
-    weight: float = 1.0
-    categorical: Mapping[int, int] = field(default_factory=dict)
-    channels: Sequence[int] = (32, 64, 128)
-    strides: Sequence[int] = (2, 2, 2)
-    decoder_channels: Sequence[int] | None = None
-    decoder_strides: Sequence[int] | None = None
-    kernel_size: int = 3
-    num_res_units: int = 0
-    act: Any = "leakyrelu"
-    norm: Any = None
-    dropout: float | None = None
-    hidden: Sequence[int] = (128, 128)
-    output_activation: str | None = None
-
-    def __post_init__(self) -> None:
-        self.shape = _tuple_int(self.shape)
-        if self.likelihood is None:
-            self.likelihood = "laplace" if len(self.shape) in (3, 4) else "gaussian"
-        self.likelihood = str(self.likelihood).lower()
-        self.channels = _tuple_int(self.channels)
-        self.strides = _tuple_int(self.strides)
-        self.hidden = _tuple_int(self.hidden)
-        self.categorical = {int(k): int(v) for k, v in dict(self.categorical).items()}
-        if len(self.shape) not in (1, 3, 4) or any(s < 1 for s in self.shape):
-            raise ValueError(
-                f"modality shape must be (F,), (C, H, W) or (C, D, H, W) with positive sizes, got {self.shape}."
-            )
-        if self.is_image:
-            if self.likelihood not in _IMAGE_LIKELIHOODS:
-                raise ValueError(f"image likelihood must be one of {_IMAGE_LIKELIHOODS}, got {self.likelihood!r}.")
-            if self.categorical:
-                raise ValueError("`categorical` fields are only allowed for vector (clinical) modalities.")
-            if len(self.channels) == 0 or len(self.channels) != len(self.strides):
-                raise ValueError(f"`channels` {self.channels} and `strides` {self.strides} must have the same length.")
-            if self.output_activation is not None:
-                self.output_activation = str(self.output_activation).lower()
-            if self.output_activation not in _OUTPUT_ACTIVATIONS:
-                raise ValueError(
-                    f"output_activation must be one of {_OUTPUT_ACTIVATIONS}, got {self.output_activation!r}."
-                )
-            if self.decoder_channels is None:
-                self.decoder_channels = tuple(reversed(self.channels[:-1])) + (self.shape[0],)
-            self.decoder_channels = _tuple_int(self.decoder_channels)
-            if self.decoder_channels[-1] != self.shape[0]:
-                raise ValueError(
-                    f"the last decoder channel ({self.decoder_channels[-1]}) must equal the image channels "
-                    f"({self.shape[0]})."
-                )
-            if self.decoder_strides is None:
-                strides = list(reversed(self.strides))[: len(self.decoder_channels)]
-                strides += [1] * (len(self.decoder_channels) - len(strides))
-                for i in reversed(range(len(strides))):
-                    if all(s % math.prod(strides) == 0 for s in self.shape[1:]):
-                        break
-                    strides[i] = 1
-                self.decoder_strides = tuple(strides)
-            self.decoder_strides = _tuple_int(self.decoder_strides)
-            if len(self.decoder_strides) != len(self.decoder_channels):
-                raise ValueError(
-                    f"`decoder_channels` {self.decoder_channels} and `decoder_strides` {self.decoder_strides} "
-                    "must have the same length."
-                )
-            up = math.prod(self.decoder_strides)
-            if any(s % up for s in self.shape[1:]):
-                raise ValueError(
-                    f"image size {self.shape[1:]} is not divisible by the decoder's total upsampling {up} "
-                    f"(decoder_strides {self.decoder_strides})."
-                )
-        else:
-            if self.likelihood != "gaussian":
-                raise ValueError(
-                    "vector (clinical) modalities use a 'gaussian' likelihood for continuous fields, "
-                    f"got {self.likelihood!r}."
-                )
-            num_fields = self.shape[0]
-            for idx, k in self.categorical.items():
-                if not 0 <= idx < num_fields:
-                    raise ValueError(f"categorical field index {idx} out of range for {num_fields} fields.")
-                if k < 2:
-                    raise ValueError(f"categorical field {idx} needs at least 2 classes, got {k}.")
-        if self.scale is None:
-            self.scale = 0.75 if self.likelihood == "laplace" else 1.0
-        self.scale = float(self.scale)
-        if self.scale <= 0:
-            raise ValueError(f"likelihood scale must be positive, got {self.scale}.")
-        self.weight = float(self.weight)
-        if self.weight < 0:
-            raise ValueError(f"likelihood weight must be >= 0, got {self.weight}.")
-
-    @classmethod
-    def from_config(cls, config: ModalitySpec | Mapping[str, Any]) -> ModalitySpec:
-        """Build from a mapping (e.g. a bundle config entry) or return a copy of a spec."""
-        if isinstance(config, ModalitySpec):
-            return cls(**config.to_config())
-        if not isinstance(config, Mapping):
-            raise ValueError(f"a modality spec must be a mapping or ModalitySpec, got {type(config).__name__}.")
-        cfg = dict(config)
-        unknown = [k for k in cfg if k not in cls.__dataclass_fields__]
-        if unknown:
-            raise ValueError(f"unknown modality spec key(s) {unknown}.")
-        if "shape" not in cfg:
-            raise ValueError("a modality spec needs a `shape`.")
-        return cls(**cfg)
-
-    def to_config(self) -> dict[str, Any]:
-        """Plain-type dict that :meth:`from_config` turns back into the same spec."""
-        out: dict[str, Any] = {
-            "shape": list(self.shape),
-            "likelihood": self.likelihood,
-            "scale": self.scale,
-            "weight": self.weight,
-        }
-        if self.is_image:
-            out.update(
-                channels=list(self.channels),
-                strides=list(self.strides),
-                decoder_channels=list(self.decoder_channels or ()),
-                decoder_strides=list(self.decoder_strides or ()),
-                kernel_size=self.kernel_size,
-                num_res_units=self.num_res_units,
-                output_activation=self.output_activation,
-            )
-        else:
-            out.update(categorical={int(k): int(v) for k, v in self.categorical.items()}, hidden=list(self.hidden))
-        out.update(act=self.act, norm=self.norm, dropout=self.dropout)
-        return out
-
-    @property
-    def is_image(self) -> bool:
-        return len(self.shape) in (3, 4)
-
-    @property
-    def spatial_dims(self) -> int:
-        return len(self.shape) - 1
-
-    @property
-    def continuous_fields(self) -> list[int]:
-        return [i for i in range(self.shape[0]) if i not in self.categorical] if not self.is_image else []
-
-    @property
-    def categorical_fields(self) -> list[int]:
-        return sorted(self.categorical)
-
-
-class _ConvEncoder(Regressor):
-    """MONAI ``Regressor`` whose last conv block keeps its activation (a linear head follows it)."""
-
-    def _get_layer(self, in_channels: int, out_channels: int, strides: int, is_last: bool) -> nn.Module:
-        return super()._get_layer(in_channels, out_channels, strides, False)
-
-
-class _ConvDecoder(Generator):
-    """MONAI ``Generator`` with an activation after its input linear layer and an optional output activation."""
-
-    def __init__(self, *args: Any, output_activation: str | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.linear_act = get_act_layer(self.act) if self.act is not None else nn.Identity()
-        acts = {None: nn.Identity, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-        self.output_act = acts[output_activation]()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.linear_act(self.linear(self.flatten(x)))
-        return self.output_act(self.conv(self.reshape(x)))
-
-
-def product_of_natural_experts(
-    eta: torch.Tensor, log_prec: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Product of Gaussian experts in natural parameters, together with the prior expert ``N(0, I)``.
-
-    Expert ``m`` is ``N(eta_m / p_m, 1 / p_m)`` with precision ``p_m = exp(log_prec_m)``; the product has precision
-    ``Lambda = 1 + sum_m p_m`` and mean ``sum_m eta_m / Lambda``.
-
-    Args:
-        eta, log_prec: ``[B, M, D]`` (values of unselected experts are ignored).
-        mask: ``BoolTensor[B, M]`` (one subset per sample) or ``[B, K, M]`` (``K`` subsets per sample).
-
-    Returns:
-        ``(mu_s, logvar_s)``, each ``[B, D]`` or ``[B, K, D]``.
-    """
-    prec = torch.exp(log_prec)
-    w = mask.to(eta.dtype)
-    if mask.ndim == 2:
-        w = w.unsqueeze(-1)
-        lam = 1.0 + (w * prec).sum(1)
-        num = (w * eta).sum(1)
-    else:
-        lam = 1.0 + torch.einsum("bkm,bmd->bkd", w, prec)
-        num = torch.einsum("bkm,bmd->bkd", w, eta)
-    return num / lam, -torch.log(lam)
-
-
-def product_of_experts(
-    mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Product of the Gaussian experts ``N(mu_m, diag exp(logvar_m))`` selected by ``mask`` and the prior ``N(0, I)``:
-    ``Lambda_s = 1 + sum_m exp(-logvar_m)``, ``mu_s = Lambda_s^-1 sum_m exp(-logvar_m) mu_m``.
-
-    Args:
-        mu, logvar: ``[B, M, D]`` expert means and log-variances (values of unselected experts are ignored).
-        mask: ``BoolTensor[B, M]`` (one subset per sample) or ``[B, K, M]`` (``K`` subsets per sample).
-
-    Returns:
-        ``(mu_s, logvar_s)``, each ``[B, D]`` or ``[B, K, D]``.
-    """
-    return product_of_natural_experts(torch.exp(-logvar) * mu, -logvar, mask)
-
-
-def gaussian_kl_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """``KL(N(mu, diag exp(logvar)) || N(0, I))`` summed over the last dimension."""
-    return 0.5 * (torch.exp(logvar) + mu.pow(2) - 1.0 - logvar).sum(-1)
 
 
 class MoPoERecovery(RecoveryNetwork):
@@ -371,52 +135,12 @@ class MoPoERecovery(RecoveryNetwork):
             _PARAM_KEY, torch.tensor(_EXPERT_PARAMETRIZATIONS.index(expert_parametrization), dtype=torch.int64)
         )
         self.nan_tolerant = tuple(m for m, s in self.specs.items() if not s.is_image)
-        self.encoders = nn.ModuleDict({m: self._make_encoder(s) for m, s in self.specs.items()})
-        self.decoders = nn.ModuleDict({m: self._make_decoder(s) for m, s in self.specs.items()})
+        self.encoders = nn.ModuleDict({m: build_modality_encoder(s, self.latent_dim) for m, s in self.specs.items()})
+        self.decoders = nn.ModuleDict({m: build_modality_decoder(s, self.latent_dim) for m, s in self.specs.items()})
         # the exact mean KL over all subsets is computed while 2**M - 1 <= max_kl_subsets
         self._kl_table_max_modalities = int(math.floor(math.log2(max(self.max_kl_subsets, 1) + 1)))
 
-    # ------------------------------------------------------------------ construction
-    def _make_encoder(self, spec: ModalitySpec) -> nn.Module:
-        out = 2 * self.latent_dim
-        if spec.is_image:
-            return _ConvEncoder(
-                in_shape=spec.shape,
-                out_shape=(out,),
-                channels=spec.channels,
-                strides=spec.strides,
-                kernel_size=spec.kernel_size,
-                num_res_units=spec.num_res_units,
-                act=spec.act,
-                norm=spec.norm,
-                dropout=spec.dropout,
-            )
-        in_dim = len(spec.continuous_fields) + sum(spec.categorical.values()) + spec.shape[0]
-        return FullyConnectedNet(in_dim, out, list(spec.hidden), dropout=spec.dropout, act=spec.act)
-
-    def _make_decoder(self, spec: ModalitySpec) -> nn.Module:
-        if spec.is_image:
-            dec_ch = tuple(spec.decoder_channels or ())
-            dec_st = tuple(spec.decoder_strides or ())
-            up = math.prod(dec_st)
-            start = (spec.channels[-1], *(s // up for s in spec.shape[1:]))
-            return _ConvDecoder(
-                latent_shape=(self.latent_dim,),
-                start_shape=start,
-                channels=dec_ch,
-                strides=dec_st,
-                kernel_size=spec.kernel_size,
-                num_res_units=spec.num_res_units,
-                act=spec.act,
-                norm=spec.norm,
-                dropout=spec.dropout,
-                output_activation=spec.output_activation,
-            )
-        out_dim = len(spec.continuous_fields) + sum(spec.categorical.values())
-        return FullyConnectedNet(
-            self.latent_dim, out_dim, list(reversed(spec.hidden)), dropout=spec.dropout, act=spec.act
-        )
-
+    # ------------------------------------------------------------------ configuration
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments as plain types (``MoPoERecovery(**net.get_config())`` rebuilds the architecture)."""
         return {
@@ -440,7 +164,7 @@ class MoPoERecovery(RecoveryNetwork):
         error_msgs: list,
     ) -> None:
         key = prefix + _PARAM_KEY
-        code = int(state_dict[key]) if key in state_dict else 0  # older state_dicts: "mean_logvar"
+        code = int(state_dict[key]) if key in state_dict else 0  # state_dicts without the code: "mean_logvar"
         own = _EXPERT_PARAMETRIZATIONS.index(self.expert_parametrization)
         if code != own:
             found = _EXPERT_PARAMETRIZATIONS[code] if 0 <= code < len(_EXPERT_PARAMETRIZATIONS) else str(code)
@@ -491,31 +215,9 @@ class MoPoERecovery(RecoveryNetwork):
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    @staticmethod
-    def _observed_fields(spec: ModalitySpec, x: torch.Tensor) -> torch.Tensor:
-        """``BoolTensor[B, F]``: field present (not NaN, and for a categorical field not the unknown code ``-1``)."""
-        observed = ~torch.isnan(x)
-        for idx in spec.categorical_fields:
-            observed[:, idx] &= x[:, idx] != UNKNOWN_CODE
-        return observed
-
     def _encoder_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        spec = self.specs[name]
         x = convert_to_tensor(x, track_meta=False, wrap_sequence=True).to(device=self._device(), dtype=self._dtype())
-        if spec.is_image:
-            return x
-        observed = self._observed_fields(spec, x)
-        values = torch.where(observed, x, torch.zeros_like(x))
-        parts = []
-        cont = spec.continuous_fields
-        if cont:
-            parts.append(values[:, cont])
-        for idx in spec.categorical_fields:
-            k = spec.categorical[idx]
-            cls_idx = values[:, idx].round().long().clamp(0, k - 1)
-            parts.append(F.one_hot(cls_idx, k).to(x.dtype) * observed[:, idx : idx + 1].to(x.dtype))
-        parts.append(observed.to(x.dtype))
-        return torch.cat(parts, dim=1)
+        return encoder_input(self.specs[name], x)
 
     def encode_natural(
         self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor
@@ -583,57 +285,11 @@ class MoPoERecovery(RecoveryNetwork):
 
     def output_to_mean(self, name: str, out: torch.Tensor) -> torch.Tensor:
         """Turn a raw decoder output into a recovered modality ``[n, *shape]`` (categorical fields -> arg-max class)."""
-        spec = self.specs[name]
-        if spec.is_image:
-            return out
-        res = out.new_zeros(out.shape[0], spec.shape[0])
-        cont = spec.continuous_fields
-        n_cont = len(cont)
-        if cont:
-            res[:, cont] = out[:, :n_cont]
-        off = n_cont
-        for idx in spec.categorical_fields:
-            k = spec.categorical[idx]
-            res[:, idx] = out[:, off : off + k].argmax(dim=1).to(out.dtype)
-            off += k
-        return res
+        return output_to_mean(self.specs[name], out)
 
     def negative_log_likelihood(self, name: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``-log p(x_m | z)`` per row ``[n]`` (NaN fields of vectors are left out)."""
-        spec = self.specs[name]
-        target = convert_to_tensor(target, track_meta=False, wrap_sequence=True).to(device=out.device, dtype=out.dtype)
-        scale = spec.scale
-        if spec.is_image:
-            diff = (target - out).flatten(1)
-            if spec.likelihood == "laplace":
-                return (diff.abs() / scale).sum(1) + diff.shape[1] * math.log(2.0 * scale)
-            return 0.5 * (diff / scale).pow(2).sum(1) + diff.shape[1] * (math.log(scale) + 0.5 * math.log(2 * math.pi))
-        observed = self._observed_fields(spec, target)
-        nll = out.new_zeros(out.shape[0])
-        cont = spec.continuous_fields
-        n_cont = len(cont)
-        if cont:
-            obs_c = observed[:, cont].to(out.dtype)
-            diff = torch.nan_to_num(target[:, cont]) - out[:, :n_cont]
-            per = 0.5 * (diff / scale).pow(2) + math.log(scale) + 0.5 * math.log(2 * math.pi)
-            nll = nll + (per * obs_c).sum(1)
-        off = n_cont
-        for idx in spec.categorical_fields:
-            k = spec.categorical[idx]
-            obs = observed[:, idx]
-            val = torch.where(obs, target[:, idx], torch.zeros_like(target[:, idx]))
-            cls_idx = val.round().long()
-            bad = obs & ((cls_idx < 0) | (cls_idx >= k) | (val != val.round()))
-            if bool(bad.any()):
-                i = int(torch.nonzero(bad, as_tuple=False)[0, 0])
-                raise ValueError(
-                    f"row {i}, modality '{name}', categorical field {idx}: expected an integer class in [0, {k - 1}], "
-                    f"found {float(target[i, idx])}."
-                )
-            ce = F.cross_entropy(out[:, off : off + k], cls_idx.clamp(0, k - 1), reduction="none")
-            nll = nll + ce * obs.to(out.dtype)
-            off += k
-        return nll
+        return negative_log_likelihood(self.specs[name], out, target, name)
 
     # ------------------------------------------------------------------ training objective
     @staticmethod
