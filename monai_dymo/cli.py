@@ -21,8 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from monai_dymo.errors import DyMoFileNotFoundError, error_line, input_error, install_excepthook
 
@@ -39,6 +40,8 @@ __all__ = [
 BUNDLE_NAME = "polymnist_dymo"
 COHORT_BUNDLE_NAME = "cohort_dymo"
 COHORT_NAME = "brain_mri_demo"
+
+T = TypeVar("T")
 
 DESCRIPTION = """\
 DyMo for MONAI: inference-time dynamic modality selection for incomplete multimodal classification.
@@ -110,45 +113,66 @@ def find_bundle(name: str = BUNDLE_NAME) -> Path | None:
     return None
 
 
+def _typed_arg(text: str, convert: Callable[[str], T], valid: Callable[[T], bool], unreadable: str, invalid: str) -> T:
+    """``convert(text)``, or ``argparse.ArgumentTypeError`` (``"<unreadable>, got 'text'"`` when it cannot be
+    converted, ``"<invalid>, got text"`` when ``valid`` refuses the value)."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{unreadable}, got {text!r}") from None
+    if not valid(value):
+        raise argparse.ArgumentTypeError(f"{invalid}, got {text}")
+    return value
+
+
 def missing_rate_arg(text: str) -> float:
     """argparse type: a missing rate in [0, 1]."""
-    try:
-        rate = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"missing rate must be a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= rate <= 1.0:
-        raise argparse.ArgumentTypeError(f"missing rate must be in [0, 1], got {text}")
-    return rate
+    in_range = "missing rate must be in [0, 1]"
+    return _typed_arg(text, float, lambda r: 0.0 <= r <= 1.0, "missing rate must be a number in [0, 1]", in_range)
 
 
 def seed_arg(text: str) -> int:
     """argparse type: a non-negative integer seed."""
-    try:
-        seed = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text!r}") from None
-    if seed < 0:
-        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text}")
-    return seed
+    message = "seed must be a non-negative integer"
+    return _typed_arg(text, int, lambda s: s >= 0, message, message)
 
 
-def _cohort_demo(args: argparse.Namespace) -> int:
-    if args.bundle is None:
+def _bundle_configs(path: str | None, name: str, kind: str) -> tuple[Path, Path]:
+    """The bundle folder ``path`` and its ``configs`` folder; ``FileNotFoundError`` saying how to give one (``kind``
+    names the bundle ``bundles/<name>``) when there is none or it has no ``configs/inference.yaml``."""
+    if path is None:
         raise DyMoFileNotFoundError(
-            f"the cohort bundle is not installed with this monai_dymo (looked in "
-            f"{_project_root() / 'bundles' / COHORT_BUNDLE_NAME} and {_installed_bundles_dir() / COHORT_BUNDLE_NAME}); "
-            f"pass --bundle PATH to a copy of bundles/{COHORT_BUNDLE_NAME}."
+            f"the {kind} bundle is not installed with this monai_dymo (looked in {_project_root() / 'bundles' / name} "
+            f"and {_installed_bundles_dir() / name}); pass --bundle PATH to a copy of bundles/{name}."
         )
-    bundle = Path(args.bundle).resolve()
+    bundle = Path(path).resolve()
     configs = bundle / "configs"
     if not (configs / "inference.yaml").is_file():
         raise DyMoFileNotFoundError(
-            f"no bundle at {bundle} (configs/inference.yaml not found); pass --bundle PATH to a copy of "
-            f"bundles/{COHORT_BUNDLE_NAME}."
+            f"no bundle at {bundle} (configs/inference.yaml not found); pass --bundle PATH to a copy of bundles/{name}."
         )
-    for name in ("fusion.pt", "recovery.pt", "calibration.pt", "clinical_stats.json"):
-        if not (bundle / "models" / COHORT_NAME / name).is_file():
-            raise DyMoFileNotFoundError(f"bundle weights not found: {bundle / 'models' / COHORT_NAME / name}")
+    return bundle, configs
+
+
+def _require_weights(folder: Path, names: Sequence[str]) -> None:
+    """``FileNotFoundError`` naming the first of the files ``folder/<name>`` that is not there."""
+    for name in names:
+        if not (folder / name).is_file():
+            raise DyMoFileNotFoundError(f"bundle weights not found: {folder / name}")
+
+
+def _report_root(given: str | None, outside_checkout: str) -> str | None:
+    """The absolute report folder root: ``given``, else ``outside_checkout`` when running from an installed package
+    (never write into it), else None (the bundle's own folder)."""
+    if given is None and not _is_source_checkout():
+        given = outside_checkout
+    return None if given is None else str(Path(given).resolve())
+
+
+def _cohort_demo(args: argparse.Namespace) -> int:
+    bundle, configs = _bundle_configs(args.bundle, COHORT_BUNDLE_NAME, "cohort")
+    weights = ("fusion.pt", "recovery.pt", "calibration.pt", "clinical_stats.json")
+    _require_weights(bundle / "models" / COHORT_NAME, weights)
     cohort_dir = Path(args.cohort_dir).resolve()
     if not (cohort_dir / "datalist.json").is_file():
         if args.source is None:
@@ -171,11 +195,9 @@ def _cohort_demo(args: argparse.Namespace) -> int:
     }
     if args.max_patients is not None:
         overrides["max_patients"] = args.max_patients
-    output_dir = args.output_dir
-    if output_dir is None and not _is_source_checkout():
-        output_dir = os.path.join("runs", COHORT_NAME)  # never write into an installed package
+    output_dir = _report_root(args.output_dir, os.path.join("runs", COHORT_NAME))
     if output_dir is not None:
-        overrides["work_dir"] = str(Path(output_dir).resolve())
+        overrides["work_dir"] = output_dir
     install_excepthook()
     run(
         config_file=[str(configs / "common.yaml"), str(configs / "inference.yaml")],
@@ -187,21 +209,8 @@ def _cohort_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    if args.bundle is None:
-        raise DyMoFileNotFoundError(
-            f"the PolyMNIST bundle is not installed with this monai_dymo (looked in {default_bundle_dir()} and "
-            f"{_installed_bundles_dir() / BUNDLE_NAME}); pass --bundle PATH to a copy of bundles/{BUNDLE_NAME}."
-        )
-    bundle = Path(args.bundle).resolve()
-    configs = bundle / "configs"
-    if not (configs / "inference.yaml").is_file():
-        raise DyMoFileNotFoundError(
-            f"no bundle at {bundle} (configs/inference.yaml not found); pass --bundle PATH to a copy of "
-            f"bundles/{BUNDLE_NAME}."
-        )
-    for weights in ("fusion.pt", "recovery.pt", "calibration.pt"):
-        if not (bundle / "models" / weights).is_file():
-            raise DyMoFileNotFoundError(f"bundle weights not found: {bundle / 'models' / weights}")
+    bundle, configs = _bundle_configs(args.bundle, BUNDLE_NAME, "PolyMNIST")
+    _require_weights(bundle / "models", ("fusion.pt", "recovery.pt", "calibration.pt"))
     if args.mnist is None or args.backgrounds is None:
         raise DyMoFileNotFoundError("pass --mnist (MNIST .npz) and --backgrounds (folder of the five photographs).")
 
@@ -217,11 +226,9 @@ def _demo(args: argparse.Namespace) -> int:
     }
     if args.max_samples is not None:
         overrides["max_samples"] = args.max_samples
-    output_dir = args.output_dir
-    if output_dir is None and not _is_source_checkout():
-        output_dir = "runs"  # never write into an installed package
+    output_dir = _report_root(args.output_dir, "runs")
     if output_dir is not None:
-        overrides["output_dir"] = str(Path(output_dir).resolve())
+        overrides["output_dir"] = output_dir
     common = str(configs / "common.yaml")
     logging_file = str(configs / "logging.conf")
     # the pattern of this rate and seed only (patterns are nested across rates: the file is the same either way)

@@ -145,11 +145,12 @@ def certify_out_of_fold(
     margins: Sequence[float] = DEFAULT_MARGINS,
     delta: float = 0.1,
     source: str = "",
+    class_counts: Sequence[int] | None = None,
 ) -> SubsetCalibration:
     """Certify the margin on the out-of-fold ``outcomes`` (:func:`oof_outcomes`,
     :func:`~monai_dymo.certification.certify`) and attach the result to ``calibration`` (e.g. the ensemble's, saved
     with it); returns it."""
     folds = int(np.unique(np.asarray(outcomes["fold"])).size) if "fold" in outcomes else None
     text = source or (f"out of fold: {folds} folds, each fold's network on its held-out fold" if folds else "")
-    calibration.certification = certify(outcomes, margins, delta, text)
+    calibration.certification = certify(outcomes, margins, delta, text, class_counts=class_counts)
     return calibration

@@ -12,6 +12,8 @@ from monai_dymo.certification import (
     certification_summary,
     certify,
     margin_on_holdout,
+    margin_share,
+    rare_class,
     refer_decisions,
     refer_for_margin,
     resolve_margin,
@@ -49,16 +51,19 @@ def test_resolve_margin_sources(cert):
 
 
 def test_margin_provenance_sets_the_refer_level(cert):
-    K = len(cert["margins"])
+    finite = [m for m in cert["margins"] if math.isfinite(m)]
+    share = 0.5 / len(finite)  # fixed before the data: inf 1/2, each tested finite margin 1/(2K)
     assert margin_on_holdout(cert, math.inf, "certified") and margin_on_holdout(cert, 0.1, "fixed")
     assert margin_on_holdout(cert, 0.0, "method rule") and margin_on_holdout(cert, math.inf, "fixed")
     assert not margin_on_holdout(cert, 0.05, "fixed")  # never tested: could not be read off the table
     assert not margin_on_holdout(cert, 0.1, "independent") and not margin_on_holdout(None, 0.1, "fixed")
-    for margin, source, level in ((0.1, "fixed", 0.1 / (K + 1)), (0.1, "independent", 0.1), (0.05, "fixed", 0.1)):
+    for margin, source, level in ((0.1, "fixed", 0.1 * share), (math.inf, "certified", 0.1 * 0.5),
+                                  (0.1, "independent", 0.1), (0.05, "fixed", 0.1)):
         rule = refer_for_margin(cert, margin, source, 0.1, 0.1)
         assert rule["test_level"] == pytest.approx(level) and rule["margin_source"] == source
     expected = refer_for_margin(cert, 0.1, "fixed", 0.1, guarantee="expected")
-    assert expected["risk_level"] == pytest.approx(0.1 / (K + 1)) and expected["test_level"] is None
+    assert expected["risk_level"] == pytest.approx(0.1 * share) and expected["test_level"] is None
+    assert margin_share(cert, math.inf) + len(finite) * margin_share(cert, 0.1) == pytest.approx(1.0)
 
 
 def test_pooled_rule_and_reasons_state_the_guarantee(cert):
@@ -96,6 +101,17 @@ def test_auto_per_class_on_a_rare_class_pays_for_the_choice():
     balanced = certify(_outcomes(minority=0.5, seed=2), margins=(0.0,), delta=0.05)
     rule = refer_for_margin(balanced, 0.5, "independent", 0.1, 0.1, per_class="auto")
     assert not rule["per_class"] and rule["test_level"] == pytest.approx(0.05)
+
+
+def test_auto_per_class_from_training_counts_costs_no_level():
+    outcomes = _outcomes(minority=0.5, seed=2)  # balanced held-out labels, but a rare class in training
+    rare_in_training = certify(outcomes, margins=(0.0,), delta=0.05, class_counts=[90, 10])
+    rule = refer_for_margin(rare_in_training, 0.5, "independent", 0.1, 0.1, per_class="auto")
+    assert rule["per_class"] and rule["test_level"] == pytest.approx(0.1 / 2)  # over 2 classes, nothing for the choice
+    common = certify(outcomes, margins=(0.0,), delta=0.05, class_counts=[60, 40])
+    rule = refer_for_margin(common, 0.5, "independent", 0.1, 0.1, per_class="auto")
+    assert not rule["per_class"] and rule["test_level"] == pytest.approx(0.1)
+    assert rare_class([85, 15]) and not rare_class([10] * 10) and rare_class([30, 30, 30, 5])
 
 
 def test_expected_rule_reasons_and_joint_statement_with_a_certified_margin(cert):

@@ -27,7 +27,7 @@ _LAZY_NAMES: dict[str, str] = {
         "certify_calibration", "fit_probability_temperature")},
     **{name: "policy" for name in (
         "GUARANTEES", "GUARANTEE_SETTINGS", "AUTO_CLASS_FRACTION", "AUTO_PAC_PATIENTS", "margin_label",
-        "resolve_margin", "margin_on_holdout", "refer_for_margin",
+        "resolve_margin", "margin_on_holdout", "margin_share", "rare_class", "refer_for_margin",
         "rule_threshold", "refer_decisions", "certification_summary")},
 }
 _SUBMODULES = frozenset({"statistics", "outcomes", "policy", "simulation"})
@@ -53,6 +53,8 @@ if TYPE_CHECKING:
         certification_summary,
         margin_label,
         margin_on_holdout,
+        margin_share,
+        rare_class,
         refer_decisions,
         refer_for_margin,
         resolve_margin,

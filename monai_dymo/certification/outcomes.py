@@ -195,12 +195,14 @@ def certify(
     *,
     procedure: str = "fallback",
     weights: Sequence[float] | None = None,
+    class_counts: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Certify the margin on held-out ``outcomes`` (:func:`collect_outcomes`); returns the certification record saved
     with the calibration (:meth:`~monai_dymo.calibration.SubsetCalibration.certification`): the result of
     :func:`~.statistics.certify_margin` plus ``outcomes`` (label and prefix predictions: no identifiers, no images),
-    ``margins``, ``source`` (how the held-out patients were drawn), ``num_patients`` and ``num_classes`` (None when
-    unknown)."""
+    ``margins``, ``source`` (how the held-out patients were drawn), ``num_patients``, ``num_classes`` (None when
+    unknown) and ``training_class_counts`` (``class_counts``: patients per class of the data the network and its
+    calibration were fitted on, which the refer rule's ``per_class="auto"`` reads instead of held-out labels)."""
     y = np.asarray(outcomes["label"])
     pred0 = np.asarray(outcomes["prefix_prediction"])[:, 0]
     at = [outcomes_at_margin(outcomes, m)[0] for m in margins]
@@ -213,6 +215,7 @@ def certify(
         "margins": [float(m) for m in margins],
         "source": str(source),
         "num_patients": int(y.shape[0]),
+        "training_class_counts": None if class_counts is None else [int(c) for c in class_counts],
         "num_classes": None if num_classes is None else int(num_classes),
         "outcomes": {k: torch.as_tensor(np.asarray(v)) for k, v in outcomes.items() if k != "num_classes"},
     }
@@ -228,12 +231,15 @@ def certify_calibration(
     source: str = "",
     procedure: str = "fallback",
     weights: Sequence[float] | None = None,
+    class_counts: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> Any:
     """Collect the held-out outcomes of ``network`` on ``loader`` (:func:`collect_outcomes`, ``kwargs`` passed on),
-    certify the margin (:func:`certify`) and attach the result to ``calibration`` (saved with it); returns it."""
+    certify the margin (:func:`certify`; ``class_counts``: the training split's patients per class) and attach the
+    result to ``calibration`` (saved with it); returns it."""
     outcomes = collect_outcomes(network, calibration, loader, **kwargs)
-    calibration.certification = certify(outcomes, margins, delta, source, procedure=procedure, weights=weights)
+    calibration.certification = certify(outcomes, margins, delta, source, procedure=procedure, weights=weights,
+                                        class_counts=class_counts)
     return calibration
 
 

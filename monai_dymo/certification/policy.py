@@ -4,16 +4,19 @@ that margin, and each patient's refer decision with the guarantee behind it.
 **Margin provenance.** A margin chosen with the held-out patients (``margin: certified``, or a number typed after
 seeing the certification, which tested its margins on those patients) makes the refer rule's data depend on that
 choice. A margin that equals one of the certification's tested margins (or inf) is therefore treated as chosen on the
-held-out patients unless declared ``margin_source="independent"`` (fixed without looking at them): the refer rule then
-runs at ``delta / (K + 1)`` (``pac``) or ``alpha / (K + 1)`` (``expected``), ``K`` tested margins plus inf, so that it
-holds whichever of them was chosen (union bound; for the expectation, the loss at the chosen margin is at most the sum
-over the ``K + 1``). A margin outside that set could not have been picked from the certification's table.
+held-out patients unless declared ``margin_source="independent"`` (fixed without looking at them). The refer rule
+then runs at a share of ``delta`` (``pac``) or ``alpha`` (``expected``) fixed before the data
+(:func:`margin_share`): half for inf (recoveries never accepted, what a small held-out split certifies) and the other
+half split evenly over the ``K`` tested margins, so that it holds whichever of them was chosen (union bound; for the
+expectation, the loss at the chosen margin is at most the sum over the candidates, each controlled at its share). A
+margin outside that set could not have been picked from the certification's table.
 
 **Guarantees** (held-out and new patients exchangeable; "population" = the patients the held-out split was drawn
 from, not those of any run): see :mod:`.statistics`. With ``per_class="auto"`` the pooled or per-class rule is picked
-from the held-out labels (per class when a class has under 20 % of them); that choice looks at the data, so each
-candidate runs at half the level and the stated guarantee (per class or pooled, ``pac``; pooled joint rate,
-``expected``) still holds at the full level. With ``guarantee="auto"`` the guarantee is picked from the number of
+from the training split's class counts stored with the certification (per class when a class has under
+``min(20 %, 0.8 / C)`` of them): no held-out label is read, so it costs no level. Without those counts it is picked
+from the held-out labels; that choice looks at the data, so each candidate then runs at half the level and the stated
+guarantee (per class or pooled, ``pac``; pooled joint rate, ``expected``) still holds at the full level. With ``guarantee="auto"`` the guarantee is picked from the number of
 held-out patients only (``pac`` from :data:`AUTO_PAC_PATIENTS` on, else ``expected``), fixed before any label is read:
 it costs no level. When the margin in force is certified, the margin's and the refer rule's ``pac`` guarantees hold
 together with probability ``>= 1 - (certify_delta + refer_delta)``.
@@ -51,6 +54,8 @@ __all__ = [
     "margin_label",
     "resolve_margin",
     "margin_on_holdout",
+    "margin_share",
+    "rare_class",
     "refer_for_margin",
     "rule_threshold",
     "refer_decisions",
@@ -62,7 +67,7 @@ __all__ = [
 GUARANTEES: tuple[str, ...] = ("pac", "expected")
 #: the ``guarantee`` settings of :func:`refer_for_margin`: one of :data:`GUARANTEES`, or ``"auto"``
 GUARANTEE_SETTINGS: tuple[str, ...] = (*GUARANTEES, "auto")
-#: ``per_class="auto"`` refers per predicted class when some class has under this fraction of the held-out labels
+#: ``per_class="auto"`` refers per predicted class when some class has under ``min(this, 0.8 / C)`` of the patients
 AUTO_CLASS_FRACTION = 0.2
 #: ``guarantee="auto"`` gives ``pac`` from this many held-out patients on, ``expected`` below (a rule on the count only)
 AUTO_PAC_PATIENTS = 200
@@ -108,6 +113,21 @@ def resolve_margin(
 def _tested_margins(certification: Mapping[str, Any]) -> list[float]:
     margins = certification.get("margins") or [t["margin"] for t in certification.get("tests", [])] or DEFAULT_MARGINS
     return [float(m) for m in margins]
+
+
+def margin_share(certification: Mapping[str, Any], margin: float) -> float:
+    """The share of the refer rule's level spent on ``margin`` when it may have been chosen on the held-out patients,
+    fixed before the data: 1/2 for inf, ``1 / (2 K)`` for each of the ``K`` tested finite margins (the shares of every
+    candidate sum to 1)."""
+    finite = [m for m in _tested_margins(certification) if not math.isinf(m)]
+    return 0.5 if math.isinf(margin) or not finite else 0.5 / len(finite)
+
+
+def rare_class(counts: Sequence[int]) -> bool:
+    """Whether some class has under ``min(AUTO_CLASS_FRACTION, 0.8 / C)`` of the patients counted in ``counts``."""
+    counts = np.asarray(counts, dtype=float)
+    limit = min(AUTO_CLASS_FRACTION, 0.8 / max(1, counts.size))
+    return bool((counts < limit * max(1.0, counts.sum())).any())
 
 
 def margin_on_holdout(certification: Mapping[str, Any] | None, margin: float, margin_source: str) -> bool:
@@ -169,7 +189,8 @@ def refer_for_margin(
         alpha, delta: target error (``pac``: error among patients not referred; ``expected``: joint rate of wrong and
             not referred) and failure probability (``pac`` only).
         per_class: one threshold per predicted class (True), one for all (False), or ``"auto"``: per class when a
-            class has under :data:`AUTO_CLASS_FRACTION` of the held-out labels (each candidate at half the level).
+            class has under ``min(AUTO_CLASS_FRACTION, 0.8 / C)`` of the certification's ``training_class_counts``
+            (else of the held-out labels, each candidate then at half the level).
         guarantee: ``"pac"`` or ``"expected"`` (:mod:`.statistics`), or ``"auto"``: ``pac`` when the held-out
             patients number at least :data:`AUTO_PAC_PATIENTS`, else ``expected`` (the count only, no label read).
         num_classes: the classifier's classes (default: the certification's, else the largest class seen + 1).
@@ -209,12 +230,15 @@ def refer_for_margin(
     correct = pred == labels
     C = _num_classes(certification, outcomes, num_classes)
     on_holdout = margin_on_holdout(certification, margin, margin_source)
-    split = len(_tested_margins(certification)) + 1 if on_holdout else 1
+    level_share = margin_share(certification, margin) if on_holdout else 1.0
     auto = per_class == "auto"
+    training_counts = certification.get("training_class_counts")
+    auto_on_holdout = auto and training_counts is None
     if auto:
-        counts = np.bincount(labels.astype(np.int64), minlength=C)[:C]
-        per_class = bool((counts < AUTO_CLASS_FRACTION * max(1, labels.size)).any())
-    share = split * (2 if auto else 1)  # the auto choice looks at the labels: each candidate at half the level
+        counts = training_counts if training_counts is not None else np.bincount(labels.astype(np.int64), minlength=C)[:C]
+        per_class = rare_class(counts)
+    # the auto choice from held-out labels looks at them: each candidate at half the level
+    share = (1.0 / level_share) * (2 if auto_on_holdout else 1)
     if guarantee == "pac":
         kw = {"procedure": procedure, "start": start}
         if per_class:
@@ -230,7 +254,7 @@ def refer_for_margin(
                else risk_control_threshold(prob, correct, risk_level, thresholds))
         test_level = None
     certified_margin = on_holdout and _margin_certified(certification, margin)
-    stated_per_class = per_class and not (auto and guarantee == "expected")
+    stated_per_class = per_class and not (auto_on_holdout and guarantee == "expected")
     statement = _statement(guarantee, stated_per_class, float(alpha), float(delta))
     if guarantee_setting == "auto":
         statement += f" ({guarantee_reason})"

@@ -122,6 +122,11 @@ class Plan:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
 
+    def training_class_counts(self, classes: Sequence[str]) -> list[int] | None:
+        """Patients per class of the training split, in ``classes`` order (None when the fingerprint has no counts)."""
+        counts = (self.fingerprint.get("class_counts") or {}).get("training")
+        return None if not counts else [int(counts.get(c, 0)) for c in classes]
+
     @property
     def network(self) -> dict[str, Any]:
         """The fusion network's settings (``build_cohort_fusion(spec, stats, settings=plan.network)``)."""

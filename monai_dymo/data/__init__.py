@@ -7,8 +7,9 @@ Nothing here imports networks or the inferer, and nothing here runs a model. The
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from monai_dymo.lazy_exports import lazy_exports
 
 _MISSING_PATTERNS = (
     "expected_missing_rate",
@@ -82,13 +83,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_NAMES:
-        value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_NAMES))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_NAMES)

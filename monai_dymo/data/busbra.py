@@ -230,7 +230,8 @@ def build_busbra(
         clinical.append({"patient_id": pid, "device": c["device"]})
 
     files = write_cohort_files(
-        out, name, datalist, clinical, INPUT_FIELDS, images, CLASSES, ("view1", "view2"), 1, (rows, cols), "acquisition",
+        out, name, datalist, clinical, INPUT_FIELDS, images, CLASSES,
+        pictures=("view1", "view2"), channels=1, spatial_size=(rows, cols), clinical_group="acquisition",
         header=(
             "# BUS-BRA cohort for bundles/cohort_dymo, written by `python -m monai_dymo.data busbra`.\n"
             "# Inputs: the two ultrasound views of the lesion (view2 absent for single-view lesions) and the scanner;\n"

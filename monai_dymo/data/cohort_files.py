@@ -82,7 +82,7 @@ def write_cohort_files(
         "label": "label",
         "classes": list(classes),
         "modalities": [
-            *({"name": m, "kind": "image2d", "spatial_size": list(spatial_size), "channels": channels} for m in pictures),
+            *({"name": m, "kind": "image2d", "spatial_size": [*spatial_size], "channels": channels} for m in pictures),
             {"name": clinical_group, "kind": "clinical", "categorical": list(input_fields)},
         ],
     }

@@ -184,7 +184,8 @@ def build_derm7pt(
         clinical.append({"patient_id": pid, **{f: r[f] for f in INPUT_FIELDS}})
 
     files = write_cohort_files(
-        out, name, datalist, clinical, INPUT_FIELDS, images, CLASSES, ("clinic", "derm"), 3, (rows, cols), "metadata",
+        out, name, datalist, clinical, INPUT_FIELDS, images, CLASSES,
+        pictures=("clinic", "derm"), channels=3, spatial_size=(rows, cols), clinical_group="metadata",
         header=(
             "# derm7pt cohort for bundles/cohort_dymo, written by `python -m monai_dymo.data derm7pt`.\n"
             "# Inputs: clinical photo, dermoscopic photo (RGB) and the metadata known before diagnosis (sex, location,\n"

@@ -164,7 +164,8 @@ def load_backgrounds(
 
 # ---------------------------------------------------------------------------------------------------------- writing
 def save_polymnist_npz(split_data: Mapping[str, np.ndarray], path: str | Path, compress: bool = False) -> Path:
-    """Write one split (as returned by :func:`~monai_dymo.data.polymnist_build.build_polymnist`) to ``path`` (uncompressed unless ``compress``)."""
+    """Write one split (as returned by :func:`~monai_dymo.data.polymnist_build.build_polymnist`) to ``path``
+    (uncompressed unless ``compress``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     (np.savez_compressed if compress else np.savez)(path, **dict(split_data))

@@ -16,7 +16,7 @@ from monai.utils.enums import CommonKeys
 from ..handlers.progress import attach_progress_bar
 from ..inferers import DyMoInferer
 from ..keys import DyMoKeys, Reason
-from .trainer import PrepareDyMoBatch
+from .batches import PrepareDyMoEvalBatch, unpack_batch
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, EventEnum
@@ -27,25 +27,6 @@ else:
     EventEnum, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "EventEnum")
 
 __all__ = ["PrepareDyMoEvalBatch", "DyMoEvaluator"]
-
-
-class PrepareDyMoEvalBatch(PrepareDyMoBatch):
-    """The trainer's :class:`~monai_dymo.engines.trainer.PrepareDyMoBatch` with the label optional (evaluation and
-    inference without labels): ``(inputs {modality: [B, ...]}, label or None, (), {"present": [B, M] or None})``; the
-    evaluator hands ``present`` to :class:`~monai_dymo.inferers.DyMoInferer` as ``inferer(inputs, network, present=...)``.
-
-    Args:
-        modality_keys: batch keys of the modalities, in the network's modality order.
-        present_key, label_key: batch keys of ``present`` and of the labels.
-    """
-
-    def __init__(
-        self,
-        modality_keys: Sequence[str],
-        present_key: str = DyMoKeys.PRESENT,
-        label_key: str = DyMoKeys.LABEL,
-    ) -> None:
-        super().__init__(modality_keys, label_key=label_key, present_key=present_key, require_label=False)
 
 
 class DyMoEvaluator(SupervisedEvaluator):
@@ -210,12 +191,7 @@ class DyMoEvaluator(SupervisedEvaluator):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        if len(batch) == 2:
-            inputs, targets = batch
-            args: tuple = ()
-            kwargs: dict = {}
-        else:
-            inputs, targets, args, kwargs = batch
+        inputs, targets, args, kwargs = unpack_batch(batch)
         if isinstance(inputs, Mapping) and tuple(inputs) != self.network_modalities:
             # batch keys -> network modality names
             inputs = {name: inputs[key] for name, key in zip(self.network_modalities, self.modality_keys)}

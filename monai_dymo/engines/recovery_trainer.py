@@ -27,10 +27,11 @@ from monai.utils.enums import CommonKeys
 from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
-from monai_dymo.handlers.progress import attach_progress_bar, loss_progress
 from monai_dymo.distributed import is_distributed, unwrap
+from monai_dymo.engines.batches import PrepareRecoveryBatch
+from monai_dymo.engines.gradient_step import gradient_step
+from monai_dymo.handlers.progress import attach_progress_bar, loss_progress
 from monai_dymo.keys import DyMoKeys
-from monai_dymo.presence import align_present
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -75,50 +76,6 @@ def recovery_loss_terms(output: Mapping[str, Any]) -> dict[str, Any]:
 def lower_is_better(current: float, previous: float) -> bool:
     """``metric_cmp_fn`` for error metrics."""
     return current < previous
-
-
-class PrepareRecoveryBatch:
-    """``prepare_batch`` callable: MONAI batch dict -> ``(inputs, present)`` on ``device``.
-
-    Args:
-        modalities: modality keys to take from the batch (those absent from a batch are left out: the network then
-            treats them as missing for every patient, which ``present`` must agree with).
-        present_key: key of the ``BoolTensor[B, M]`` observed mask; when the batch has no such key every modality
-            must be in the batch and is taken as observed.
-    """
-
-    def __init__(self, modalities: Sequence[str], present_key: str = DyMoKeys.PRESENT) -> None:
-        self.modalities = tuple(modalities)
-        self.present_key = present_key
-
-    def __call__(
-        self,
-        batchdata: Mapping[str, Any],
-        device: str | torch.device | None = None,
-        non_blocking: bool = False,
-        **kwargs: Any,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        if not isinstance(batchdata, Mapping):
-            raise ValueError(f"recovery batches must be dicts, got {type(batchdata).__name__}.")
-        inputs: dict[str, torch.Tensor] = {}
-        for name in self.modalities:
-            if name in batchdata and batchdata[name] is not None:
-                x = torch.as_tensor(batchdata[name])
-                inputs[name] = x.to(device=device, non_blocking=non_blocking, **kwargs) if device is not None else x
-        if self.present_key in batchdata:
-            present = align_present(batchdata[self.present_key], self.modalities, type(self).__name__)
-        else:
-            absent = [m for m in self.modalities if m not in inputs]
-            if absent:
-                raise ValueError(
-                    f"batch has no '{self.present_key}' mask and lacks modality(ies) {absent}; "
-                    "cannot tell what is observed."
-                )
-            batch = next(iter(inputs.values())).shape[0]
-            present = torch.ones(batch, len(self.modalities), dtype=torch.bool)
-        if device is not None:
-            present = present.to(device=device, non_blocking=non_blocking)
-        return inputs, present
 
 
 def simulate_missing(present: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -345,7 +302,7 @@ class RecoveryTrainer(SupervisedTrainer):
         inputs, present = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         engine.state.output = {CommonKeys.IMAGE: inputs, DyMoKeys.PRESENT: present}
 
-        def _compute_loss() -> torch.Tensor:
+        def _compute_loss() -> bool:
             if engine.loss_function is None:  # through forward: a DDP wrapper synchronises the gradients
                 terms = engine.network(inputs, present, elbo=True, generator=engine._rng())
             else:
@@ -353,42 +310,12 @@ class RecoveryTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             if not isinstance(terms, Mapping) or "loss" not in terms:
                 raise ValueError("the recovery loss must return a dict with a scalar 'loss'.")
-            loss = terms["loss"]
             engine.state.output.update({k: (v.detach() if k != "loss" else v) for k, v in terms.items()})
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
-            return loss
+            return True
 
-        acc = engine.accumulation_steps
-        if acc > 1:
-            epoch_length = engine.state.epoch_length
-            local_iter = engine.state.iteration - 1
-            if epoch_length is not None:
-                local_iter = local_iter % epoch_length
-                should_step = (local_iter + 1) % acc == 0 or (local_iter + 1) == epoch_length
-            else:
-                should_step = (local_iter + 1) % acc == 0
-            should_zero_grad = local_iter % acc == 0
-        else:
-            should_zero_grad = should_step = True
-
-        engine.network.train()
-        if should_zero_grad:
-            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        if engine.amp and engine.scaler is not None:
-            with torch.autocast("cuda", **engine.amp_kwargs):
-                loss = _compute_loss()
-            engine.scaler.scale(loss / acc if acc > 1 else loss).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            if should_step:
-                engine.scaler.step(engine.optimizer)
-                engine.scaler.update()
-        else:
-            loss = _compute_loss()
-            (loss / acc if acc > 1 else loss).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            if should_step:
-                engine.optimizer.step()
-        engine.state.output[CommonKeys.LOSS] = loss.detach()
+        gradient_step(engine, _compute_loss)
+        engine.state.output[CommonKeys.LOSS] = engine.state.output[CommonKeys.LOSS].detach()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 

@@ -15,11 +15,12 @@ from monai.transforms import Transform
 from monai.utils import IgniteInfo, convert_to_tensor, min_version, optional_import
 from monai.utils.enums import CommonKeys as Keys
 
-from monai_dymo.handlers.progress import attach_progress_bar, loss_progress
 from monai_dymo.distributed import is_distributed, unwrap
+from monai_dymo.engines.batches import PrepareDyMoBatch, unpack_batch
+from monai_dymo.engines.gradient_step import gradient_step
+from monai_dymo.handlers.progress import attach_progress_bar, loss_progress
 from monai_dymo.handlers.prototypes import PrototypeRefreshHandler
 from monai_dymo.keys import DyMoKeys
-from monai_dymo.presence import align_present
 from monai_dymo.losses import PrototypeAccumulator, SubsetAugmentedLoss, _group_mean
 from monai_dymo.subsets import all_subset_masks, sample_subsets
 
@@ -32,58 +33,6 @@ else:
     EventEnum, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "EventEnum")
 
 __all__ = ["PrepareDyMoBatch", "subset_augmented_forward", "SubsetAugmentedTrainer", "AllSubsetsEvaluator"]
-
-
-class PrepareDyMoBatch:
-    """``prepare_batch`` for DyMo batches: ``(inputs {name: [B, ...]}, labels [B], (), {"present": [B, M] | None})``.
-
-    Follows MONAI's ``prepare_batch(batchdata, device, non_blocking, **kwargs)`` convention (4-tuple form).
-
-    Args:
-        modalities: modality names; each is a key of the batch dict.
-        label_key: key of the class labels (``[B]`` or ``[B, 1]`` integer classes).
-        present_key: key of the ``present`` mask ``[B, M]``; used when the batch has it (None: never).
-        require_label: raise when the batch has no labels (training); False gives ``labels=None`` (inference).
-    """
-
-    def __init__(
-        self,
-        modalities: Sequence[str],
-        label_key: str = DyMoKeys.LABEL,
-        present_key: str | None = DyMoKeys.PRESENT,
-        require_label: bool = True,
-    ) -> None:
-        self.modalities = tuple(modalities)
-        self.label_key = label_key
-        self.present_key = present_key
-        self.require_label = require_label
-
-    def __call__(
-        self,
-        batchdata: Mapping[str, Any],
-        device: str | torch.device | None = None,
-        non_blocking: bool = False,
-        **kwargs: Any,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, tuple, dict[str, Any]]:
-        if not isinstance(batchdata, Mapping):
-            raise ValueError(f"expected a batch dictionary, found {type(batchdata).__name__}.")
-        required = (*self.modalities, self.label_key) if self.require_label else self.modalities
-        missing = [k for k in required if k not in batchdata]
-        if missing:
-            raise ValueError(f"batch lacks key(s) {missing}; it has {sorted(map(str, batchdata.keys()))}.")
-
-        def plain(x: Any, **to_kwargs: Any) -> torch.Tensor:  # MetaTensor -> plain tensor on the engine's device
-            x = convert_to_tensor(x, track_meta=False, wrap_sequence=True)
-            return x.to(device=device, non_blocking=non_blocking, **to_kwargs)
-
-        inputs = {m: plain(batchdata[m], **kwargs) for m in self.modalities}
-        labels = batchdata.get(self.label_key)
-        if labels is not None:
-            labels = plain(labels)
-        present = None
-        if self.present_key is not None and batchdata.get(self.present_key) is not None:
-            present = plain(align_present(batchdata[self.present_key], self.modalities, type(self).__name__))
-        return inputs, labels, (), {"present": present}
 
 
 def subset_augmented_forward(
@@ -295,11 +244,7 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        if len(batch) == 2:
-            inputs, targets = batch
-            kwargs: dict = {}
-        else:
-            inputs, targets, _, kwargs = batch
+        inputs, targets, _, kwargs = unpack_batch(batch)
         present = kwargs.get("present")
         targets = convert_to_tensor(targets, track_meta=False, wrap_sequence=True)
         if targets.ndim == 2 and targets.shape[1] == 1:
@@ -312,17 +257,6 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         num_sampled = subsets.shape[0]
         if engine.unimodal_weight > 0:  # the M singleton subsets ride along in the same forward
             subsets = torch.cat([subsets, torch.eye(num_mod, dtype=torch.bool, device=subsets.device)])
-
-        acc = engine.accumulation_steps
-        if acc > 1:
-            epoch_length = engine.state.epoch_length
-            local_iter = engine.state.iteration - 1
-            if epoch_length is not None:
-                local_iter = local_iter % epoch_length
-            should_zero_grad = local_iter % acc == 0
-            should_step = (local_iter + 1) % acc == 0 or (epoch_length is not None and local_iter + 1 == epoch_length)
-        else:
-            should_zero_grad = should_step = True
 
         def _compute_pred_loss() -> bool:
             out = subset_augmented_forward(engine.network, inputs, subsets, present)
@@ -364,28 +298,7 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
 
         # under DistributedDataParallel every rank must run backward and step (the reduction is collective)
         synced = isinstance(engine.network, torch.nn.parallel.DistributedDataParallel) and is_distributed()
-        engine.network.train()
-        if should_zero_grad:
-            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-
-        if engine.amp and engine.scaler is not None:
-            with torch.autocast("cuda", **engine.amp_kwargs):
-                has_rows = _compute_pred_loss()
-            if has_rows or synced:
-                loss = engine.state.output[Keys.LOSS]
-                engine.scaler.scale(loss / acc if acc > 1 else loss).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            if should_step and (has_rows or acc > 1 or synced):
-                engine.scaler.step(engine.optimizer)
-                engine.scaler.update()
-        else:
-            has_rows = _compute_pred_loss()
-            if has_rows or synced:
-                loss = engine.state.output[Keys.LOSS]
-                (loss / acc if acc > 1 else loss).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            if should_step and (has_rows or acc > 1 or synced):
-                engine.optimizer.step()
+        gradient_step(engine, _compute_pred_loss, always_step=synced)
         for key in (Keys.PRED, Keys.LOSS, "ce_loss", "prototype_loss", "unimodal_loss"):
             if isinstance(engine.state.output.get(key), torch.Tensor):
                 engine.state.output[key] = engine.state.output[key].detach()

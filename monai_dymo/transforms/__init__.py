@@ -11,14 +11,15 @@ Modules (array and dictionary forms, MONAI style):
   volumes, found without labels in a guide sequence (:class:`GuidedROICropd`);
 - :mod:`~monai_dymo.transforms.clinical`: clinical field groups (:class:`ClinicalFieldStats`, :class:`ClinicalFieldsd`);
 - :mod:`~monai_dymo.transforms.missingness`: simulated missingness (:class:`RandSimulateMissingModalitiesd`, mask CSVs; the
-  names without ``Rand`` are aliases kept from monai_dymo 0.2.0);
+  names without ``Rand`` are aliases);
 - :mod:`~monai_dymo.transforms.utils`: reasons, placeholders, presence vector, :func:`check_datalist`.
 
-Transforms never import networks, the inferer or data-generation code.
+Transforms never import networks, the inferer or data-generation code. ``__all__`` is the union of the modules'.
 """
 
 from __future__ import annotations
 
+from . import clinical, color, io, lesion_crop, missingness, readers, spatial, utils
 from .clinical import (
     DEFAULT_MISSING_VALUES,
     UNKNOWN_CATEGORY,
@@ -29,6 +30,7 @@ from .clinical import (
     ClinicalFieldStats,
 )
 from .color import (
+    LUMA_WEIGHTS,
     AsGrayscale2D,
     AsGrayscale2Dd,
     AsGrayscale2DD,
@@ -55,7 +57,7 @@ from .missingness import (
     read_missing_patterns,
     write_missing_patterns,
 )
-from .readers import SimpleITKReader, describe_read_error, inspect_dicom_series
+from .readers import SimpleITKReader, describe_read_error, inspect_dicom_series, short_error
 from .lesion_crop import (
     FOREGROUND_GUIDE,
     ROI_GUIDE_KEY,
@@ -83,64 +85,7 @@ from .utils import (
 )
 
 __all__ = [
-    "AsGrayscale2D",
-    "AsGrayscale2Dd",
-    "AsGrayscale2DD",
-    "AsGrayscale2DDict",
-    "AsRGB2D",
-    "AsRGB2Dd",
-    "AsRGB2DD",
-    "AsRGB2DDict",
-    "RowsFirst2D",
-    "RowsFirst2Dd",
-    "RowsFirst2DD",
-    "RowsFirst2DDict",
-    "DEFAULT_MISSING_VALUES",
-    "UNKNOWN_CATEGORY",
-    "ClinicalFieldStats",
-    "ClinicalFields",
-    "ClinicalFieldsd",
-    "ClinicalFieldsD",
-    "ClinicalFieldsDict",
-    "LoadModality",
-    "LoadModalitiesd",
-    "LoadModalitiesD",
-    "LoadModalitiesDict",
-    "RandSimulateMissingModalities",
-    "RandSimulateMissingModalitiesd",
-    "RandSimulateMissingModalitiesD",
-    "RandSimulateMissingModalitiesDict",
-    "SimulateMissingModalities",
-    "SimulateMissingModalitiesd",
-    "SimulateMissingModalitiesD",
-    "SimulateMissingModalitiesDict",
-    "read_missing_patterns",
-    "write_missing_patterns",
-    "SimpleITKReader",
-    "describe_read_error",
-    "inspect_dicom_series",
-    "HarmonizeModality",
-    "BrightestRegionCentre",
-    "GuidedROICropd",
-    "GuidedROICropD",
-    "GuidedROICropDict",
-    "ROI_GUIDE_KEY",
-    "FOREGROUND_GUIDE",
-    "HarmonizeModalitiesd",
-    "HarmonizeModalitiesD",
-    "HarmonizeModalitiesDict",
-    "PLACEHOLDER_META_KEY",
-    "REASON_META_KEY",
-    "check_datalist",
-    "format_reason",
-    "get_patient_id",
-    "is_missing_path",
-    "is_observed",
-    "is_placeholder",
-    "make_placeholder",
-    "resized_placeholder",
-    "placeholder_like",
-    "reason_prefix",
-    "resolve_modality_order",
-    "update_presence",
+    name
+    for module in (color, clinical, io, missingness, readers, lesion_crop, spatial, utils)
+    for name in module.__all__
 ]

@@ -245,6 +245,6 @@ class RandSimulateMissingModalitiesd(RandomizableTransform, MapTransform):
 
 RandSimulateMissingModalitiesD = RandSimulateMissingModalitiesDict = RandSimulateMissingModalitiesd
 
-# names from before MONAI's ``Rand`` prefix for random transforms (monai_dymo <= 0.2.0), kept as aliases
+# the same transforms without MONAI's ``Rand`` prefix for random transforms
 SimulateMissingModalities = RandSimulateMissingModalities
 SimulateMissingModalitiesd = SimulateMissingModalitiesD = SimulateMissingModalitiesDict = RandSimulateMissingModalitiesd

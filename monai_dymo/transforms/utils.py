@@ -31,6 +31,7 @@ __all__ = [
     "is_observed",
     "is_missing_path",
     "make_placeholder",
+    "resized_placeholder",
     "placeholder_like",
     "is_placeholder",
     "get_patient_id",

@@ -21,7 +21,8 @@ def _tuple_int(v: Any) -> tuple[int, ...]:
 
 @dataclass
 class ModalitySpec:
-    """Configuration of one modality of :class:`MoPoERecovery` (every field has a config-friendly plain type).
+    """Configuration of one modality of :class:`~monai_dymo.networks.recovery.MoPoERecovery` (every field has a
+    config-friendly plain type).
 
     Args:
         shape: per-patient shape: ``(C, H, W)`` (2D image), ``(C, D, H, W)`` (3D image) or ``(F,)`` (clinical vector).
