@@ -53,7 +53,7 @@ def _overrides(pairs: list[str]) -> list[tuple[str, str]]:
 
 def run_stage(stage: str, cohort: Path, args: list[str], log: Path, threads: int) -> float:
     """One bundle stage in a subprocess (log to ``log``); returns the wall time in seconds."""
-    configs = [str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / f"{stage}.yaml"), str(cohort)]
+    configs = [str(BUNDLE / "configs" / n) for n in ("common.yaml", "dymo.yaml", f"{stage}.yaml")] + [str(cohort)]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs), "--bundle_root",
            str(BUNDLE), "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--logging_file",
            str(BUNDLE / "configs" / "logging.conf"), "--num_threads", str(threads), *args]
@@ -83,7 +83,8 @@ def load_bundle_objects(cohort: Path, seed_dir: Path, stats: Path, recovery: Pat
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / "evaluate.yaml"), str(cohort)])
+    configs = [str(BUNDLE / "configs" / n) for n in ("common.yaml", "dymo.yaml", "evaluate.yaml")]
+    parser.read_config([*configs, str(cohort)])
     parser["bundle_root"] = str(BUNDLE)
     parser["num_threads"] = threads
     parser["device"] = "$torch.device('cpu')"

@@ -77,10 +77,10 @@ def worker(rank: int, world: int, threads: int, args: argparse.Namespace, patter
                                 world_size=world)
     try:
         parser = ConfigParser()
-        parser.read_config(str(BUNDLE / "configs" / "common.yaml"))
+        parser.read_config([str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / "dymo.yaml")])
         parser["bundle_root"] = str(BUNDLE)
         fusion = parser.get_parsed_content("network_def").to(device).eval()
-        recovery = parser.get_parsed_content("recovery_network_def").to(device).eval()
+        recovery = parser.get_parsed_content("recovery_def").to(device).eval()
         models = BUNDLE / "models"
         fusion.load_state_dict(torch.load(models / "fusion.pt", map_location=device, weights_only=True))
         recovery.load_state_dict(torch.load(models / "recovery.pt", map_location=device, weights_only=True))

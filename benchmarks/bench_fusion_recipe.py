@@ -13,7 +13,8 @@ the recipes measured with it are in ``bundles/cohort_dymo/docs/README.md`` ("Lev
 Usage::
 
     # train three seeds with the bundle, then score them
-    for s in 0 1 2; do python -m monai.bundle run --config_file "['configs/common.yaml','configs/train.yaml']" \\
+    for s in 0 1 2; do python -m monai.bundle run \\
+        --config_file "['configs/common.yaml','configs/dymo.yaml','configs/train.yaml']" \\
         --bundle_root bundles/cohort_dymo --seed $s --model_dir runs/S$s; done
     python benchmarks/bench_fusion_recipe.py --model-dirs runs/S0 runs/S1 runs/S2 --size 64
     # the same three, and their ensemble (mean of the class probabilities)

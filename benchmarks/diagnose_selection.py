@@ -65,8 +65,8 @@ def build_networks(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.
     fusion.load_state_dict(torch.load(args.fusion, map_location="cpu", weights_only=True))
     state = torch.load(args.recovery, map_location="cpu", weights_only=True)
     if int(state.get("expert_parametrization_code", 0)) == 1:  # weights trained with natural-parameter experts
-        parser["recovery_network_def"]["expert_parametrization"] = "natural"
-    recovery = parser.get_parsed_content("recovery_network")
+        parser["recovery_def"]["expert_parametrization"] = "natural"
+    recovery = parser.get_parsed_content("recovery")
     recovery.load_state_dict(state)
     return fusion.eval(), recovery.eval(), calibration
 

@@ -40,9 +40,8 @@ def load_polymnist_bundle(dataset_dir: str, calibration_file: str | None = None)
         parser["calibration_file"] = calibration_file
     net = parser.get_parsed_content("network")
     parser.get_parsed_content("load_fusion_weights")
-    rec = parser.get_parsed_content("recovery_network")
-    parser.get_parsed_content("load_recovery_weights")
-    return net.eval(), rec.eval(), parser.get_parsed_content("calibration")
+    rec = parser.get_parsed_content("trained_recovery")
+    return net.eval(), rec, parser.get_parsed_content("calibration")
 
 
 def main() -> None:

@@ -200,7 +200,7 @@ def _cohort_demo(args: argparse.Namespace) -> int:
         overrides["work_dir"] = output_dir
     install_excepthook()
     run(
-        config_file=[str(configs / "common.yaml"), str(configs / "inference.yaml")],
+        config_file=[str(configs / name) for name in ("common.yaml", "dymo.yaml", "inference.yaml")],
         meta_file=str(configs / "metadata.json"),
         logging_file=str(configs / "logging.conf"),
         **overrides,
@@ -229,12 +229,12 @@ def _demo(args: argparse.Namespace) -> int:
     output_dir = _report_root(args.output_dir, "runs")
     if output_dir is not None:
         overrides["output_dir"] = output_dir
-    common = str(configs / "common.yaml")
+    shared = [str(configs / "common.yaml"), str(configs / "dymo.yaml")]
     logging_file = str(configs / "logging.conf")
     # the pattern of this rate and seed only (patterns are nested across rates: the file is the same either way)
     prepare = {**overrides, "missing_rates": [args.missing_rate], "pattern_seeds": [args.seed]}
-    run(config_file=[common, str(configs / "prepare_data.yaml")], logging_file=logging_file, **prepare)
-    run(config_file=[common, str(configs / "inference.yaml")], logging_file=logging_file, **overrides)
+    run(config_file=[*shared, str(configs / "prepare.yaml")], logging_file=logging_file, **prepare)
+    run(config_file=[*shared, str(configs / "inference.yaml")], logging_file=logging_file, **overrides)
     return 0
 
 

@@ -21,9 +21,14 @@ SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "meta_sche
 SMALL = ["--network_def#dim", "16", "--recovery_def#latent_dim", "8", "--num_threads", "1", "--cache", "memory"]
 
 
+def stage_configs(*names: str) -> list[str]:
+    """The bundle's config files of a stage, as every command lists them: common.yaml, dymo.yaml, then ``names``."""
+    return [str(BUNDLE / "configs" / n) for n in ("common.yaml", "dymo.yaml", *names)]
+
+
 def run_stage(stage: str, cohort_file: Path, bundle_root: Path, *args: str) -> subprocess.CompletedProcess:
     """One bundle stage; the configs come from the repository's bundle, outputs go under ``bundle_root``."""
-    configs = [str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / f"{stage}.yaml"), str(cohort_file)]
+    configs = [*stage_configs(f"{stage}.yaml"), str(cohort_file)]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
            "--bundle_root", str(bundle_root), "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
            "--logging_file", str(BUNDLE / "configs" / "logging.conf"), *SMALL, *args]
@@ -185,7 +190,7 @@ def test_clinical_only_cohort_uses_the_imputer(tmp_path):
 
 def run_stage_failing(stage: str, cohort_file: Path, bundle_root: Path, *args: str) -> list[str]:
     """A stage that must not start: its exit status is non-zero; returns the printed lines (stdout and stderr)."""
-    configs = [str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / f"{stage}.yaml"), str(cohort_file)]
+    configs = [*stage_configs(f"{stage}.yaml"), str(cohort_file)]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
            "--bundle_root", str(bundle_root), "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
            "--logging_file", str(BUNDLE / "configs" / "logging.conf"), *SMALL, *args]
@@ -237,6 +242,7 @@ def test_folds_cross_validate_certify_out_of_fold_and_evaluate_the_ensemble(tmp_
     assert sorted(per_patient["patient_id"]) == sorted(e["patient_id"] for e in datalist["testing"])
 
 
+@pytest.mark.slow
 def test_input_errors_end_the_stage_with_one_line(tmp_path):
     """Under `python -m monai.bundle run` the last line is the project's message naming the file and field, not MONAI's
     `RuntimeError: Failed to evaluate ConfigExpression`."""
@@ -267,7 +273,7 @@ def test_stats_file_found_for_another_model_dir_and_eval_dir_per_model(tmp_path)
 
     def parsed(stage, **overrides):
         parser = ConfigParser()
-        parser.read_config([str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / f"{stage}.yaml")])
+        parser.read_config(stage_configs(f"{stage}.yaml"))
         parser["cohort"] = cfg
         parser["bundle_root"] = str(tmp_path / "bundle")
         for k, v in overrides.items():
@@ -332,6 +338,7 @@ def test_stage_errors_and_empty_runs_end_with_one_line(trained):
     assert lines[-1].startswith(f"monai-dymo: error: weights {out / 'models' / 'tiny' / 'fusion.pt'} do not fit")
 
 
+@pytest.mark.slow
 def test_train_checkpoint_and_schedule_choices(trained, tmp_path):
     """The plan's `checkpoint: best` (the generic default) keeps the best epoch by balanced accuracy, `last` the final
     epoch (scored by accuracy here); an unknown schedule name ends the stage with one line."""
@@ -381,6 +388,7 @@ def test_train_ema_saves_the_averaged_weights(trained, tmp_path):
     assert lines[-1] == "monai-dymo: error: ema_momentum must be in (0, 1) or null, got 2."
 
 
+@pytest.mark.slow
 def test_metadata_verifies_offline():
     if not SCHEMA.is_file():
         pytest.skip(f"MONAI bundle schema not found at {SCHEMA} (../shared/schemas)")
@@ -425,7 +433,7 @@ def test_shipped_default_weights_fit_the_default_configuration():
     for name in ("fusion.pt", "recovery.pt", "calibration.pt", "clinical_stats.json"):
         assert (SHIPPED / name).is_file(), name
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "common.yaml"))
+    parser.read_config(stage_configs())
     parser["bundle_root"] = str(BUNDLE)
     parser["device"] = "$torch.device('cpu')"
     parser.get_parsed_content("load_fusion_weights")
@@ -445,7 +453,7 @@ def test_demo_plan_builds_the_shipped_network():
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / "train.yaml")])
+    parser.read_config(stage_configs("train.yaml"))
     parser["bundle_root"] = str(BUNDLE)
     parser["device"] = "$torch.device('cpu')"
     own = parser.get_parsed_content("network_def").state_dict()
@@ -460,6 +468,7 @@ def test_demo_plan_builds_the_shipped_network():
     assert {k: parser.get_parsed_content(k) for k in trained_with} == trained_with
 
 
+@pytest.mark.slow
 def test_plan_written_by_prepare_cohort_file_overrides_and_command_line(tmp_path):
     """prepare writes plan.json; the stages read it (the network and train's keys); the cohort file's plan block wins
     over the rules, and the command line (a stage key, a network_def setting) over both."""
@@ -476,7 +485,7 @@ def test_plan_written_by_prepare_cohort_file_overrides_and_command_line(tmp_path
 
     def parsed(cohort, **overrides):
         parser = ConfigParser()
-        parser.read_config([str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / "train.yaml")])
+        parser.read_config(stage_configs("train.yaml"))
         parser["cohort"] = cohort
         parser["bundle_root"] = str(tmp_path / "bundle")
         parser["device"] = "$torch.device('cpu')"
@@ -526,7 +535,7 @@ def test_torchrun_calibration_inference_and_evaluation_equal_single_process(trai
     cfg, cohort_file, out, _ = trained
     models = out / "models" / "tiny"
     calib = tmp_path / "calibration_ddp.pt"
-    run_torchrun(["common.yaml", "calibrate.yaml", "multi_gpu_calibrate.yaml"], cohort_file, out,
+    run_torchrun(["common.yaml", "dymo.yaml", "calibrate.yaml", "multi_gpu_calibrate.yaml"], cohort_file, out,
                  "--calibration_file", str(calib))
     single, ddp = SubsetCalibration.load(models / "calibration.pt"), SubsetCalibration.load(calib)
     assert torch.equal(single.fallback, ddp.fallback)
@@ -535,7 +544,7 @@ def test_torchrun_calibration_inference_and_evaluation_equal_single_process(trai
     torch.testing.assert_close(single.sigma.nan_to_num(), ddp.sigma.nan_to_num(), rtol=1e-4, atol=1e-7)
 
     run_stage("inference", cohort_file, out, "--report_dir", str(tmp_path / "single"))
-    run_torchrun(["common.yaml", "inference.yaml", "multi_gpu_inference.yaml"], cohort_file, out,
+    run_torchrun(["common.yaml", "dymo.yaml", "inference.yaml", "multi_gpu_inference.yaml"], cohort_file, out,
                  "--report_dir", str(tmp_path / "ddp"))
     a = pd.read_csv(tmp_path / "single" / "dymo_report.csv", keep_default_na=False)
     b = pd.read_csv(tmp_path / "ddp" / "dymo_report.csv", keep_default_na=False)
@@ -544,7 +553,7 @@ def test_torchrun_calibration_inference_and_evaluation_equal_single_process(trai
     for column in ("prediction", "observed", "recovered", "accepted", "rejected", "ct_reason", "clinical_reason"):
         assert list(a[column]) == list(b[column]), column
 
-    run_torchrun(["common.yaml", "evaluate.yaml", "multi_gpu_evaluate.yaml"], cohort_file, out,
+    run_torchrun(["common.yaml", "dymo.yaml", "evaluate.yaml", "multi_gpu_evaluate.yaml"], cohort_file, out,
                  "--eval_dir", str(tmp_path / "eval_ddp"))
     rows = pd.read_csv(tmp_path / "eval_ddp" / "per_patient.csv")
     assert list(rows["patient_id"]) == [e["patient_id"] for e in datalist]

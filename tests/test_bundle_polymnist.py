@@ -28,7 +28,7 @@ MODALITIES = ["m0", "m1", "m2", "m3", "m4"]
 
 
 def _configs(*names: str) -> list[str]:
-    return [str(CONFIGS / "common.yaml"), *(str(CONFIGS / n) for n in names)]
+    return [str(CONFIGS / "common.yaml"), str(CONFIGS / "dymo.yaml"), *(str(CONFIGS / n) for n in names)]
 
 
 def _run(*names: str, **overrides) -> None:
@@ -100,7 +100,7 @@ def test_shipped_weights_load_into_the_configured_networks():
     parser["bundle_root"] = str(BUNDLE)
     parser["device"] = "$torch.device('cpu')"
     fusion = parser.get_parsed_content("network")
-    recovery = parser.get_parsed_content("recovery_network")
+    recovery = parser.get_parsed_content("recovery")
     fusion.load_state_dict(torch.load(BUNDLE / "models" / "fusion.pt", weights_only=True))
     recovery.load_state_dict(torch.load(BUNDLE / "models" / "recovery.pt", weights_only=True))
     cal = parser.get_parsed_content("calibration")
@@ -115,7 +115,7 @@ def _total_variation(x: torch.Tensor) -> float:
 
 def test_fusion_training_blurs_each_modality_independently(tiny_polymnist):
     parser = ConfigParser()
-    parser.read_config(_configs("train_fusion.yaml"))
+    parser.read_config(_configs("train.yaml"))
     parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tiny_polymnist), "max_samples": 20})
     raw = load_polymnist_npz(tiny_polymnist / "polymnist_train.npz", max_samples=20)["images"] / 255.0
     parser["blur_prob"] = 1.0
@@ -135,7 +135,7 @@ def test_fusion_training_blurs_each_modality_independently(tiny_polymnist):
 def test_metric_and_margin_settings_flow_through_the_configs(tiny_polymnist):
     # one `metric` setting: fusion network projection, its training loss and the fitted calibration
     parser = ConfigParser()
-    parser.read_config(_configs("train_fusion.yaml"))
+    parser.read_config(_configs("train.yaml"))
     parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tiny_polymnist), "max_samples": 20})
     parser["metric"] = "euclidean"
     net = parser.get_parsed_content("network")
@@ -170,13 +170,14 @@ def test_holdout_fraction_keeps_certification_patients_out_of_the_checkpoint_cho
         parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tiny_polymnist), "holdout_fraction": 0.5})
         return parser.get_parsed_content(key)
 
-    checkpoint = parsed("train_fusion.yaml", "validate#dataloader").dataset
+    checkpoint = parsed("train.yaml", "validate#dataloader").dataset
     certify = parsed("calibrate.yaml", "certify_loader").dataset
     n_val = int(load_polymnist_npz(tiny_polymnist / "polymnist_val.npz")["labels"].shape[0])
     a, b = set(checkpoint.indices), set(certify.indices)
     assert not a & b and len(a | b) == n_val and abs(len(a) - len(b)) <= 1
 
 
+@pytest.mark.slow
 def test_every_config_runs_at_ci_size(tiny_polymnist, tmp_path):
     common = {
         "dataset_dir": str(tiny_polymnist),
@@ -194,7 +195,7 @@ def test_every_config_runs_at_ci_size(tiny_polymnist, tmp_path):
     assert start.keys() == end.keys() and all(torch.equal(start[k], end[k]) for k in start)
     # a long run leaves a checkpoint per epoch, so that it can be stopped and continued at any epoch
     assert (tmp_path / "runs" / "recovery" / "model_epoch=1.pt").is_file()
-    _run("train_fusion.yaml", max_epochs=1, batch_size=64, **common)
+    _run("train.yaml", max_epochs=1, batch_size=64, **common)
     assert (tmp_path / "models" / "recovery.pt").is_file() and (tmp_path / "models" / "fusion.pt").is_file()
     _run("calibrate.yaml", **common)
     cal = monai_dymo.SubsetCalibration.load(tmp_path / "models" / "calibration.pt")
@@ -282,6 +283,7 @@ def _mlflow_runs(output_dir: Path):
     return client, client.search_runs([experiment.experiment_id])
 
 
+@pytest.mark.slow
 def test_inference_with_mlflow_tracking_keeps_the_report_writer(tiny_polymnist, tmp_path):
     pytest.importorskip("mlflow")
     out = tmp_path / "runs"
@@ -301,6 +303,7 @@ def test_inference_with_mlflow_tracking_keeps_the_report_writer(tiny_polymnist, 
     assert "epoch_length" in runs[0].data.params
 
 
+@pytest.mark.slow
 def test_training_with_mlflow_tracking_keeps_every_bundle_handler(tiny_polymnist, tmp_path):
     pytest.importorskip("mlflow")
     out = tmp_path / "runs"
@@ -322,7 +325,7 @@ def test_training_with_mlflow_tracking_keeps_every_bundle_handler(tiny_polymnist
     assert "train_loss" in metrics  # the trainer's MLFlowHandler (train#handlers)
     assert "recovery_mse" in metrics  # the validator's MLFlowHandler (validate#handlers)
 
-    _run("train_fusion.yaml", batch_size=20, **common)
+    _run("train.yaml", batch_size=20, **common)
     assert (tmp_path / "models" / "fusion.pt").is_file()
     assert (out / "fusion" / "fusion_final.pt").is_file()
     _, runs = _mlflow_runs(out)
@@ -344,6 +347,7 @@ def test_bundle_refuses_an_out_of_range_missing_rate(tiny_polymnist, tmp_path):
     assert "1.5" in str(cause) and "[0, 1]" in str(cause)
 
 
+@pytest.mark.slow
 def test_bundle_run_ends_with_the_one_line_message(tmp_path):
     """`python -m monai.bundle run`: the last line printed is the project's message, the exit status non-zero."""
     import json
@@ -376,7 +380,7 @@ def _bundle_with_other_fusion_weights(tmp_path: Path) -> tuple[Path, Path]:
 def test_fusion_weights_that_do_not_fit_give_one_line(tiny_polymnist, tmp_path, capsys):
     bundle, bad = _bundle_with_other_fusion_weights(tmp_path)
     with pytest.raises(Exception) as err:  # bundle run: the root cause is one line naming the file and parameter
-        run(config_file=[str(bundle / "configs" / n) for n in ("common.yaml", "inference.yaml")],
+        run(config_file=[str(bundle / "configs" / n) for n in ("common.yaml", "dymo.yaml", "inference.yaml")],
             bundle_root=str(bundle), dataset_dir=str(tiny_polymnist), output_dir=str(tmp_path / "runs"))
     cause = _root_cause(err.value)
     assert isinstance(cause, ValueError) and "\n" not in str(cause)
@@ -388,10 +392,11 @@ def test_fusion_weights_that_do_not_fit_give_one_line(tiny_polymnist, tmp_path, 
     assert len(err_lines) == 1 and str(bad) in err_lines[0] and "do not fit" in err_lines[0]
 
 
+@pytest.mark.slow
 def test_fusion_training_is_the_reference_recipe_and_continues_from_given_weights(tiny_polymnist, tmp_path):
     common = {"dataset_dir": str(tiny_polymnist), "max_samples": 300, "num_threads": 1, "batch_size": 64}
     parser = ConfigParser()
-    parser.read_config(_configs("train_fusion.yaml"))
+    parser.read_config(_configs("train.yaml"))
     parser.update({"bundle_root": str(BUNDLE), **common})
     net = parser.get_parsed_content("network")  # method page section 7: dim 128, 4 tokens per modality
     tokens = net.encode({m: torch.zeros(2, 3, 28, 28) for m in MODALITIES})
@@ -403,12 +408,12 @@ def test_fusion_training_is_the_reference_recipe_and_continues_from_given_weight
     assert type(parser.get_parsed_content("lr_scheduler")) is torch.optim.lr_scheduler.ConstantLR  # no schedule
 
     first = {**common, "model_dir": str(tmp_path / "first"), "output_dir": str(tmp_path / "runs1")}
-    _run("train_fusion.yaml", max_epochs=1, **first)
+    _run("train.yaml", max_epochs=1, **first)
     start = torch.load(tmp_path / "first" / "fusion.pt", weights_only=True)  # the best validation epoch
     # continuing with a zero learning rate: the trained parameters are exactly those it started from
     again = {**common, "model_dir": str(tmp_path / "again"), "output_dir": str(tmp_path / "runs2")}
     _run(
-        "train_fusion.yaml",
+        "train.yaml",
         max_epochs=1,
         learning_rate=0.0,
         prototype_warmup_epochs=1,

@@ -117,16 +117,17 @@ def test_wheel_data_files_ship_what_the_demo_needs():
             for f in glob.glob(str(ROOT / pattern)):
                 shipped[str(Path(f).relative_to(ROOT / "bundles"))] = f"{target}/{Path(f).name}"
     needed = [
-        "configs/common.yaml", "configs/prepare_data.yaml", "configs/inference.yaml", "configs/logging.conf",
-        "configs/metadata.json", "models/fusion.pt", "models/recovery.pt", "models/calibration.pt", "LICENSE",
-        "large_files.yml", "docs/data_license.txt",
+        "configs/common.yaml", "configs/dymo.yaml", "configs/prepare.yaml", "configs/inference.yaml",
+        "configs/logging.conf", "configs/metadata.json", "models/fusion.pt", "models/recovery.pt",
+        "models/calibration.pt", "LICENSE", "large_files.yml", "docs/data_license.txt",
     ]
     for name in needed:
         assert shipped.get(f"polymnist_dymo/{name}") == f"share/monai_dymo/bundles/polymnist_dymo/{name}", name
     cohort_needed = [
-        "configs/common.yaml", "configs/inference.yaml", "configs/logging.conf", "configs/metadata.json",
-        "models/brain_mri_demo/fusion.pt", "models/brain_mri_demo/recovery.pt", "models/brain_mri_demo/calibration.pt",
-        "models/brain_mri_demo/clinical_stats.json", "LICENSE", "large_files.yml", "docs/data_license.txt",
+        "configs/common.yaml", "configs/dymo.yaml", "configs/inference.yaml", "configs/logging.conf",
+        "configs/metadata.json", "models/brain_mri_demo/fusion.pt", "models/brain_mri_demo/recovery.pt",
+        "models/brain_mri_demo/calibration.pt", "models/brain_mri_demo/clinical_stats.json", "LICENSE",
+        "large_files.yml", "docs/data_license.txt",
     ]
     for name in cohort_needed:
         assert shipped.get(f"cohort_dymo/{name}") == f"share/monai_dymo/bundles/cohort_dymo/{name}", name

@@ -209,7 +209,8 @@ def test_bundle_prepare_and_train_on_the_cohort_file(cohort):
              "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
              "--logging_file", str(BUNDLE / "configs" / "logging.conf")]
     for stage, extra in (("prepare", []), ("train", ["--max_epochs", "1"]), ("train_recovery", ["--max_epochs", "1"])):
-        configs = [str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / f"{stage}.yaml"), str(cohort_file)]
+        configs = [str(BUNDLE / "configs" / n) for n in ("common.yaml", "dymo.yaml", f"{stage}.yaml")]
+        configs.append(str(cohort_file))
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
                "--bundle_root", str(BUNDLE), *small, *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

@@ -353,7 +353,7 @@ def test_bundle_multi_gpu_inference_and_calibration_with_torchrun(tmp_path: Path
     build_polymnist_to_disk(mnist, backgrounds, data, seed=0, max_samples=300, preview=False, progress=False)
     generate_pattern_files(300, ["m0", "m1", "m2", "m3", "m4"], [0.8], [0], data / "patterns")
     common = {"dataset_dir": str(data), "max_samples": 45, "num_threads": 1}
-    cfg = [str(bundle / "configs" / "common.yaml")]
+    cfg = [str(bundle / "configs" / "common.yaml"), str(bundle / "configs" / "dymo.yaml")]
 
     def overrides(out: str) -> dict:
         return {**common, "output_dir": str(tmp_path / out), "calibration_file": str(tmp_path / out / "calib.pt")}

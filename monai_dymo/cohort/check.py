@@ -137,7 +137,7 @@ def _check_weights(
     if not common.is_file():
         return [f"bundle not found: {common}"]
     parser = ConfigParser()
-    parser.read_config([str(common), str(cohort_file)])
+    parser.read_config([str(common), str(common.with_name("dymo.yaml")), str(cohort_file)])
     parser["bundle_root"] = str(bundle_root if bundle_root is not None else bundle_dir)
     parser["device"] = "$torch.device('cpu')"
     for k, v in (overrides or {}).items():
