@@ -15,8 +15,9 @@ Importing the package is cheap: the public names below and the subpackages are i
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy_exports import lazy_exports
 
 __version__ = "0.3.0"
 
@@ -85,15 +86,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .subsets import all_subset_codes, all_subset_masks, code_to_mask, mask_to_code, sample_subsets, subset_size
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_NAMES:
-        value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
-        globals()[name] = value  # later look-ups skip this function
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_NAMES) | _SUBMODULES)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_NAMES, _SUBMODULES)

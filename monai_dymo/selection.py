@@ -16,7 +16,6 @@ The selection runs under ``torch.no_grad()``.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from .calibration import SubsetCalibration
+from .fuse_protocol import FuseFn, takes_index
 from .presence import align_present
 from .similarity import prototype_logits
 from .subsets import mask_to_code
@@ -39,7 +39,6 @@ __all__ = [
     "fuse_rows",
 ]
 
-FuseFn = Callable[[Mapping[str, torch.Tensor], torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 _LOG2 = math.log(2.0)
 
@@ -275,15 +274,6 @@ class SelectionResult:
 
 
 # ---------------------------------------------------------------------------------------------------- selection
-def _takes_index(fuse: Callable) -> bool:
-    """Whether ``fuse`` accepts an ``index`` keyword (row -> patient index into the tokens)."""
-    try:
-        param = inspect.signature(fuse).parameters.get("index")
-    except (TypeError, ValueError):
-        return False
-    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
-
-
 def fuse_rows(
     fuse: FuseFn, tokens: Mapping[str, torch.Tensor], subset: torch.Tensor, patients: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,7 +282,7 @@ def fuse_rows(
     copies of the patients' tokens."""
     if patients is None:
         logits, z = fuse(tokens, subset)
-    elif _takes_index(fuse):
+    elif takes_index(fuse):
         logits, z = fuse(tokens, subset, index=patients)
     else:
         logits, z = fuse({name: v.index_select(0, patients) for name, v in tokens.items()}, subset)

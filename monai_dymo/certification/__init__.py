@@ -13,8 +13,9 @@ Names are imported on first use (PEP 562), so ``import monai_dymo.certification.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy_exports import lazy_exports
 
 _LAZY_NAMES: dict[str, str] = {
     **{name: "statistics" for name in (
@@ -82,15 +83,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_NAMES:
-        value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_NAMES) | _SUBMODULES)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_NAMES, _SUBMODULES)

@@ -24,7 +24,6 @@ ensemble.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -33,15 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..fuse_protocol import takes_index
+
 __all__ = ["FusionEnsemble"]
-
-
-def _takes_index(fuse: Callable) -> bool:
-    try:
-        param = inspect.signature(fuse).parameters.get("index")
-    except (TypeError, ValueError):
-        return False
-    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
 
 
 class FusionEnsemble(nn.Module):
@@ -85,7 +78,7 @@ class FusionEnsemble(nn.Module):
         self.metric: str = getattr(members[0], "metric", "cosine")
         widths = [getattr(m, "proj_dim", None) for m in members]
         self.proj_dim = None if any(w is None for w in widths) else int(sum(widths))
-        self._by_index = [_takes_index(m.fuse) for m in members]
+        self._by_index = [takes_index(m.fuse) for m in members]
         self.eval()
 
     @property
