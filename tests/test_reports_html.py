@@ -378,6 +378,11 @@ def test_html_without_pictures_scales_to_table_rows(tmp_path):
     assert d["status"] == "rejected" and d["step"] == 2 and d["reward"] == -0.01
     assert "step 0: reward +0.03, positive but not the best" not in d["why"]  # step 0 accepted nobody in this record
     assert "step 1: reward +0.01, positive but not the best candidate (b +0.02 was accepted)" in d["why"]
+    # an unused recovery says why in the terms of the margin in force
+    unused = dict(rec, rejected=[], unused=["c"], margin="inf")
+    assert "the margin in force is inf" in modality_decision(unused, "c")["why"]
+    assert "(not > the margin 0.1)" in modality_decision(dict(unused, margin=0.1), "c")["why"]
+    assert "(not > 0)" in modality_decision(dict(unused, margin=0), "c")["why"]
     assert accuracy_split([dict(rec, label=1), dict(rec, label=0, accepted=[]), dict(rec, error="x")]) == [
         ("all", 1, 2), ("accepted something", 1, 1), ("observed only", 0, 1)
     ]

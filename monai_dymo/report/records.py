@@ -259,6 +259,8 @@ def modality_decision(record: Mapping[str, Any], modality: str) -> dict[str, Any
         reward = rewards[step]
     out["step"], out["reward"] = step, reward
     best_at = {a.get("step"): a for a in record.get("accepted") or [] if isinstance(a, Mapping)}
+    margin = _margin(record)
+    above = "> 0" if margin == 0 else (f"> the margin {margin:g}" if math.isfinite(margin) else "")
     parts = []
     last = step if step is not None else len(rewards)
     for k, r in enumerate(rewards[:last]):
@@ -272,21 +274,33 @@ def modality_decision(record: Mapping[str, Any], modality: str) -> dict[str, Any
                 + f"not the best candidate ({best['modality']} {format_reward(best.get('reward'))} was accepted)"
             )
     if status == "accepted":
-        parts.append(f"accepted at step {step}: reward {format_reward(reward)} > 0, the largest of the candidates")
+        parts.append(f"accepted at step {step}: reward {format_reward(reward)} {above}, the largest of the candidates")
     elif status == "rejected":
         parts.append(
             f"rejected at step {step}: reward {format_reward(reward)} < 0 "
             "(adding it lowered the calibrated confidence)"
         )
+    elif math.isinf(margin):
+        parts.append(f"not used: its reward was {format_reward(reward)}, and the margin in force is inf (no margin was "
+                     "certified on held-out patients), so no recovery is accepted")
     elif step is not None:
         parts.append(
-            f"not used: at step {step} its reward was {format_reward(reward)} (not > 0) and no candidate had a "
-            "positive reward, so the selection stopped"
+            f"not used: at step {step} its reward was {format_reward(reward)} (not {above}) and no candidate's was, "
+            "so the selection stopped"
         )
     else:
-        parts.append("not used: no candidate had a positive reward when the selection stopped")
+        parts.append(f"not used: no candidate had a reward {above} when the selection stopped")
     out["why"] = "; ".join(parts)
     return out
+
+
+def _margin(record: Mapping[str, Any]) -> float:
+    """The reward margin in force for ``record`` (0, the method's rule, when the record does not say)."""
+    value = record.get("margin", 0.0)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def patient_priority(record: Mapping[str, Any]) -> int:
