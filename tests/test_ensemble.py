@@ -181,6 +181,7 @@ def test_from_weights_loads_one_member_per_file(tmp_path):
         FusionEnsemble.from_weights(wrong, paths)
 
 
+@pytest.mark.slow
 def test_export_of_the_ensemble_matches_eager():
     """TorchScript and torch.export of the ensemble's mean-probability logits (image members: the clinical encoder's
     input checks are data-dependent, which torch.export cannot trace)."""

@@ -154,6 +154,7 @@ def _run_bundle(tmp_path, name: str, expression: str) -> subprocess.CompletedPro
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, env=env)
 
 
+@pytest.mark.slow
 def test_under_monai_bundle_run_a_bug_keeps_its_traceback_and_an_input_error_is_one_line(tmp_path):
     bug = _run_bundle(tmp_path, "internal",
                       "$monai_dymo.missing_patterns_io.write_pattern_table('p.csv', [[1, 0, 1]], ['a', 'b'])")

@@ -77,6 +77,7 @@ def test_notebooks_are_committed_clean(name):
     assert nb.metadata["kernelspec"]["name"] == "python3"
 
 
+@pytest.mark.slow
 def test_polymnist_quickstart_notebook(tmp_path, monkeypatch):
     mnist, backgrounds = SHARED / "mnist" / "mnist.npz", SHARED / "polymnist_backgrounds"
     if not mnist.is_file() or not backgrounds.is_dir():
@@ -118,6 +119,7 @@ def test_polymnist_quickstart_notebook(tmp_path, monkeypatch):
     assert len(json.loads((out / "polymnist_dymo_report.json").read_text())["patients"]) == num_test
 
 
+@pytest.mark.slow
 def test_brain_mri_notebook(tmp_path, monkeypatch):
     brain = SHARED / "brain_mri_samples"
     if not brain.is_dir():
