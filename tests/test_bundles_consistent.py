@@ -19,8 +19,8 @@ DYMO_KEYS = {
 # what both common.yaml define under the same id (dymo.yaml reads some of them)
 COMMON_KEYS = {
     "bundle_root", "model_dir", "fusion_weights", "recovery_weights", "calibration_file", "device", "num_workers",
-    "num_threads", "modalities", "class_names", "clinical_fields", "network_def", "network", "recovery_def",
-    "recovery", "load_fusion_weights", "trained_recovery", "calibration",
+    "num_threads", "modalities", "class_names", "clinical_fields", "modality_spec", "network_def", "network",
+    "recovery_def", "recovery", "load_fusion_weights", "trained_recovery", "calibration",
 }
 
 

@@ -431,6 +431,46 @@ def test_constructible_from_bundle_config():
     assert parser.get_parsed_content("polymnist").dim == 32
 
 
+def test_build_fusion_from_modality_spec():
+    """One builder for every modality kind, by ``_target_`` from a config; the presets are settings of it."""
+    from monai.bundle import ConfigParser
+
+    from monai_dymo.errors import DyMoInputError
+    from monai_dymo.networks import build_fusion
+
+    config = {
+        "net": {
+            "_target_": "monai_dymo.networks.build_fusion",
+            "modalities": [
+                {"name": "ct", "kind": "image3d", "spatial_size": [8, 8, 8]},
+                {"name": "photo", "kind": "image2d", "spatial_size": [16, 16], "channels": 3},
+                {"name": "clin", "kind": "clinical", "num_continuous": 2, "categorical": [3]},
+            ],
+            "num_classes": 2,
+            "settings": {"dim": 16, "channels_3d": [4], "channels_2d": [4, 8], "proj_dim": 8},
+            "num_heads": 2,
+        }
+    }
+    net = ConfigParser(config).get_parsed_content("net").eval()
+    assert net.modalities == ("ct", "photo", "clin") and net.dim == 16
+    assert net.num_tokens == {"ct": 8, "photo": 4, "clin": 3}
+    logits, z = net({"ct": torch.randn(2, 1, 8, 8, 8), "photo": torch.randn(2, 3, 16, 16),
+                     "clin": torch.tensor([[0.1, 0.2, 1.0], [0.3, 0.0, 2.0]])})
+    assert logits.shape == (2, 2) and z.shape == (2, 8)
+    torch.manual_seed(0)
+    preset = build_polymnist_fusion(num_modalities=2, dim=32)
+    torch.manual_seed(0)
+    entries = [{"name": f"m{i}", "kind": "image2d", "spatial_size": [28, 28], "channels": 3} for i in range(2)]
+    same = build_fusion(entries, 10, dim=32, mlp_ratio=4.0, proj_dim=64, dropout=0.0, channels_2d=[32, 64, 128],
+                        pool_2d=2, norm=None, act="RELU", pool_mode="max")
+    assert all(torch.equal(a, b) for a, b in zip(preset.state_dict().values(), same.state_dict().values()))
+    assert list(preset.state_dict()) == list(same.state_dict())
+    with pytest.raises(DyMoInputError, match="kind 'image4d'"):
+        build_fusion([{"name": "a", "kind": "image4d"}], 2)
+    with pytest.raises(DyMoInputError, match=r"unknown setting\(s\) \['width'\]"):
+        build_fusion(entries, 10, width=3)
+
+
 def test_selection_passes_row_index_and_matches_copied_tokens():
     """``select_modalities`` hands candidate rows to ``fuse`` as patient indices when ``fuse`` takes ``index``; the
     selection is the same as with a ``fuse`` that only accepts copied tokens."""

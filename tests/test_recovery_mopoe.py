@@ -189,11 +189,11 @@ def test_builders_polymnist_and_mri():
         latent_dim=8,
         channels=(4, 8),
         strides=(2, 2),
-        clinical={"clinical": {"shape": [3], "categorical": {0: 2}}},
+        clinical=[{"name": "clinical", "kind": "clinical", "num_continuous": 2, "categorical": [2]}],
     ).eval()
     assert mri.modalities == ("t1", "t1c", "t2", "flair", "clinical")
     vols = {m: torch.randn(2, 1, 16, 16, 16) for m in ("t1", "flair")}
-    vols["clinical"] = torch.tensor([[1.0, 0.2, -0.3], [0.0, 1.0, 0.5]])
+    vols["clinical"] = torch.tensor([[0.2, -0.3, 1.0], [1.0, 0.5, 0.0]])
     present = torch.tensor([[1, 0, 0, 1, 1], [0, 0, 0, 1, 0]], dtype=torch.bool)
     with torch.no_grad():
         out = mri(vols, present)
@@ -255,3 +255,35 @@ def test_expert_parametrizations_and_state_dict_guard():
         nat.load_state_dict(legacy)
     with pytest.raises(ValueError, match="expert_parametrization must be one of"):
         MoPoERecovery(**{**_small_net().get_config(), "expert_parametrization": "cholesky"})
+
+
+def test_build_recovery_from_modality_spec():
+    """One builder: image stages fitted to each size, likelihood from the intensity range, the imputer for clinical
+    groups only; the PolyMNIST preset is settings of it."""
+    from monai.bundle import ConfigParser
+
+    from monai_dymo.networks import IterativeImputerRecovery, build_recovery
+    from monai_dymo.networks.recovery import image_stages
+
+    assert image_stages([28, 28], [32, 64, 128]) == ([32, 64], [2, 2])  # 28 = 4 * 7
+    assert image_stages([128, 128], [32, 64, 128]) == ([32, 64, 128, 128, 128], [2] * 5)  # down to 4 x 4
+    clinical = {"name": "clin", "kind": "clinical", "num_continuous": 2, "categorical": [3], "fields": ["a", "b", "c"]}
+    config = {"rec": {"_target_": "monai_dymo.networks.build_recovery", "latent_dim": 4, "channels_3d": [4, 8],
+                      "modalities": [{"name": "ct", "kind": "image3d", "spatial_size": [8, 8, 8]},
+                                     {"name": "photo", "kind": "image2d", "spatial_size": [8, 8], "channels": 3,
+                                      "unit_range": True}, clinical]}}
+    rec = ConfigParser(config).get_parsed_content("rec")
+    assert rec.modalities == ("ct", "photo", "clin")
+    assert (rec.specs["ct"].likelihood, rec.specs["photo"].likelihood) == ("gaussian", "laplace")
+    assert rec.specs["ct"].channels == (4, 8) and rec.specs["clin"].categorical == {2: 3}
+    imputer = build_recovery([clinical])
+    assert isinstance(imputer, IterativeImputerRecovery)
+    torch.manual_seed(0)
+    preset = build_polymnist_recovery(modalities=("m0", "m1"), latent_dim=8, channels=(4, 8, 8))
+    torch.manual_seed(0)
+    entries = [{"name": m, "kind": "image2d", "spatial_size": [28, 28], "channels": 3, "unit_range": True}
+               for m in ("m0", "m1")]
+    same = build_recovery(entries, latent_dim=8, expert_parametrization="mean_logvar", channels_2d=[4, 8, 8],
+                          strides_2d=[2, 2, 2], image_options={"scale": 0.75})
+    assert list(preset.state_dict()) == list(same.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(preset.state_dict().values(), same.state_dict().values()))

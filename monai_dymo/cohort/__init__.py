@@ -21,6 +21,7 @@ from .folds import check_fold, fold_assignments, fold_entries, read_folds, write
 from .networks import (
     FusionSettings,
     build_cohort_fusion,
+    modality_spec,
     init_encoders_from_recovery,
     build_cohort_recovery,
     clinical_layouts,
@@ -58,6 +59,7 @@ __all__ = [
     "training_class_weights",
     "write_plan",
     "build_cohort_fusion",
+    "modality_spec",
     "init_encoders_from_recovery",
     "build_cohort_recovery",
     "build_preprocessing",

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-
-from torch import nn
 
 from monai_dymo.cohort.spec import CohortSpec
 from monai_dymo.errors import DyMoFileNotFoundError, DyMoInputError
 from monai_dymo.keys import DyMoKeys
 from monai_dymo.networks import (
-    ClinicalTokenEncoder,
     DynamicFusionTransformer,
-    build_token_encoder,
+    FusionSettings,
+    ModalityEntry,
+    build_fusion,
+    build_recovery,
     encoder_backbone,
     is_small_encoder,
     IterativeImputerRecovery,
@@ -35,6 +34,7 @@ __all__ = [
     "find_stats_file",
     "STATS_FILENAME",
     "FusionSettings",
+    "modality_spec",
     "build_cohort_fusion",
     "init_encoders_from_recovery",
     "build_cohort_recovery",
@@ -99,45 +99,21 @@ def clinical_layouts(spec: CohortSpec, stats: ClinicalFieldStats | str | Path | 
     return out
 
 
-@dataclass(frozen=True)
-class FusionSettings:
-    """Every setting of the cohort fusion network besides the cohort (see :func:`build_cohort_fusion`); the
-    defaults are the builder's, the cohort's plan sets the encoder choices (``Plan.network``)."""
-
-    dim: int = 64
-    depth: int = 2
-    num_heads: int = 4
-    mlp_ratio: float = 2.0
-    proj_dim: int = 32
-    dropout: float = 0.1
-    channels_3d: Sequence[int] = (16, 32, 64)
-    channels_2d: Sequence[int] = (16, 32, 64)
-    strides_3d: Sequence[int] | None = None
-    pool_3d: int = 2
-    pool_2d: int = 2
-    pool_mode: str = "max"
-    norm: str = "INSTANCE"
-    backbone_3d: str = "small"
-    backbone_2d: str = "small"
-    pretrained: Mapping[str, str | Path] | None = None
-    input_channels: Mapping[str, int] | None = None
-    share_encoders: bool = False
-    mirror_3d: bool = False
-    histogram_bins_3d: int | None = None
-    histogram_shells_3d: int = 1
-    logit_fusion: str = "transformer"
-
-    @classmethod
-    def merge(cls, *layers: Mapping[str, Any] | None) -> FusionSettings:
-        """The defaults overridden by each mapping in turn (the last wins); ``ValueError`` naming unknown keys."""
-        known = [f.name for f in fields(cls)]
-        values: dict[str, Any] = {}
-        for layer in layers:
-            unknown = sorted(set(layer or {}) - set(known))
-            if unknown:
-                raise DyMoInputError(f"fusion network: unknown setting(s) {unknown}; known settings are {known}.")
-            values.update(layer or {})
-        return cls(**values)
+def modality_spec(spec: CohortSpec, stats: ClinicalFieldStats | str | Path | None = None) -> list[ModalityEntry]:
+    """The cohort's modalities (in the spec's order) as the networks' neutral modality spec; clinical groups take
+    their field layout from the fitted statistics (continuous fields first)."""
+    layouts = clinical_layouts(spec, stats)
+    out = []
+    for m in spec.modalities:
+        if m.kind == "clinical":
+            info = layouts[m.name]
+            out.append(ModalityEntry(m.name, "clinical", num_continuous=info["num_continuous"],
+                                     categorical=tuple(info["categorical"].values()), fields=tuple(info["fields"])))
+            continue
+        weights = getattr(m, "pretrained", None)
+        out.append(ModalityEntry(m.name, m.kind, tuple(m.spatial_size), getattr(m, "channels", 1) or 1,
+                                 unit_range=m.intensity == "minmax", pretrained=str(weights) if weights else None))
+    return out
 
 
 def build_cohort_fusion(
@@ -146,9 +122,10 @@ def build_cohort_fusion(
     settings: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> DynamicFusionTransformer:
-    """DyMo fusion network over the cohort's modalities (in the spec's order).
+    """DyMo fusion network over the cohort's modalities (in the spec's order): :func:`modality_spec` then
+    :func:`~monai_dymo.networks.build_fusion`.
 
-    The settings are :class:`FusionSettings`' fields: its defaults, then ``settings`` (e.g. the cohort plan's
+    The settings are :class:`~monai_dymo.networks.FusionSettings`' fields: its defaults, then ``settings`` (e.g. the cohort plan's
     ``Plan.network``), then keyword ``overrides`` (e.g. ``dim=16``; in a bundle, ``--network_def#dim 16``), the last
     winning. Unknown names stop with a ``ValueError`` naming them.
 
@@ -187,51 +164,7 @@ def build_cohort_fusion(
     ``logit_fusion``: ``"transformer"`` (the method page's classifier on the fused CLS state) or ``"product"`` (the
     product of the subset's single-modality experts; :class:`~monai_dymo.networks.DynamicFusionTransformer`).
     """
-    cfg = FusionSettings.merge(dict(settings or {}), overrides)
-    layouts = clinical_layouts(spec, stats)
-    given = dict(cfg.pretrained or {})
-    encoders: dict[str, nn.Module] = {}
-    shared: dict[tuple, nn.Module] = {}
-    for m in spec.modalities:
-        if m.kind == "clinical":
-            info = layouts[m.name]
-            encoders[m.name] = ClinicalTokenEncoder(info["num_continuous"], list(info["categorical"].values()), cfg.dim)
-            continue
-        is_3d = m.kind == "image3d"
-        weights = getattr(m, "pretrained", None) or given.get(m.name) or given.get(m.kind)
-        in_channels = int((cfg.input_channels or {}).get(m.name, getattr(m, "channels", 1) or 1))
-        key = (m.kind, in_channels, tuple(m.spatial_size), str(weights))
-        if cfg.share_encoders and key in shared:
-            encoders[m.name] = shared[key]
-            continue
-        encoders[m.name] = shared[key] = build_token_encoder(
-            m.spatial_dims,
-            in_channels,
-            cfg.dim,
-            backbone=cfg.backbone_3d if is_3d else cfg.backbone_2d,
-            pool_size=cfg.pool_3d if is_3d else cfg.pool_2d,
-            pool_mode=cfg.pool_mode,
-            pretrained=weights,
-            channels=tuple(cfg.channels_3d if is_3d else cfg.channels_2d),
-            strides=tuple(cfg.strides_3d) if (is_3d and cfg.strides_3d is not None) else None,
-            norm=cfg.norm,
-            name=m.name,
-            mirror_axis=0 if (is_3d and cfg.mirror_3d) else None,
-            histogram_bins=cfg.histogram_bins_3d if is_3d else None,
-            histogram_shells=cfg.histogram_shells_3d,
-        )
-    return DynamicFusionTransformer(
-        spec.modality_names,
-        encoders,
-        num_classes=spec.num_classes,
-        dim=cfg.dim,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        mlp_ratio=cfg.mlp_ratio,
-        proj_dim=cfg.proj_dim,
-        dropout=cfg.dropout,
-        logit_fusion=cfg.logit_fusion,
-    )
+    return build_fusion(modality_spec(spec, stats), spec.num_classes, settings, **overrides)
 
 
 def init_encoders_from_recovery(
@@ -306,56 +239,24 @@ def build_cohort_recovery(
     image_options: Mapping[str, Any] | None = None,
     max_grid: int = 4,
 ) -> MoPoERecovery | IterativeImputerRecovery:
-    """Recovery network of the cohort: MoPoE over every modality when there are images, else the iterative imputer.
+    """Recovery network of the cohort: :func:`modality_spec` then :func:`~monai_dymo.networks.build_recovery`
+    (MoPoE over every modality when there are images, else the iterative imputer).
 
     Image experts: stride-2 stages of ``channels_3d`` / ``channels_2d`` (fewer when the size is not divisible; more,
     at the last width, until the final feature map is at most ``max_grid`` per side). Images: Gaussian likelihood for
     z-scored intensities (no output activation), Laplace with a sigmoid output for
     [0, 1] intensities; clinical groups: Gaussian for continuous fields, categorical for categorical ones.
     """
-    layouts = clinical_layouts(spec, stats)
-    if recovery_kind(spec) == "imputer":
-        return IterativeImputerRecovery(
-            {g: info["fields"] for g, info in layouts.items()},
-            categorical={g: info["categorical_index"] for g, info in layouts.items() if info["categorical_index"]},
-        )
-    specs: dict[str, dict[str, Any]] = {}
-    for m in spec.modalities:
-        if m.kind == "clinical":
-            info = layouts[m.name]
-            specs[m.name] = {
-                "shape": [len(info["fields"])],
-                "categorical": dict(info["categorical_index"]),
-                "hidden": list(clinical_hidden),
-            }
-            continue
-        channels = list(channels_3d if m.kind == "image3d" else channels_2d)
-        strides = [2] * len(channels)
-        while len(strides) > 1 and any(s % (2 ** len(strides)) for s in m.spatial_size):
-            channels, strides = channels[:-1], strides[:-1]
-        # a large picture gets more stride-2 stages (at the last width) until its final feature map is at most
-        # max_grid per side: the flattened map feeds the expert's linear layers, which would otherwise dominate
-        # the weights (a 128x128 cohort with two pictures: 52 MB with three stages, 5 MB with five)
-        while min(m.spatial_size) // (2 ** len(strides)) > max_grid and all(
-            s % (2 ** (len(strides) + 1)) == 0 for s in m.spatial_size
-        ):
-            channels, strides = [*channels, channels[-1]], [*strides, 2]
-        unit = m.intensity == "minmax"
-        specs[m.name] = {
-            "shape": [m.channels, *m.spatial_size],
-            "likelihood": "laplace" if unit else "gaussian",
-            "scale": 0.1 if unit else 1.0,
-            "channels": channels,
-            "strides": strides,
-            "output_activation": "sigmoid" if unit else None,
-            **dict(image_options or {}),
-        }
-    return MoPoERecovery(
-        spec.modality_names,
-        specs,
+    return build_recovery(
+        modality_spec(spec, stats),
         latent_dim=latent_dim,
         beta=beta,
         expert_parametrization=expert_parametrization,
+        channels_3d=channels_3d,
+        channels_2d=channels_2d,
+        clinical_hidden=clinical_hidden,
+        image_options=image_options,
+        max_grid=max_grid,
     )
 
 

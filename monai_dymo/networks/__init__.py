@@ -16,9 +16,18 @@ from .histogram import HistogramTokenEncoder, IntensityHistogram
 from .mirror import MirrorAsymmetry, MirrorInputEncoder
 from .shell_pool import RadialShellPool
 from .fusion import DynamicFusionTransformer, build_image_fusion, build_polymnist_fusion
+from .modality_entry import ModalityEntry, modality_entries
+from .fusion_builder import FusionSettings, build_fusion
 from .ensemble import FusionEnsemble
 
-from .recovery import IterativeImputerRecovery, MoPoERecovery, RecoveryNetwork, build_mri_recovery, build_polymnist_recovery
+from .recovery import (
+    IterativeImputerRecovery,
+    MoPoERecovery,
+    RecoveryNetwork,
+    build_mri_recovery,
+    build_polymnist_recovery,
+    build_recovery,
+)
 
 __all__ = [
     "BACKBONES",
@@ -40,11 +49,16 @@ __all__ = [
     "example_fusion_inputs",
     "export_fusion",
     "verify_fusion_in_out",
+    "FusionSettings",
+    "ModalityEntry",
+    "build_fusion",
+    "modality_entries",
     "build_image_fusion",
     "build_polymnist_fusion",
     "IterativeImputerRecovery",
     "MoPoERecovery",
     "RecoveryNetwork",
+    "build_recovery",
     "build_mri_recovery",
     "build_polymnist_recovery",
 ]

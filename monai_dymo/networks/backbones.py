@@ -1,6 +1,6 @@
 """One factory for every image token encoder: this project's small CNN or one of MONAI's backbones.
 
-:func:`build_token_encoder` is what every network builder calls (``build_cohort_fusion``, ``build_image_fusion``):
+:func:`build_token_encoder` is what every network builder calls (``build_fusion``):
 the backbone is chosen by name in a config, in 2D or 3D, and its **last feature map** becomes the tokens (a 1x1
 convolution to the token width, then an adaptive max- or average-pool to a fixed grid, so the number of tokens does
 not depend on the image size).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -11,7 +12,6 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 
 from ..similarity import check_metric
-from .encoders import ImageTokenEncoder
 from .fusion_inputs import check_index, check_modality_names, check_subset, check_tokens
 from .packed_attention import block_all_tokens, block_cls_token, check_packable_blocks
 
@@ -442,61 +442,38 @@ def build_image_fusion(
     num_classes: int,
     in_channels: int = 1,
     dim: int = 64,
-    depth: int = 2,
-    num_heads: int = 4,
-    mlp_ratio: float = 2.0,
     proj_dim: int = 64,
     dropout: float = 0.0,
     channels: Sequence[int] = (16, 32, 64),
     strides: Sequence[int] = (2, 2, 2),
-    num_res_units: int = 0,
     pool_size: Sequence[int] | int | None = None,
-    norm: tuple | str | None = "INSTANCE",
-    act: tuple | str | None = "PRELU",
     pool_mode: str = "avg",
-    metric: str = "cosine",
+    norm: tuple | str | None = "INSTANCE",
     backbone: str = "small",
     pretrained: str | None = None,
+    **settings: Any,
 ) -> DynamicFusionTransformer:
-    """Fusion network with one image token encoder per image modality (e.g. MRI volumes ``[B, 1, 64, 64, 64]``),
-    built by :func:`~monai_dymo.networks.build_token_encoder` (``backbone="small"``: :class:`ImageTokenEncoder` with
-    ``channels`` / ``strides``; or a MONAI backbone by name, e.g. ``"resnet18"``; ``pretrained``: a weights file).
+    """Preset of :func:`~monai_dymo.networks.build_fusion`: image modalities ``[B, in_channels, *spatial]`` of one
+    kind (``spatial_dims`` 2 or 3) sharing the encoder settings ``backbone`` / ``channels`` / ``strides`` /
+    ``pool_size`` (default a 4x4 token grid in 2D, 2x2x2 in 3D) / ``pretrained``; other ``settings`` are
+    ``FusionSettings`` fields."""
+    from monai_dymo.networks.fusion_builder import build_fusion
 
-    ``pool_size`` defaults to a 4x4 token grid in 2D and 2x2x2 in 3D; ``pool_mode`` is ``"avg"`` or ``"max"``.
-    """
-    from monai_dymo.networks.backbones import build_token_encoder
-
-    if pool_size is None:
-        pool_size = 4 if spatial_dims == 2 else 2
-    encoders = {
-        m: build_token_encoder(
-            spatial_dims,
-            in_channels,
-            dim,
-            backbone=backbone,
-            pool_size=pool_size,
-            pool_mode=pool_mode,
-            pretrained=pretrained,
-            channels=channels,
-            strides=strides,
-            num_res_units=num_res_units,
-            norm=norm,
-            act=act,
-            name=m,
-        )
-        for m in modalities
-    }
-    return DynamicFusionTransformer(
-        modalities,
-        encoders,
-        num_classes=num_classes,
+    kind = "image2d" if spatial_dims == 2 else "image3d"
+    axis = kind[-2:]
+    entries = [{"name": m, "kind": kind, "channels": in_channels} for m in modalities]
+    return build_fusion(
+        entries,
+        num_classes,
         dim=dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
         proj_dim=proj_dim,
         dropout=dropout,
-        metric=metric,
+        pool_mode=pool_mode,
+        norm=norm,
+        pretrained={kind: pretrained} if pretrained is not None else None,
+        **{f"backbone_{axis}": backbone, f"channels_{axis}": channels, f"strides_{axis}": strides},
+        **{f"pool_{axis}": pool_size if pool_size is not None else (4 if spatial_dims == 2 else 2)},
+        **settings,
     )
 
 
@@ -504,43 +481,20 @@ def build_polymnist_fusion(
     num_modalities: int = 5,
     num_classes: int = 10,
     modalities: Sequence[str] | None = None,
-    dim: int = 128,
-    depth: int = 2,
-    num_heads: int = 4,
-    mlp_ratio: float = 4.0,
-    proj_dim: int = 64,
-    dropout: float = 0.0,
     channels: Sequence[int] = (32, 64, 128),
     strides: Sequence[int] = (2, 2, 2),
     pool_size: Sequence[int] | int = 2,
-    norm: tuple | str | None = None,
-    act: tuple | str | None = "RELU",
-    pool_mode: str = "max",
-    metric: str = "cosine",
+    **settings: Any,
 ) -> DynamicFusionTransformer:
-    """Fusion network for PolyMNIST (modalities ``m0..m{M-1}``, each ``[B, 3, 28, 28]``).
+    """Preset of :func:`~monai_dymo.networks.build_fusion` for PolyMNIST (modalities ``m0..m{M-1}``, each
+    ``[B, 3, 28, 28]``) with the reference's network (method page section 7), the PolyMNIST bundle's: dim 128, MLP
+    ratio 4, per modality three stride-2 ReLU convolutions (32, 64, 128 channels) without normalisation and a 2x2
+    max-pool (4 tokens per modality; ``channels`` / ``strides`` / ``pool_size``); ``settings`` (``FusionSettings``
+    fields) override these."""
+    from monai_dymo.networks.fusion_builder import build_fusion
 
-    The defaults are the reference's network (method page section 7), the PolyMNIST bundle's: dim 128, MLP ratio 4,
-    per modality three stride-2 ReLU convolutions (32, 64, 128 channels) without normalisation and a 2x2 max-pool,
-    so 4 tokens per modality.
-    """
     names = tuple(modalities) if modalities is not None else tuple(f"m{i}" for i in range(num_modalities))
-    return build_image_fusion(
-        names,
-        spatial_dims=2,
-        num_classes=num_classes,
-        in_channels=3,
-        dim=dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
-        proj_dim=proj_dim,
-        dropout=dropout,
-        channels=channels,
-        strides=strides,
-        pool_size=pool_size,
-        norm=norm,
-        act=act,
-        pool_mode=pool_mode,
-        metric=metric,
-    )
+    entries = [{"name": m, "kind": "image2d", "spatial_size": (28, 28), "channels": 3} for m in names]
+    preset = dict(dim=128, mlp_ratio=4.0, proj_dim=64, dropout=0.0, channels_2d=channels, strides_2d=strides,
+                  pool_2d=pool_size, norm=None, act="RELU", pool_mode="max")
+    return build_fusion(entries, num_classes, preset, **settings)

@@ -11,6 +11,7 @@ from .imputer import IMPUTER_FILE_FORMAT, IterativeImputerRecovery
 from .gaussian_experts import gaussian_kl_standard, product_of_experts, product_of_natural_experts
 from .modality_spec import ModalitySpec
 from .mopoe import MOPOE_CHECKPOINT_FORMAT, MoPoERecovery, build_mri_recovery, build_polymnist_recovery
+from .builder import build_recovery, image_stages
 
 __all__ = [
     "RecoveryNetwork",
@@ -19,6 +20,8 @@ __all__ = [
     "missing_rows",
     "ModalitySpec",
     "MoPoERecovery",
+    "build_recovery",
+    "image_stages",
     "build_polymnist_recovery",
     "build_mri_recovery",
     "product_of_experts",

@@ -402,30 +402,15 @@ def build_polymnist_recovery(
     num_res_units: int = 0,
     expert_parametrization: str = "mean_logvar",
 ) -> MoPoERecovery:
-    """MoPoE for PolyMNIST: ``len(modalities)`` RGB images ``3x28x28`` in [0, 1] (sigmoid output, Laplace likelihood
-    with scale 0.75 by default), a shared latent of ``latent_dim``; ``expert_parametrization="natural"`` is
-    recommended for new training (see :class:`MoPoERecovery`).
+    """Preset of :func:`~monai_dymo.networks.recovery.build_recovery` for PolyMNIST: RGB images ``3x28x28`` in
+    [0, 1] (sigmoid output, Laplace likelihood with scale 0.75), strided convs 28 -> 14 -> 7 -> 4 (``channels``)."""
+    from monai_dymo.networks.recovery.builder import build_recovery
 
-    Encoders: strided convs 28 -> 14 -> 7 -> 4 (``channels``) + linear; decoders: linear -> ``channels[-1]x7x7`` ->
-    transposed convs 7 -> 14 -> 28.
-    """
-    spec = {
-        "shape": list(image_shape),
-        "likelihood": likelihood,
-        "scale": scale,
-        "channels": list(channels),
-        "strides": list(strides),
-        "act": act,
-        "num_res_units": num_res_units,
-        "output_activation": "sigmoid",
-    }
-    return MoPoERecovery(
-        modalities,
-        {m: dict(spec) for m in modalities},
-        latent_dim=latent_dim,
-        beta=beta,
-        expert_parametrization=expert_parametrization,
-    )
+    entries = [{"name": m, "kind": "image2d", "spatial_size": image_shape[1:], "channels": image_shape[0],
+                "unit_range": True} for m in modalities]
+    options = {"likelihood": likelihood, "scale": scale, "act": act, "num_res_units": num_res_units}
+    return build_recovery(entries, latent_dim, beta, expert_parametrization, channels_2d=channels, strides_2d=strides,
+                          image_options=options)
 
 
 def build_mri_recovery(
@@ -440,27 +425,16 @@ def build_mri_recovery(
     act: Any = "leakyrelu",
     norm: Any = None,
     num_res_units: int = 0,
-    clinical: Mapping[str, Mapping[str, Any]] | None = None,
+    clinical: Sequence[Mapping[str, Any]] = (),
     expert_parametrization: str = "mean_logvar",
 ) -> MoPoERecovery:
-    """MoPoE for single-channel 3D MRI sequences ``1 x D x H x W`` (intensity-normalised, e.g. z-scored brain voxels,
-    hence a Gaussian likelihood with ``sigma = scale`` and no output activation), optionally with clinical vector
-    modalities given as ``{name: spec mapping}`` (e.g. ``{"clinical": {"shape": [6], "categorical": {0: 2}}}``)."""
-    spec = {
-        "shape": [1, *spatial_size],
-        "likelihood": likelihood,
-        "scale": scale,
-        "channels": list(channels),
-        "strides": list(strides),
-        "act": act,
-        "norm": norm,
-        "num_res_units": num_res_units,
-    }
-    specs: dict[str, Any] = {m: dict(spec) for m in modalities}
-    names = list(modalities)
-    for name, cfg in (clinical or {}).items():
-        specs[name] = dict(cfg)
-        names.append(name)
-    return MoPoERecovery(
-        names, specs, latent_dim=latent_dim, beta=beta, expert_parametrization=expert_parametrization
-    )
+    """Preset of :func:`~monai_dymo.networks.recovery.build_recovery` for single-channel 3D MRI sequences
+    ``1 x D x H x W`` (z-scored, Gaussian likelihood with ``sigma = scale``), then the ``clinical`` entries
+    (modality spec mappings, e.g. ``{"name": "clinical", "kind": "clinical", "num_continuous": 2,
+    "categorical": [2]}``)."""
+    from monai_dymo.networks.recovery.builder import build_recovery
+
+    entries = [{"name": m, "kind": "image3d", "spatial_size": spatial_size} for m in modalities] + list(clinical)
+    options = {"likelihood": likelihood, "scale": scale, "act": act, "norm": norm, "num_res_units": num_res_units}
+    return build_recovery(entries, latent_dim, beta, expert_parametrization, channels_3d=channels, strides_3d=strides,
+                          image_options=options)
