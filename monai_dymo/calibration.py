@@ -226,7 +226,7 @@ class SubsetCalibration:
         version = state.get("format_version")
         if version != CALIBRATION_FORMAT_VERSION:
             hint = (
-                " Version 1 files used the unbiased sigma, which the method page no longer specifies; refit the "
+                " Version 1 files used the unbiased sigma, which docs/method.md no longer specifies; refit the "
                 "calibration (e.g. the bundle's calibrate config) to get a version-2 file."
                 if version == 1
                 else ""

@@ -47,7 +47,7 @@ class DyMoInferer(Inferer):
             Tensor[B, ...]}``, recovered modalities filled in, detached): for report pictures. Off by default, as it
             holds one batch of inputs (on their device) until the next call.
         margin: reward margin of the selection (:func:`~monai_dymo.selection.select_modalities`): a recovered
-            modality is accepted only if its reward is ``> margin``; 0 is the method page's rule; ``"certified"``
+            modality is accepted only if its reward is ``> margin``; 0 is docs/method.md's rule; ``"certified"``
             uses the margin certified on held-out data and saved in the calibration file
             (:mod:`monai_dymo.certification`; ``inf`` when none was certified: recoveries never accepted).
         refer_alpha, refer_delta: the refer flag: a patient is not referred when the calibrated probability of the

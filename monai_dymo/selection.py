@@ -347,7 +347,7 @@ def select_modalities(
         temperature: ``tau`` of the quality score.
         modalities: modality order (default: ``calibration.modalities``, else the order of ``tokens``).
         margin: reward margin ``delta >= 0``: a candidate is accepted only if its reward is ``> delta`` (0: the
-            method page's rule; ``inf``: recoveries are never accepted, e.g. when no margin was certified on held-out
+            docs/method.md's rule; ``inf``: recoveries are never accepted, e.g. when no margin was certified on held-out
             data, see :mod:`monai_dymo.certification`).
 
     Returns:

@@ -398,7 +398,7 @@ def test_fusion_training_is_the_reference_recipe_and_continues_from_given_weight
     parser = ConfigParser()
     parser.read_config(_configs("train.yaml"))
     parser.update({"bundle_root": str(BUNDLE), **common})
-    net = parser.get_parsed_content("network")  # method page section 7: dim 128, 4 tokens per modality
+    net = parser.get_parsed_content("network")  # docs/method.md §7: dim 128, 4 tokens per modality
     tokens = net.encode({m: torch.zeros(2, 3, 28, 28) for m in MODALITIES})
     assert all(tokens[m].shape == (2, 4, 128) for m in MODALITIES)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())

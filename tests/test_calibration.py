@@ -82,7 +82,7 @@ def _direct(net, x, y, metric, present=None):
                 m = zc.mean(0)
                 mu[code, c] = m
                 d = 1 - zc @ m if metric == "cosine" else (zc - m).norm(dim=-1)
-                # symmetrised sample, population std (numpy's default ddof=0), as the method page states
+                # symmetrised sample, population std (numpy's default ddof=0), as docs/method.md states
                 sigma[code, c] = float(np.std(np.concatenate([d.numpy(), -d.numpy()])))
     return mu, sigma
 

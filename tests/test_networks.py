@@ -358,7 +358,7 @@ def test_builders():
 
 
 def test_reference_recipe_encoder_gives_four_max_pooled_tokens():
-    # method page section 7: three stride-2 convolutions (32, 64, 128, ReLU, no norm), 1x1 conv, 2x2 max-pool
+    # docs/method.md §7: three stride-2 convolutions (32, 64, 128, ReLU, no norm), 1x1 conv, 2x2 max-pool
     enc = ImageTokenEncoder(2, 3, 16, channels=(4, 8, 8), strides=(2, 2, 2), norm=None, act="RELU", pool_size=2,
                             pool_mode="max")
     assert enc.num_tokens == 4

@@ -128,7 +128,7 @@ def _random_problem(M, seed, B=24, C=3, D=6, missing=0.6, metric="cosine"):
 
 def reference_selection(fuse, tokens, present, calib, temperature=TAU, margin=0.0):
     """Straightforward per-patient implementation of method section 4 and of "The Euclidean variant, end to end"
-    (scores recomputed from scratch); ``margin``: accept only rewards ``> margin`` (0: the method page)."""
+    (scores recomputed from scratch); ``margin``: accept only rewards ``> margin`` (0: docs/method.md §4.5)."""
     names = list(calib.modalities)
     M = len(names)
 

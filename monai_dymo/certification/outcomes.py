@@ -1,6 +1,6 @@
 """Held-out outcome vectors and the certification record saved with the calibration.
 
-One run of the selection with margin 0 (the method page's rule) gives, per patient, the greedy path: the rewards
+One run of the selection with margin 0 (docs/method.md's rule) gives, per patient, the greedy path: the rewards
 ``r_1 > 0, r_2 > 0, ...`` of the accepted recoveries in order. Under a margin ``m`` the candidates' rewards are the
 same (they do not depend on the margin) and the patient stops at the first step whose best reward is ``<= m``, so its
 final set is the prefix of the margin-0 path of length ``k(m)`` = number of leading accepted rewards ``> m``.

@@ -81,7 +81,7 @@ def resolve_margin(
     margin: float | str, certification: Mapping[str, Any] | None, margin_source: str | None = None
 ) -> tuple[float, str]:
     """``(margin in force, margin_source)`` for the ``margin`` setting: ``"certified"`` (the calibration file's
-    certified margin; inf when none was certified), ``0`` (``"method rule"``, the method page's) or a number
+    certified margin; inf when none was certified), ``0`` (``"method rule"``, docs/method.md's) or a number
     (``"fixed"``). ``margin_source="independent"`` declares a number fixed without looking at the held-out patients
     (source ``"independent"``); see :func:`margin_on_holdout` for what the source changes."""
     if margin_source not in (None, "independent"):
@@ -95,7 +95,7 @@ def resolve_margin(
             if certification is None:
                 raise DyMoInputError(
                     "margin 'certified' needs a calibration file with a held-out certification (run the bundle's "
-                    "calibrate or certify config), or set the margin to 0 (the method page's rule) or a number."
+                    "calibrate or certify config), or set the margin to 0 (docs/method.md's rule) or a number."
                 )
             return float(certification["margin"]), "certified"
         try:

@@ -161,7 +161,7 @@ def build_cohort_fusion(
     ``histogram_shells_3d`` > 1: one histogram per concentric shell about the region's centre (how far out each band
     reaches around a lesion-centred region).
 
-    ``logit_fusion``: ``"transformer"`` (the method page's classifier on the fused CLS state) or ``"product"`` (the
+    ``logit_fusion``: ``"transformer"`` (docs/method.md's classifier on the fused CLS state) or ``"product"`` (the
     product of the subset's single-modality experts; :class:`~monai_dymo.networks.DynamicFusionTransformer`).
     """
     return build_fusion(modality_spec(spec, stats), spec.num_classes, settings, **overrides)

@@ -111,7 +111,7 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
         label_key, present_key: batch keys used by the default ``prepare_batch``.
         progress: show a progress bar with the loss (ignite's ``ProgressBar``); None: when standard error is a
             terminal (see :mod:`monai_dymo.handlers.progress`).
-        unimodal_weight: weight of the per-modality auxiliary loss (0: off, the method page's training). When
+        unimodal_weight: weight of the per-modality auxiliary loss (0: off, docs/method.md's training). When
             positive, every iteration also fuses each patient's every observed modality ALONE (the ``M`` singleton
             subsets, in the same batched forward) and adds ``unimodal_weight`` times their cross-entropy, averaged
             within each modality and then over modalities: the unimodal losses of the modality-imbalance literature,
@@ -307,7 +307,7 @@ class SubsetAugmentedTrainer(SupervisedTrainer):
 
 
 class AllSubsetsEvaluator(SupervisedEvaluator):
-    """Validation of the fusion network pooled over every non-empty modality subset (method page section 7).
+    """Validation of the fusion network pooled over every non-empty modality subset (docs/method.md §7).
 
     Per iteration the batch is encoded once and fused with all ``2**M - 1`` subsets (restricted to ``present`` when
     the batch has it); ``engine.state.output`` holds ``pred`` logits ``[N, C]`` and ``label`` ``[N]`` for the ``N``

@@ -60,7 +60,7 @@ def compare_methods(
         recovery: ``recovery(inputs, present) -> inputs`` filling the missing modalities (None: the zeroed placeholders
             are used as "recoveries").
         temperature: DyMo's temperature ``τ``.
-        margin: DyMo's reward margin (:func:`~monai_dymo.selection.select_modalities`; 0 is the method page's rule;
+        margin: DyMo's reward margin (:func:`~monai_dymo.selection.select_modalities`; 0 is docs/method.md's rule;
             ``"certified"``: the calibration file's held-out certified margin, :mod:`monai_dymo.certification`).
         device: where to run (default: the network's device).
 

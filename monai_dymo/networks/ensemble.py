@@ -17,7 +17,7 @@ the spread of the ensemble's distance ``d = 1 - z . mu_{S,c} = (1/K) sum_k (1 - 
 mean cosine distance to their own class means. So the quality score ``q(S)`` is the softmax of the members' mean
 cosine to the overall prototypes, the in-class Gaussian score ``p(S)`` is that of the mean cosine distance to the
 class ``argmax`` of the mean probability, and the calibration factor and the reward follow from these as for one
-network (method page, section 4). Nothing in the selection, the calibration or the certification knows it is an
+network (docs/method.md §4). Nothing in the selection, the calibration or the certification knows it is an
 ensemble.
 """
 

@@ -63,9 +63,9 @@ class DynamicFusionTransformer(nn.Module):
         proj_dim: width ``D`` of the projection ``z``.
         dropout: dropout inside the transformer blocks (off in eval mode).
         num_tokens: tokens per modality; defaults to each encoder's ``num_tokens`` attribute.
-        metric: ``"cosine"`` (``z`` L2-normalised) or ``"euclidean"`` (``z`` as projected: the method page's
+        metric: ``"cosine"`` (``z`` L2-normalised) or ``"euclidean"`` (``z`` as projected: docs/method.md's
             Euclidean variant); the prototype loss, calibration and selection must use the same metric.
-        logit_fusion: ``"transformer"`` (the method page's network: the CLS classifier's logits for the subset) or
+        logit_fusion: ``"transformer"`` (docs/method.md's network: the CLS classifier's logits for the subset) or
             ``"product"``: the sum of the log-probabilities of the subset's modalities each fused ALONE (a product of
             single-modality experts, trained as every subset's transformer logits are, by :meth:`fuse_subsets`; the
             per-modality auxiliary loss trains each expert alone). ``z`` is the transformer's in both, so prototypes,
@@ -487,7 +487,7 @@ def build_polymnist_fusion(
     **settings: Any,
 ) -> DynamicFusionTransformer:
     """Preset of :func:`~monai_dymo.networks.build_fusion` for PolyMNIST (modalities ``m0..m{M-1}``, each
-    ``[B, 3, 28, 28]``) with the reference's network (method page section 7), the PolyMNIST bundle's: dim 128, MLP
+    ``[B, 3, 28, 28]``) with the reference's network (docs/method.md §7), the PolyMNIST bundle's: dim 128, MLP
     ratio 4, per modality three stride-2 ReLU convolutions (32, 64, 128 channels) without normalisation and a 2x2
     max-pool (4 tokens per modality; ``channels`` / ``strides`` / ``pool_size``); ``settings`` (``FusionSettings``
     fields) override these."""

@@ -35,7 +35,7 @@ TRUST_COLUMNS: list[tuple[str, str, str]] = [
     ("margin", "text", "reward margin in force: a recovered modality was accepted only if its reward was above it "
      "('inf': recoveries never accepted)"),
     ("margin_source", "text", "why that margin: 'certified' (chosen on held-out data by fixed-sequence binomial "
-     "tests, see the bundle docs), 'method rule' (0, the method page), 'fixed' (set by the user)"),
+     "tests, see the bundle docs), 'method rule' (0, docs/method.md §4.5), 'fixed' (set by the user)"),
     ("refer", "text", "yes: have this prediction checked by a person (its calibrated probability is below the "
      "threshold validated on held-out data); no: not referred; blank: no refer rule"),
     ("refer_threshold", "float", "the confidence threshold that applied to this patient: the rule's single threshold, "

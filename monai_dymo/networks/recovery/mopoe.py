@@ -1,6 +1,6 @@
 """Mixture-of-products-of-experts multimodal VAE (MoPoE; Sutter, Daunhawer & Vogt, ICLR 2021) as a recovery network.
 
-Method (``docs/dymo-method.md`` section 6):
+Method (``docs/method.md`` §6):
 
 - every modality ``m`` has an encoder giving a diagonal Gaussian expert ``q_m(z | x_m) = N(mu_m, diag sigma_m^2)`` over
   one shared latent ``z`` and a decoder ``p(x_m | z)``;
