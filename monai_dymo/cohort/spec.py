@@ -176,7 +176,7 @@ class ROISpec:
         sigma: Gaussian smoothing of the guide, in voxels.
         margin: voxels eroded from the guide's foreground before the argmax (the bright rim of the brain).
         fraction: a number in (0, 1): the crop is centred on the centroid of the largest connected region brighter
-            than ``fraction`` times the peak of the smoothed guide; None: on the peak (the argmax; release 0.5).
+            than ``fraction`` times the peak of the smoothed guide; None: on the peak (the argmax).
     """
 
     guide: tuple[str, ...]
