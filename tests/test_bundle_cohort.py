@@ -201,15 +201,16 @@ def run_stage_failing(stage: str, cohort_file: Path, bundle_root: Path, *args: s
 
 
 @pytest.mark.slow
-def test_folds_cross_validate_certify_out_of_fold_and_evaluate_the_ensemble(tmp_path):
-    """folds 2 (the cohort file's plan): prepare writes folds.json over the training + validation patients, train runs
-    once per fold (fusion_fold<f>.pt), calibrate writes oof.csv (every training + validation patient once, with its
-    fold), certifies out of fold and calibrates the ensemble, evaluate runs the ensemble on the testing split."""
+def test_folds_cross_validate_certify_on_the_held_out_part_and_evaluate_the_ensemble(tmp_path):
+    """folds 2 (the cohort file's plan): prepare writes folds.json over the training + validation patients but the
+    held-out half of the validation split, train runs once per fold (fusion_fold<f>.pt), calibrate writes oof.csv
+    (every patient of the folds once, with its fold), certifies the ensemble on the held-out patients (out of fold with
+    holdout_fraction null), evaluate runs the ensemble on the testing split."""
     import torch
 
     from monai_dymo import SubsetCalibration
 
-    cfg = make_tiny_cohort(tmp_path / "data", n_train=18, n_val=6, n_test=6)
+    cfg = make_tiny_cohort(tmp_path / "data", n_train=24, n_val=6, n_test=6)
     cohort_file = tmp_path / "my_cohort.yaml"
     cohort_file.write_text(yaml.safe_dump({"cohort": {**cfg, "plan": {"folds": 2, "max_epochs": 1}}}))
     out = tmp_path / "bundle"
@@ -217,7 +218,9 @@ def test_folds_cross_validate_certify_out_of_fold_and_evaluate_the_ensemble(tmp_
     run_stage("prepare", cohort_file, out)
     record = json.loads((models / "folds.json").read_text())
     datalist = json.loads(Path(cfg["datalist"]).read_text())
-    pooled = [e["patient_id"] for e in datalist["training"] + datalist["validation"]]
+    held_out = sorted(record["held_out"])
+    assert len(held_out) == 3 and set(held_out) <= {e["patient_id"] for e in datalist["validation"]}
+    pooled = [e["patient_id"] for e in datalist["training"] + datalist["validation"] if e["patient_id"] not in held_out]
     assert record["folds"] == 2 and sorted(record["patients"]) == sorted(pooled)  # the testing split is in no fold
     lines = run_stage_failing("train", cohort_file, out)
     assert lines[-1] == "monai-dymo: error: folds is 2: give the fold to train, --fold 0 .. --fold 1."
@@ -233,9 +236,15 @@ def test_folds_cross_validate_certify_out_of_fold_and_evaluate_the_ensemble(tmp_
     assert {f"prob_dymo_{k}" for k in range(3)} <= set(oof.columns)
     cal = SubsetCalibration.load(models / "calibration.pt")
     cert = cal.certification
-    assert cert["num_patients"] == 24 and cert["source"].startswith("out of fold: 2 folds")
+    assert cert["num_patients"] == 3 and cert["source"].startswith("validation split")
+    assert "in none of the 2 folds" in cert["source"]
     assert cal.proj_dim == 2 * torch.load(models / "fusion_fold0.pt", weights_only=True)["projection.weight"].shape[0]
-    assert "out-of-fold predictions of 24 patients" in calibrate.stdout
+    assert "out-of-fold predictions of 27 patients" in calibrate.stdout
+    no_holdout = tmp_path / "no_holdout.yaml"
+    no_holdout.write_text(yaml.safe_dump({"cohort": {**cfg, "plan": {"folds": 2, "max_epochs": 1}}, "holdout_fraction": None}))
+    run_stage("calibrate", no_holdout, out)
+    cert = SubsetCalibration.load(models / "calibration.pt").certification
+    assert cert["num_patients"] == 27 and cert["source"].startswith("out of fold: 2 folds")
     run_stage("evaluate", cohort_file, out, "--report_pages", "false")
     per_patient = pd.read_csv(out / "runs" / "tiny" / "evaluate_testing" / "per_patient.csv",
                               dtype={"patient_id": str})

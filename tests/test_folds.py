@@ -138,3 +138,27 @@ def test_cohort_dataset_of_a_fold_part(tiny, tmp_path):
         cohort_dataset(spec, "testing", stats_file=stats, cache=None, folds_file=path, fold=0)
     with pytest.raises(ValueError, match="without the folds file"):
         cohort_dataset(spec, "training", stats_file=stats, cache=None, fold=0)
+
+
+def test_held_out_part_of_the_validation_split_is_in_no_fold(tiny, tmp_path):
+    """With a holdout_fraction the patients the single-split run certifies on (the same seeded draw over the validation
+    split) are in no fold part, so they can certify the ensemble of the fold networks."""
+    import torch
+
+    from monai_dymo.certification import holdout_part
+    from monai_dymo.cohort.folds import held_out_ids
+
+    spec, _ = tiny
+    path = tmp_path / "folds.json"
+    record = write_folds(spec, path, 3, seed=0, holdout_fraction=0.5, holdout_seed=7)
+    val = load_split(spec, "validation")
+    same_draw = holdout_part(val, 0.5, 7, "holdout")
+    expected = sorted(str(e["patient_id"]) for e in same_draw)
+    assert sorted(record["held_out"]) == expected == sorted(held_out_ids(spec, 0.5, 7)) and len(expected) == 4
+    assert not set(expected) & set(record["patients"]) and len(record["patients"]) == 27 - 4
+    parts = [fold_entries(spec, part, path, f) for f in range(3) for part in ("training", "validation")]
+    parts.append(fold_entries(spec, "training", path))
+    assert all(not {e["patient_id"] for e in p} & set(expected) for p in parts)
+    assert sorted(e["patient_id"] for e in parts[-1]) == sorted(record["patients"])
+    assert isinstance(same_draw, torch.utils.data.Subset)
+    assert held_out_ids(spec, None) == [] and "held_out" in write_folds(spec, path, 3)

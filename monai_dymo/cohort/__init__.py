@@ -40,6 +40,7 @@ from .plan import (
     training_class_weights,
     write_plan,
 )
+from .pretraining import contrastive_views, load_self_supervised, pretrain_image_encoders, self_supervised_file
 from .preprocessing import build_augmentation, build_preprocessing, modality_transforms
 from .spec import MODALITY_KINDS, CohortSpec, ModalityEntry
 
@@ -81,4 +82,8 @@ __all__ = [
     "read_clinical_table",
     "read_datalist",
     "recovery_kind",
+    "contrastive_views",
+    "load_self_supervised",
+    "pretrain_image_encoders",
+    "self_supervised_file",
 ]

@@ -1,6 +1,7 @@
 """Load a cohort's datalist, join its clinical table, check every path, summarise the missingness.
 
-:func:`load_split` turns one split of the MONAI datalist (``training`` / ``validation`` / ``testing``) into entries that
+:func:`load_split` turns one split of the MONAI datalist (``training`` / ``validation`` / ``testing``, and the
+optional ``unlabelled`` list read by the self-supervised pretraining only) into entries that
 the cohort preprocessing reads: image paths made absolute (``None`` where none was given), the label as a class index,
 the clinical fields joined from the CSV by patient id (a patient without a CSV row gets its clinical modalities marked
 ``"absent: ..."`` with the reason, not a crash), and the entry's position in the split under ``"index"``. An image
@@ -40,6 +41,7 @@ __all__ = [
     "prepare_cohort",
     "INDEX_KEY",
     "MISSING_REASON_SUFFIX",
+    "UNLABELLED_SPLIT",
 ]
 
 logger = logging.getLogger("monai_dymo.cohort")
@@ -49,6 +51,10 @@ INDEX_KEY = "index"
 
 MISSING_REASON_SUFFIX = "_missing_reason"
 """Datalist key suffix: ``<modality>_missing_reason`` says why an image modality given as null is missing."""
+
+UNLABELLED_SPLIT = "unlabelled"
+"""Optional datalist list of patients without labels (same entries, no label): images the hospital has that only the
+self-supervised pretraining reads (:mod:`~monai_dymo.cohort.pretraining`)."""
 
 
 def read_datalist(spec: CohortSpec, path: str | Path | None = None) -> dict[str, list[dict[str, Any]]]:
@@ -64,7 +70,7 @@ def read_datalist(spec: CohortSpec, path: str | Path | None = None) -> dict[str,
         raise DyMoInputError(f"datalist {path} must be a JSON object with 'training' / 'validation' / 'testing' lists.")
     out = {}
     for split, entries in data.items():
-        if split not in spec.splits():
+        if split not in (*spec.splits(), UNLABELLED_SPLIT):
             continue
         if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
             raise DyMoInputError(f"datalist {path}: '{split}' must be a list of objects.")
@@ -113,7 +119,8 @@ def load_split(
 
     Args:
         spec: the cohort.
-        split: ``"training"``, ``"validation"`` or ``"testing"``.
+        split: ``"training"``, ``"validation"``, ``"testing"`` or ``"unlabelled"`` (images without labels for
+            self-supervised pretraining; any label there is ignored).
         datalist: another datalist file with the same modalities (default: the cohort's).
         clinical: the joined table (default ``True``: read ``spec.clinical_csv``; ``None``/``False``: no join).
         require_labels: every entry must have a valid label (default: True for training / validation). When False,
@@ -134,7 +141,7 @@ def load_split(
         require_labels = split in ("training", "validation")
     table = read_clinical_table(spec) if clinical is True else (clinical if isinstance(clinical, pd.DataFrame) else None)
     root = spec.data_root
-    with_labels = require_labels or all(e.get(spec.label) is not None for e in entries)
+    with_labels = split != UNLABELLED_SPLIT and (require_labels or all(e.get(spec.label) is not None for e in entries))
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):

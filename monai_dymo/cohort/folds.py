@@ -9,6 +9,11 @@ The pooled list holds the training entries first, then the validation entries, b
 entry therefore keeps the very dictionary its split gives it (the same disk-cache entry), and every patient has one
 index in every fold part (rows merged across folds are ordered and de-duplicated by it).
 
+With a ``holdout_fraction`` (the bundle's default 0.5) the held-out part of the validation split
+(:func:`~monai_dymo.certification.statistics.holdout_indices`, the very patients the single-split run certifies on) is
+left out of every fold: no fold network trains or chooses its epoch on them, so they certify the ensemble exactly as
+they certify a single network. ``folds.json`` lists them under ``"held_out"``.
+
 A patient id is one row of this product's datalists; should an id appear in both the training and the validation
 list, its entries are kept together in one fold (``StratifiedGroupKFold``).
 """
@@ -33,6 +38,7 @@ __all__ = [
     "FOLD_SPLITS",
     "fold_assignments",
     "pooled_entries",
+    "held_out_ids",
     "cohort_folds",
     "write_folds",
     "read_folds",
@@ -86,19 +92,35 @@ def fold_assignments(
     return out
 
 
-def pooled_entries(spec: CohortSpec, datalist: str | Path | None = None) -> list[dict[str, Any]]:
-    """The training then the validation entries of the datalist (:func:`~monai_dymo.cohort.load_split`), ``index``
-    = position in this list."""
+def held_out_ids(spec: CohortSpec, fraction: float | None, seed: int = 1000, datalist: str | Path | None = None) -> list[str]:
+    """Patient ids of the held-out part of the validation split (none when ``fraction`` is None or 1: then the folds
+    pool every validation patient)."""
+    if fraction is None or float(fraction) >= 1.0:
+        return []
+    from monai_dymo.certification.statistics import holdout_indices
+
+    validation = load_split(spec, "validation", datalist=datalist)
+    return [str(validation[i][DyMoKeys.PATIENT_ID]) for i in holdout_indices(len(validation), fraction, seed)]
+
+
+def pooled_entries(
+    spec: CohortSpec, datalist: str | Path | None = None, exclude: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """The training then the validation entries of the datalist (:func:`~monai_dymo.cohort.load_split`) but the
+    patients in ``exclude`` (the held-out part), ``index`` = position in the training + validation lists."""
     entries = load_split(spec, "training", datalist=datalist)
     offset = len(entries)
     for e in load_split(spec, "validation", datalist=datalist):
         entries.append({**e, INDEX_KEY: offset + int(e[INDEX_KEY])})
-    return entries
+    skip = set(exclude)
+    return [e for e in entries if str(e[DyMoKeys.PATIENT_ID]) not in skip]
 
 
-def cohort_folds(spec: CohortSpec, k: int, seed: int = 0, datalist: str | Path | None = None) -> dict[str, int]:
-    """``{patient id: fold}`` over the pooled training and validation patients (:func:`fold_assignments`)."""
-    return _assign(pooled_entries(spec, datalist), k, seed)
+def cohort_folds(spec: CohortSpec, k: int, seed: int = 0, datalist: str | Path | None = None,
+                 exclude: Sequence[str] = ()) -> dict[str, int]:
+    """``{patient id: fold}`` over the pooled training and validation patients but ``exclude``
+    (:func:`fold_assignments`)."""
+    return _assign(pooled_entries(spec, datalist, exclude), k, seed)
 
 
 def _assign(entries: Sequence[Mapping[str, Any]], k: int, seed: int) -> dict[str, int]:
@@ -107,23 +129,30 @@ def _assign(entries: Sequence[Mapping[str, Any]], k: int, seed: int) -> dict[str
     return {pid: int(f) for pid, f in zip(ids, folds)}
 
 
-def write_folds(spec: CohortSpec, path: str | Path, k: int, seed: int = 0) -> dict[str, Any]:
+def write_folds(spec: CohortSpec, path: str | Path, k: int, seed: int = 0, holdout_fraction: float | None = None,
+                holdout_seed: int = 1000) -> dict[str, Any]:
     """Write ``folds.json``: ``{"folds": k, "seed", "splits", "patients": {patient id: fold}, "counts": {fold:
-    {class name: patients}}}``; returns it."""
-    entries = pooled_entries(spec)
+    {class name: patients}}, "held_out": [patient ids in no fold], "holdout_fraction", "holdout_seed"}``; returns it.
+
+    ``holdout_fraction`` / ``holdout_seed``: the held-out part of the validation split (:func:`held_out_ids`) is left
+    out of every fold (it certifies the ensemble); None: every validation patient is in a fold."""
+    held_out = held_out_ids(spec, holdout_fraction, holdout_seed)
+    entries = pooled_entries(spec, exclude=held_out)
     assignment = _assign(entries, k, seed)
     label_of = {str(e[DyMoKeys.PATIENT_ID]): int(e[DyMoKeys.LABEL]) for e in entries}
     counts = {str(f): Counter() for f in range(int(k))}
     for pid, f in assignment.items():
         counts[str(f)][spec.classes[label_of[pid]]] += 1
     record = {"folds": int(k), "seed": int(seed), "splits": list(FOLD_SPLITS), "patients": assignment,
-              "counts": {f: {name: c[name] for name in spec.classes} for f, c in counts.items()}}
+              "counts": {f: {name: c[name] for name in spec.classes} for f, c in counts.items()},
+              "held_out": held_out, "holdout_fraction": holdout_fraction, "holdout_seed": int(holdout_seed)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1))
-    logger.info("%d folds of the training + validation patients written to %s: %s", int(k), path,
+    logger.info("%d folds of the training + validation patients written to %s: %s%s", int(k), path,
                 "; ".join(f"fold {f}: " + ", ".join(f"{n} {c}" for c, n in per.items())
-                          for f, per in record["counts"].items()))
+                          for f, per in record["counts"].items()),
+                f"; {len(held_out)} held-out validation patients in no fold" if held_out else "")
     return record
 
 
@@ -134,13 +163,13 @@ def read_folds(path: str | Path, k: int | None = None) -> dict[str, int]:
         FileNotFoundError: no file (prepare writes it when folds > 1).
         ValueError: not a folds file, or written for another number of folds; naming the file.
     """
-    folds, assignment = _load(path)
+    folds, assignment, _ = _load(path)
     if k is not None and folds != int(k):
         raise DyMoInputError(f"folds file {path} holds {folds} folds, the run asks for {k}; rerun prepare with folds {k}.")
     return assignment
 
 
-def _load(path: str | Path) -> tuple[int, dict[str, int]]:
+def _load(path: str | Path) -> tuple[int, dict[str, int], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise DyMoFileNotFoundError(f"folds file not found: {path} (the prepare stage writes it when folds > 1).")
@@ -148,12 +177,13 @@ def _load(path: str | Path) -> tuple[int, dict[str, int]]:
         record = json.loads(path.read_text())
         folds, patients = int(record["folds"]), record["patients"]
         assignment = {str(p): int(f) for p, f in patients.items()}
+        held_out = [str(p) for p in record.get("held_out") or []]
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DyMoInputError(f"folds file {path} is not a folds file of the prepare stage ({type(e).__name__}: {e}).") from None
     bad = sorted(p for p, f in assignment.items() if not 0 <= f < folds)
     if bad:
         raise DyMoInputError(f"folds file {path}: patient(s) {bad[:5]} have a fold outside 0..{folds - 1}.")
-    return folds, assignment
+    return folds, assignment, held_out
 
 
 def check_fold(folds: int, fold: int | None, required: bool = False) -> int | None:
@@ -181,7 +211,7 @@ def fold_entries(
     """Entries of a fold part of the pooled training and validation patients.
 
     Args:
-        split: ``"training"``: the patients of every fold but ``fold`` (every pooled patient when ``fold`` is None,
+        split: ``"training"``: the patients of every fold but ``fold`` (every patient in a fold when ``fold`` is None,
             e.g. the calibration of the ensemble of the fold networks); ``"validation"``: fold ``fold``'s patients
             (``fold`` required). The testing split is never in a fold (``ValueError``).
         folds_file: ``folds.json`` of :func:`write_folds`.
@@ -197,12 +227,12 @@ def fold_entries(
             f"split {split!r} is not in the folds: the folds pool the {' and '.join(FOLD_SPLITS)} patients only "
             "(the testing split is never in a fold)."
         )
-    k, assignment = _load(folds_file)
+    k, assignment, held_out = _load(folds_file)
     if fold is None and split == "validation":
         raise DyMoInputError("the validation part of the folds is one fold's: give the fold (0..K-1).")
     if fold is not None and not 0 <= int(fold) < k:
         raise DyMoInputError(f"fold must be one of 0..{k - 1} ({folds_file}), got {fold!r}.")
-    entries = pooled_entries(spec, datalist)
+    entries = pooled_entries(spec, datalist, exclude=held_out)
     unknown = [str(e[DyMoKeys.PATIENT_ID]) for e in entries if str(e[DyMoKeys.PATIENT_ID]) not in assignment]
     if unknown:
         raise DyMoInputError(

@@ -21,7 +21,8 @@ The rules (the generic defaults; ``C`` classes, ``n`` training patients):
 - ``class_weighting``: ``balanced`` when the smallest class holds under ``0.8 / C`` of the training patients (or the
   counts are unknown), else ``none`` (every weight would be within 0.8-1.25 of 1);
 - ``unimodal_weight``: 3 with two or more modalities, 0 with one (its only subset is the modality alone);
-- ``folds``: 1 (one training on the datalist's split; a placeholder for cross-validation);
+- ``folds``: 1 (one training on the datalist's split; K > 1: cross-validation, docs/ensembles.md);
+- ``self_supervised``: false (random starting weights; true after the ``pretrain`` stage);
 - ``image_size``: a record of each image modality's ``spatial_size`` (set in the cohort file's modality entry).
 
 :func:`imbalance_warnings` names every class under ``min(20 %, 0.8 / C)`` of the training split.
@@ -70,7 +71,7 @@ NETWORK_CHOICES: tuple[str, ...] = (
 #: every choice of the plan, in the order of its table
 CHOICES: tuple[str, ...] = (
     "image_size", *NETWORK_CHOICES, "batch_size", "max_epochs", "lr_schedule", "checkpoint", "checkpoint_metric",
-    "class_weighting", "unimodal_weight", "folds",
+    "class_weighting", "unimodal_weight", "folds", "self_supervised",
 )
 _RECORDS = ("image_size",)  # set elsewhere in the cohort file, recorded in the plan
 #: the rule's batch sizes: (at least this many training patients, batch size), largest first; else the last
@@ -93,6 +94,8 @@ class Plan:
         batch_size, max_epochs, lr_schedule, checkpoint, checkpoint_metric, class_weighting, unimodal_weight: the
             fusion training (the train stage's keys of the same names).
         folds: training folds (1: the datalist's own split).
+        self_supervised: the train stage starts the image encoders from the pretrain stage's self-supervised
+            backbones (:mod:`~monai_dymo.cohort.pretraining`).
         reasons: choice -> why (the rule with the fingerprint's figures, or the cohort file).
         overrides: the cohort file's ``plan`` block the choices include.
         fingerprint: what the rules read (:func:`fingerprint`).
@@ -118,6 +121,7 @@ class Plan:
     class_weighting: str = "balanced"
     unimodal_weight: float = 3.0
     folds: int = 1
+    self_supervised: bool = False
     reasons: Mapping[str, str] = field(default_factory=dict)
     overrides: Mapping[str, Any] = field(default_factory=dict)
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
@@ -320,6 +324,9 @@ def _rules(fp: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     r["unimodal_weight"] = ("every observed modality also fused alone (weight 3), so no encoder leaves the work to an "
                             "easier modality" if many else "one modality: its only subset is the modality alone")
     c["folds"], r["folds"] = 1, "one training on the datalist's training / validation split"
+    c["self_supervised"], r["self_supervised"] = False, (
+        "image encoders start from random weights; true: from the pretrain stage's contrastive backbones (training "
+        "and unlabelled images; measured on derm7pt and BUS-BRA, docs/experiments/real_cohorts.md)")
     return c, r
 
 
@@ -354,6 +361,10 @@ def _check_value(key: str, value: Any, options: Mapping[str, tuple], source: str
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             or_null = " or null" if key == "histogram_bins_3d" else ""
             raise DyMoInputError(f"{where} must be a positive integer{or_null}, got {value!r}.")
+        return value
+    if key == "self_supervised":
+        if not isinstance(value, bool):
+            raise DyMoInputError(f"{where} must be true or false, got {value!r}.")
         return value
     if key == "unimodal_weight":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
