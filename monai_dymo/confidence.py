@@ -23,6 +23,7 @@ __all__ = [
     "top_label_confidence",
     "reliability_bins",
     "expected_calibration_error",
+    "ece_if_calibrated",
     "plot_reliability_diagram",
 ]
 
@@ -119,6 +120,22 @@ def expected_calibration_error(probabilities: Any, correct: Any, bins: int = 10)
     if not any(b["count"] for b in table):
         raise ValueError("no finite confidence to compute the calibration error of.")
     return _ece(table)
+
+
+def ece_if_calibrated(probabilities: Any, bins: int = 10, draws: int = 1000, seed: int = 0) -> dict[str, float]:
+    """What :func:`expected_calibration_error` reads on these patients when the probabilities ARE calibrated: each
+    prediction drawn right with its own confidence, ``draws`` times (seeded). A finite cohort shows a positive ECE
+    even then (about 0.045 for 395 patients at 60 % confidence), so an observed ECE is judged against this.
+
+    Returns ``{"mean", "q95" (95th percentile), "draws"}``.
+    """
+    conf = top_label_confidence(probabilities)
+    conf = conf[np.isfinite(conf)]
+    if conf.size == 0:
+        raise ValueError("no finite confidence to compute the calibration error of.")
+    rng = np.random.default_rng(seed)
+    values = np.array([_ece(reliability_bins(conf, rng.random(conf.size) < conf, bins)) for _ in range(int(draws))])
+    return {"mean": float(values.mean()), "q95": float(np.quantile(values, 0.95)), "draws": int(draws)}
 
 
 def _ece(table: Sequence[Mapping[str, Any]]) -> float:

@@ -25,7 +25,7 @@ from monai_dymo.certification import (
     refer_decisions,
     refer_for_margin,
 )
-from monai_dymo.confidence import apply_temperature, expected_calibration_error, fit_temperature
+from monai_dymo.confidence import apply_temperature, ece_if_calibrated, expected_calibration_error, fit_temperature
 from monai_dymo.evaluation import (
     compare_on_natural_missingness,
     natural_summary_line,
@@ -238,6 +238,7 @@ def test_evaluate_summary_has_clinical_metrics_calibration_and_refer(calibrated,
         reference["paired"]["dymo_vs_observed_only"]["p_value"])
     correct = (df["pred_dymo"] == df["label"]).to_numpy()
     assert s["ece"] == pytest.approx(expected_calibration_error(probs, correct, 10))
+    assert s["ece_if_calibrated"] == ece_if_calibrated(probs, 10, draws=1000, seed=0)
     assert s["probability_temperature"] == pytest.approx(T)
     labels = df["label"].to_numpy()
     assert s["chance"] == pytest.approx(round(100 * np.bincount(labels).max() / len(labels), 2))

@@ -77,3 +77,20 @@ def test_reliability_png_written(tmp_path):
     path = plot_reliability_diagram(reliability_bins(prob, _correct(prob, y)), tmp_path / "rel.png", "overconfident")
     data = (tmp_path / "rel.png").read_bytes()
     assert path == str(tmp_path / "rel.png") and len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ece_if_calibrated_is_the_floor_a_finite_cohort_shows():
+    """Calibrated probabilities on N patients show about the ECE this returns (it shrinks like 1/sqrt(N)), and an
+    overconfident model lies well above its 95th percentile."""
+    from monai_dymo.confidence import ece_if_calibrated
+
+    rng = np.random.default_rng(5)
+    small, large = rng.uniform(0.4, 1.0, 400), rng.uniform(0.4, 1.0, 6400)
+    floor_small, floor_large = ece_if_calibrated(small, draws=300), ece_if_calibrated(large, draws=300)
+    assert 0.02 < floor_small["mean"] < 0.07 and floor_small["mean"] <= floor_small["q95"]
+    assert floor_large["mean"] == pytest.approx(floor_small["mean"] / 4, rel=0.35)
+    assert ece_if_calibrated(small, draws=50, seed=1) == ece_if_calibrated(small, draws=50, seed=1)
+    observed = [expected_calibration_error(small, rng.random(400) < small) for _ in range(200)]
+    assert np.mean(observed) == pytest.approx(floor_small["mean"], rel=0.15)  # truly calibrated: at the floor
+    overconfident = expected_calibration_error(small, rng.random(400) < small - 0.2)
+    assert overconfident > floor_small["q95"]

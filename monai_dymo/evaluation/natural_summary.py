@@ -75,14 +75,16 @@ def summarise_natural(per_patient: pd.DataFrame, classes: Sequence[Any] | None =
     nobody has it), ``"single_modality_patients"``: modality name -> that patient count, ``"chance"``: the
     majority-class rate (%) of the labels, ``"metrics"``: :func:`monai_dymo.metrics.method_metrics` (1000 bootstrap
     replicates, seed 0), ``"ece"`` / ``"reliability"``: top-label expected calibration error and reliability bins (10
-    bins) of DyMo's calibrated probabilities (``prob_dymo_<k>``; None without them), ``"probability_temperature"``,
+    bins) of DyMo's calibrated probabilities (``prob_dymo_<k>``; None without them), ``"ece_if_calibrated"``:
+    :func:`~monai_dymo.confidence.ece_if_calibrated` of the same probabilities (the ECE calibrated probabilities would
+    show on these patients), ``"probability_temperature"``,
     ``"margin"`` / ``"margin_source"``, and with a refer flag ``"refer": {"guarantee", "per_class", "alpha",
     "delta", "threshold"`` (None under a per-class rule), ``"thresholds"`` (per-class rule: ``{class name:
     threshold}``), ``"referred", "not_referred", "coverage", "error_not_referred"`` (measured on these patients),
     ``"statement"`` (the guarantee in words; None when the frame lost the rule, e.g. read back from CSV)``}``.
     ``classes``: class names by index (default ``"0".."C-1"``).
     """
-    from monai_dymo.confidence import expected_calibration_error, reliability_bins
+    from monai_dymo.confidence import ece_if_calibrated, expected_calibration_error, reliability_bins
     from monai_dymo.metrics import method_metrics
 
     df = per_patient
@@ -109,11 +111,12 @@ def summarise_natural(per_patient: pd.DataFrame, classes: Sequence[Any] | None =
     out["metrics"] = method_metrics(df, names, bootstrap=1000, seed=0)
     prob_cols = [f"prob_dymo_{k}" for k in range(len(names))]
     done = df["pred_dymo"].to_numpy() >= 0
-    out["ece"] = out["reliability"] = None
+    out["ece"] = out["reliability"] = out["ece_if_calibrated"] = None
     if all(c in df for c in prob_cols) and done.any():
         prob = df[prob_cols].to_numpy(dtype=float)[done]
         out["reliability"] = reliability_bins(prob, correct["dymo"][done], 10)
         out["ece"] = expected_calibration_error(prob, correct["dymo"][done], 10)
+        out["ece_if_calibrated"] = ece_if_calibrated(prob, 10, draws=1000, seed=0)
     out["probability_temperature"] = (float(df["probability_temperature"].iloc[0])
                                       if "probability_temperature" in df else None)
     if "margin" in df:
@@ -224,7 +227,11 @@ def write_natural_comparison(
         "Probabilities are calibrated (temperature scaling"
         + ("" if s["probability_temperature"] is None else f", T = {s['probability_temperature']:.4g}") + ")"
         + ("" if s["ece"] is None else f"; DyMo's top-label expected calibration error (10 bins): "
-           f"{100 * s['ece']:.1f} % (reliability.png)") + ".",
+           f"{100 * s['ece']:.1f} % (reliability.png)")
+        + ("" if not s.get("ece_if_calibrated") else
+           f"; calibrated probabilities would show {100 * s['ece_if_calibrated']['mean']:.1f} % on these patients on "
+           f"average (95 % of draws up to {100 * s['ece_if_calibrated']['q95']:.1f} %): a finite cohort's ECE is "
+           "never 0") + ".",
         "",
         metrics_markdown(s["metrics"], names).rstrip("\n"),
     ]
