@@ -113,7 +113,9 @@ def test_pretrain_stage_then_train_starts_from_its_backbones(tmp_path):
     cohort_file = tmp_path / "my_cohort.yaml"
     cohort_file.write_text(yaml.safe_dump({"cohort": {**cfg, "plan": {"self_supervised": True}}}))
     bundle = tmp_path / "bundle"
-    run_stage("prepare", cohort_file, bundle)
+    prepare = run_stage("prepare", cohort_file, bundle)
+    with_ct = sum(1 for e in datalist["unlabelled"] if e["ct"])
+    assert f"unlabelled / ct (image3d): {with_ct} of 4 observed" in prepare.stdout + prepare.stderr  # checked too
     run_stage("pretrain", cohort_file, bundle, "--pretrain_epochs", "2", "--pretrain_batch_size", "4")
     models = bundle / "models" / "tiny"
     record = json.loads((models / "self_supervised.json").read_text())

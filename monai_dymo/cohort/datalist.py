@@ -245,8 +245,8 @@ def prepare_cohort(
     splits: dict[str, list[dict[str, Any]]] = {}
     checked: dict[str, list[dict[str, Any]]] = {}  # the entries with every checked reason, for the fingerprint
     missing_test = {m.name: ClinicalFieldStats(sentinels=m.sentinels).is_missing for m in spec.clinical_modalities}
-    for split in spec.splits():
-        if split not in available:
+    for split in (*spec.splits(), UNLABELLED_SPLIT):  # the unlabelled images are checked too (the pretrain stage)
+        if split not in available or (split == UNLABELLED_SPLIT and not available[split]):
             continue
         entries = load_split(spec, split, clinical=table)
         splits[split] = entries
