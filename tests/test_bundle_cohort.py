@@ -242,9 +242,15 @@ def test_folds_cross_validate_certify_on_the_held_out_part_and_evaluate_the_ense
     assert "out-of-fold predictions of 27 patients" in calibrate.stdout
     no_holdout = tmp_path / "no_holdout.yaml"
     no_holdout.write_text(yaml.safe_dump({"cohort": {**cfg, "plan": {"folds": 2, "max_epochs": 1}}, "holdout_fraction": None}))
+    lines = run_stage_failing("calibrate", no_holdout, out)  # folds.json left out another part: refused
+    assert lines[-1].startswith("monai-dymo: error: folds file") and "rerun prepare" in lines[-1]
+    run_stage("prepare", no_holdout, out)
+    assert json.loads((models / "folds.json").read_text())["held_out"] == []
+    for f in (0, 1):
+        run_stage("train", no_holdout, out, "--fold", str(f))
     run_stage("calibrate", no_holdout, out)
     cert = SubsetCalibration.load(models / "calibration.pt").certification
-    assert cert["num_patients"] == 27 and cert["source"].startswith("out of fold: 2 folds")
+    assert cert["num_patients"] == 30 and cert["source"].startswith("out of fold: 2 folds")
     run_stage("evaluate", cohort_file, out, "--report_pages", "false")
     per_patient = pd.read_csv(out / "runs" / "tiny" / "evaluate_testing" / "per_patient.csv",
                               dtype={"patient_id": str})

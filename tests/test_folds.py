@@ -162,3 +162,20 @@ def test_held_out_part_of_the_validation_split_is_in_no_fold(tiny, tmp_path):
     assert sorted(e["patient_id"] for e in parts[-1]) == sorted(record["patients"])
     assert isinstance(same_draw, torch.utils.data.Subset)
     assert held_out_ids(spec, None) == [] and "held_out" in write_folds(spec, path, 3)
+
+
+def test_a_changed_holdout_after_prepare_stops_the_run(tiny, tmp_path):
+    """calibrate / train refuse a folds file written with another held-out part: its patients could be in a fold."""
+    from monai_dymo.cohort.folds import check_holdout
+
+    spec, _ = tiny
+    path = tmp_path / "folds.json"
+    write_folds(spec, path, 3, holdout_fraction=0.5, holdout_seed=7)
+    check_holdout(path, 0.5, 7)  # the same part: fine
+    for fraction, seed in ((0.3, 7), (0.5, 8), (None, 7)):
+        with pytest.raises(ValueError, match="rerun prepare and train the folds again"):
+            check_holdout(path, fraction, seed)
+    write_folds(spec, path, 3)  # every validation patient in a fold
+    check_holdout(path, None, 123)
+    with pytest.raises(ValueError, match="written with holdout_fraction None"):
+        check_holdout(path, 0.5, 1000)

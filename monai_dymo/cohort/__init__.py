@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .datalist import INDEX_KEY, check_image_path, load_split, prepare_cohort, read_clinical_table, read_datalist
 from .dataset import cohort_dataset, preprocessing_key
-from .folds import check_fold, fold_assignments, fold_entries, read_folds, write_folds
+from .folds import check_fold, check_holdout, fold_assignments, fold_entries, read_folds, write_folds
 from .networks import (
     FusionSettings,
     build_cohort_fusion,
@@ -70,6 +70,7 @@ __all__ = [
     "fit_imputer_recovery",
     "load_recovery_weights",
     "check_fold",
+    "check_holdout",
     "cohort_dataset",
     "fold_assignments",
     "fold_entries",

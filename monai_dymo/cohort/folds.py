@@ -39,6 +39,7 @@ __all__ = [
     "fold_assignments",
     "pooled_entries",
     "held_out_ids",
+    "check_holdout",
     "cohort_folds",
     "write_folds",
     "read_folds",
@@ -167,6 +168,25 @@ def read_folds(path: str | Path, k: int | None = None) -> dict[str, int]:
     if k is not None and folds != int(k):
         raise DyMoInputError(f"folds file {path} holds {folds} folds, the run asks for {k}; rerun prepare with folds {k}.")
     return assignment
+
+
+def check_holdout(path: str | Path, holdout_fraction: float | None, holdout_seed: int = 1000) -> None:
+    """Stop (one line) when ``folds.json`` left another held-out part out of the folds than the run's
+    ``holdout_fraction`` / ``holdout_seed`` would certify on: those patients could have been trained on."""
+    path = Path(path)
+    if not path.is_file():
+        raise DyMoFileNotFoundError(f"folds file not found: {path} (the prepare stage writes it when folds > 1).")
+    record = json.loads(path.read_text())
+    written = (record.get("holdout_fraction"), int(record.get("holdout_seed", 1000)))
+    asked = (holdout_fraction, int(holdout_seed))
+    same_fraction = (written[0] is None and asked[0] is None) or (
+        written[0] is not None and asked[0] is not None and float(written[0]) == float(asked[0]))
+    if not same_fraction or (asked[0] is not None and written[1] != asked[1]):
+        raise DyMoInputError(
+            f"folds file {path} was written with holdout_fraction {written[0]} (seed {written[1]}), this run asks for "
+            f"{asked[0]} (seed {asked[1]}): the patients it would certify on may be in a fold; rerun prepare and "
+            "train the folds again with the same holdout_fraction."
+        )
 
 
 def _load(path: str | Path) -> tuple[int, dict[str, int], list[str]]:
