@@ -135,3 +135,17 @@ def test_pretrain_stage_then_train_starts_from_its_backbones(tmp_path):
     saved = torch.load(models / "self_supervised_xray.pt")
     own = network.encoders["xray"].features.state_dict()
     assert all(torch.equal(own[k], saved[k]) for k in saved)
+
+
+def test_pretraining_an_encoder_that_does_not_read_the_image_says_so(tmp_path):
+    """A mirror_3d encoder reads the volume and its asymmetry (two channels): pretraining it on the volume stops with one
+    line naming the modality, before any epoch."""
+    from monai_dymo.cohort import build_cohort_fusion, pretrain_image_encoders
+
+    cfg = make_tiny_cohort(tmp_path / "data", n_train=6, n_val=3, n_test=3, size=16)
+    cfg["modalities"] = [m for m in cfg["modalities"] if m["kind"] == "image3d"]
+    spec = CohortSpec.from_config(cfg)
+    network = build_cohort_fusion(spec, None, {"backbone_3d": "small"}, dim=16, mirror_3d=True)
+    with pytest.raises(DyMoInputError, match=r"modality 'ct': its encoder backbone does not read .*no mirror_3d"):
+        pretrain_image_encoders(spec, network, None, tmp_path / "models", epochs=1, cache=None)
+    assert not (tmp_path / "models" / "self_supervised.json").exists()

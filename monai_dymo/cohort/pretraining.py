@@ -131,6 +131,15 @@ def pretrain_image_encoders(
         if images is None or images.shape[0] < 2:
             logger.warning("self-supervised pretraining: modality '%s' has fewer than 2 observed images; skipped", m.name)
             continue
+        try:  # e.g. a mirror_3d encoder reads the volume and its asymmetry (twice the channels), not the volume
+            with torch.no_grad():
+                backbone.eval()(images[:1])
+        except RuntimeError as err:
+            raise DyMoInputError(
+                f"modality '{m.name}': its encoder backbone does not read the preprocessed image of shape "
+                f"{tuple(images.shape[1:])} ({str(err).splitlines()[0]}); self-supervised pretraining needs an encoder "
+                "that reads the image itself (no mirror_3d)."
+            ) from None
         dims = images.ndim - 2
         views = contrastive_views(dims, images.shape[2:], flip=flip_2d and dims == 2)
         with tqdm(total=int(epochs), desc=f"self-supervised {m.name} ({images.shape[0]} images)",
