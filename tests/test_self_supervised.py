@@ -149,3 +149,19 @@ def test_pretraining_an_encoder_that_does_not_read_the_image_says_so(tmp_path):
     with pytest.raises(DyMoInputError, match=r"modality 'ct': its encoder backbone does not read .*no mirror_3d"):
         pretrain_image_encoders(spec, network, None, tmp_path / "models", epochs=1, cache=None)
     assert not (tmp_path / "models" / "self_supervised.json").exists()
+
+
+def test_histogram_only_encoders_have_nothing_to_pretrain(tmp_path):
+    """backbone 'none' (the demo's 3D encoders: a histogram through an MLP, no convolution) is not pretrained; with no
+    convolutional image encoder at all the stage says which setting to change."""
+    from monai_dymo.cohort import build_cohort_fusion, pretrain_image_encoders
+    from monai_dymo.networks import has_convolutional_backbone
+
+    cfg = make_tiny_cohort(tmp_path / "data", n_train=6, n_val=3, n_test=3, size=16)
+    cfg["modalities"] = [m for m in cfg["modalities"] if m["kind"] == "image3d"]
+    spec = CohortSpec.from_config(cfg)
+    network = build_cohort_fusion(spec, None, {"backbone_3d": "none", "histogram_bins_3d": 4}, dim=16)
+    assert not has_convolutional_backbone(network.encoders["ct"])
+    assert has_convolutional_backbone(build_cohort_fusion(spec, None, {"backbone_3d": "small"}, dim=16).encoders["ct"])
+    with pytest.raises(DyMoInputError, match="no convolutional image encoder to pretrain"):
+        pretrain_image_encoders(spec, network, None, tmp_path / "models", epochs=1, cache=None)

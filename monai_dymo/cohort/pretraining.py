@@ -38,7 +38,7 @@ from monai_dymo.cohort.spec import CohortSpec
 from monai_dymo.engines.contrastive import pretrain_contrastive
 from monai_dymo.errors import DyMoFileNotFoundError, DyMoInputError
 from monai_dymo.keys import DyMoKeys
-from monai_dymo.networks import encoder_backbone, load_pretrained_backbone
+from monai_dymo.networks import encoder_backbone, has_convolutional_backbone, load_pretrained_backbone
 
 __all__ = ["contrastive_views", "self_supervised_file", "pretrain_image_encoders", "load_self_supervised"]
 
@@ -104,10 +104,11 @@ def pretrain_image_encoders(
 ) -> dict[str, Any]:
     """Pretrain every convolutional image encoder of the cohort's fusion network without labels.
 
-    ``network``: the fusion network as ``train`` builds it (the plan's encoders), whose image encoders are trained in
-    place, so the written backbones load into the network that ``train`` builds. Reads the training split and the ``unlabelled`` list of ``datalist`` (default:
-    the cohort's datalist; the list is optional). Writes ``self_supervised_<modality>.pt`` per modality and
-    ``self_supervised.json`` (images read, losses per epoch) into ``model_dir``; returns that record.
+    ``network``: the fusion network as ``train`` builds it (the plan's encoders); its image encoders are trained in
+    place, so the written backbones load into the network that ``train`` builds. Reads the training split and the
+    ``unlabelled`` list of ``datalist`` (default: the cohort's datalist; the list is optional). Writes
+    ``self_supervised_<modality>.pt`` per modality and ``self_supervised.json`` (images read, losses per epoch) into
+    ``model_dir``; returns that record.
 
     Raises:
         ValueError: the cohort has no convolutional image encoder (e.g. ``backbone none``), naming the setting.
@@ -124,9 +125,10 @@ def pretrain_image_encoders(
     names = spec.modality_names
     trained = 0
     for m in spec.image_modalities:
-        backbone = encoder_backbone(network.encoders[m.name])
-        if not any(p.requires_grad for p in backbone.parameters()):
+        encoder = network.encoders[m.name]
+        if not has_convolutional_backbone(encoder):  # a histogram-only encoder has no convolution to pretrain
             continue
+        backbone = encoder_backbone(encoder)
         images = _observed_images(parts, names.index(m.name), m.name)
         if images is None or images.shape[0] < 2:
             logger.warning("self-supervised pretraining: modality '%s' has fewer than 2 observed images; skipped", m.name)

@@ -7,6 +7,7 @@ from .backbones import (
     BackboneTokenEncoder,
     build_token_encoder,
     encoder_backbone,
+    has_convolutional_backbone,
     is_small_encoder,
     load_pretrained_backbone,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "ClinicalTokenEncoder",
     "ImageTokenEncoder",
     "encoder_backbone",
+    "has_convolutional_backbone",
     "is_small_encoder",
     "HistogramTokenEncoder",
     "IntensityHistogram",

@@ -40,7 +40,14 @@ from monai_dymo.networks.encoders import ImageTokenEncoder, token_pool
 from monai_dymo.networks.histogram import HistogramTokenEncoder
 from monai_dymo.networks.mirror import MirrorInputEncoder
 
-__all__ = ["BACKBONES", "BackboneTokenEncoder", "build_token_encoder", "encoder_backbone", "load_pretrained_backbone"]
+__all__ = [
+    "BACKBONES",
+    "BackboneTokenEncoder",
+    "build_token_encoder",
+    "encoder_backbone",
+    "has_convolutional_backbone",
+    "load_pretrained_backbone",
+]
 
 _RESNETS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
 _DENSENETS = ("densenet121", "densenet169", "densenet201", "densenet264")
@@ -251,6 +258,12 @@ def is_small_encoder(encoder: nn.Module) -> bool:
     histogram / mirror wrappers: the encoders the recovery network's image experts can start
     (``init_encoders_from_recovery``)."""
     return isinstance(_unwrap(encoder), ImageTokenEncoder)
+
+
+def has_convolutional_backbone(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` (histogram / mirror wrappers unwrapped) holds convolution stages that read the image: the
+    small CNN or a MONAI backbone; False for a histogram-only encoder (backbone ``none``) or any other module."""
+    return isinstance(_unwrap(encoder), (ImageTokenEncoder, BackboneTokenEncoder))
 
 
 def encoder_backbone(encoder: nn.Module) -> nn.Module:
