@@ -164,7 +164,8 @@ def read_folds(path: str | Path, k: int | None = None) -> dict[str, int]:
         FileNotFoundError: no file (prepare writes it when folds > 1).
         ValueError: not a folds file, or written for another number of folds; naming the file.
     """
-    folds, assignment, _ = _load(path)
+    record = _load(path)
+    folds, assignment = record["folds"], record["patients"]
     if k is not None and folds != int(k):
         raise DyMoInputError(f"folds file {path} holds {folds} folds, the run asks for {k}; rerun prepare with folds {k}.")
     return assignment
@@ -173,23 +174,23 @@ def read_folds(path: str | Path, k: int | None = None) -> dict[str, int]:
 def check_holdout(path: str | Path, holdout_fraction: float | None, holdout_seed: int = 1000) -> None:
     """Stop (one line) when ``folds.json`` left another held-out part out of the folds than the run's
     ``holdout_fraction`` / ``holdout_seed`` would certify on: those patients could have been trained on."""
-    path = Path(path)
-    if not path.is_file():
-        raise DyMoFileNotFoundError(f"folds file not found: {path} (the prepare stage writes it when folds > 1).")
-    record = json.loads(path.read_text())
-    written = (record.get("holdout_fraction"), int(record.get("holdout_seed", 1000)))
-    asked = (holdout_fraction, int(holdout_seed))
-    same_fraction = (written[0] is None and asked[0] is None) or (
-        written[0] is not None and asked[0] is not None and float(written[0]) == float(asked[0]))
-    if not same_fraction or (asked[0] is not None and written[1] != asked[1]):
+    record = _load(path)
+    written_fraction, written_seed = record["holdout_fraction"], record["holdout_seed"]
+    if written_fraction is None or holdout_fraction is None:
+        same_fraction = written_fraction is None and holdout_fraction is None
+    else:
+        same_fraction = float(written_fraction) == float(holdout_fraction)
+    if not same_fraction or (holdout_fraction is not None and written_seed != int(holdout_seed)):
         raise DyMoInputError(
-            f"folds file {path} was written with holdout_fraction {written[0]} (seed {written[1]}), this run asks for "
-            f"{asked[0]} (seed {asked[1]}): the patients it would certify on may be in a fold; rerun prepare and "
-            "train the folds again with the same holdout_fraction."
+            f"folds file {path} was written with holdout_fraction {written_fraction} (seed {written_seed}), this run "
+            f"asks for {holdout_fraction} (seed {int(holdout_seed)}): the patients it would certify on may be in a "
+            "fold; rerun prepare and train the folds again with the same holdout_fraction."
         )
 
 
-def _load(path: str | Path) -> tuple[int, dict[str, int], list[str]]:
+def _load(path: str | Path) -> dict[str, Any]:
+    """``folds.json`` checked: ``{"folds", "patients": {patient id: fold}, "held_out": [ids], "holdout_fraction",
+    "holdout_seed"}`` (one-line errors naming the file)."""
     path = Path(path)
     if not path.is_file():
         raise DyMoFileNotFoundError(f"folds file not found: {path} (the prepare stage writes it when folds > 1).")
@@ -198,12 +199,14 @@ def _load(path: str | Path) -> tuple[int, dict[str, int], list[str]]:
         folds, patients = int(record["folds"]), record["patients"]
         assignment = {str(p): int(f) for p, f in patients.items()}
         held_out = [str(p) for p in record.get("held_out") or []]
+        holdout_seed = int(record.get("holdout_seed", 1000))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DyMoInputError(f"folds file {path} is not a folds file of the prepare stage ({type(e).__name__}: {e}).") from None
     bad = sorted(p for p, f in assignment.items() if not 0 <= f < folds)
     if bad:
         raise DyMoInputError(f"folds file {path}: patient(s) {bad[:5]} have a fold outside 0..{folds - 1}.")
-    return folds, assignment, held_out
+    return {"folds": folds, "patients": assignment, "held_out": held_out,
+            "holdout_fraction": record.get("holdout_fraction"), "holdout_seed": holdout_seed}
 
 
 def check_fold(folds: int, fold: int | None, required: bool = False) -> int | None:
@@ -247,7 +250,8 @@ def fold_entries(
             f"split {split!r} is not in the folds: the folds pool the {' and '.join(FOLD_SPLITS)} patients only "
             "(the testing split is never in a fold)."
         )
-    k, assignment, held_out = _load(folds_file)
+    record = _load(folds_file)
+    k, assignment, held_out = record["folds"], record["patients"], record["held_out"]
     if fold is None and split == "validation":
         raise DyMoInputError("the validation part of the folds is one fold's: give the fold (0..K-1).")
     if fold is not None and not 0 <= int(fold) < k:
