@@ -75,14 +75,17 @@ def contrastive_views(spatial_dims: int, spatial_size: Sequence[int], flip: bool
     return Compose(chain)
 
 
-def _observed_images(datasets: Sequence[Any], index: int, name: str) -> torch.Tensor | None:
-    images = []
+def _observed_images(datasets: Sequence[Any], positions: dict[str, int]) -> dict[str, torch.Tensor | None]:
+    """``{modality: [N_m, C, *S] observed images or None}`` for the modalities at ``positions`` (their index in the
+    presence mask), reading every sample of ``datasets`` once."""
+    images: dict[str, list[torch.Tensor]] = {name: [] for name in positions}
     for data in datasets:
         for i in range(len(data)):
             sample = data[i]
-            if bool(sample[DyMoKeys.PRESENT][index]):
-                images.append(torch.as_tensor(sample[name]).float())
-    return torch.stack(images) if images else None
+            for name, index in positions.items():
+                if bool(sample[DyMoKeys.PRESENT][index]):
+                    images[name].append(torch.as_tensor(sample[name]).float())
+    return {name: torch.stack(found) if found else None for name, found in images.items()}
 
 
 def pretrain_image_encoders(
@@ -123,13 +126,13 @@ def pretrain_image_encoders(
     record: dict[str, Any] = {"epochs": int(epochs), "temperature": float(temperature), "seed": int(seed),
                               "unlabelled_patients": len(parts[1]) if len(parts) > 1 else 0, "modalities": {}}
     names = spec.modality_names
+    # a histogram-only encoder has no convolution to pretrain
+    convolutional = [m for m in spec.image_modalities if has_convolutional_backbone(network.encoders[m.name])]
+    observed = _observed_images(parts, {m.name: names.index(m.name) for m in convolutional}) if convolutional else {}
     trained = 0
-    for m in spec.image_modalities:
-        encoder = network.encoders[m.name]
-        if not has_convolutional_backbone(encoder):  # a histogram-only encoder has no convolution to pretrain
-            continue
-        backbone = encoder_backbone(encoder)
-        images = _observed_images(parts, names.index(m.name), m.name)
+    for m in convolutional:
+        backbone = encoder_backbone(network.encoders[m.name])
+        images = observed[m.name]
         if images is None or images.shape[0] < 2:
             logger.warning("self-supervised pretraining: modality '%s' has fewer than 2 observed images; skipped", m.name)
             continue

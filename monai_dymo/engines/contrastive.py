@@ -9,7 +9,6 @@ cross-entropy) pulls the two views of an image together and pushes the other ima
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -21,9 +20,6 @@ from monai.losses import ContrastiveLoss
 from monai.utils import set_determinism
 
 __all__ = ["ProjectionHead", "pretrain_contrastive"]
-
-logger = logging.getLogger("monai_dymo.engines")
-
 
 class ProjectionHead(nn.Module):
     """Global average of a feature map, then ``Linear -> ReLU -> Linear``: ``[B, C, *S]`` -> ``[B, projection_dim]``."""
@@ -37,10 +33,11 @@ class ProjectionHead(nn.Module):
 
 
 def _feature_channels(backbone: nn.Module, sample: torch.Tensor) -> int:
+    """Channels of ``backbone``'s feature map for one image ``sample [1, C_in, *S]``."""
     with torch.no_grad():
         was_training = backbone.training
         backbone.eval()
-        channels = int(backbone(sample[:1]).shape[1])
+        channels = int(backbone(sample).shape[1])
         backbone.train(was_training)
     return channels
 
@@ -80,7 +77,7 @@ def pretrain_contrastive(
             views.set_random_state(seed=int(seed))
     device = torch.device(device)
     backbone = backbone.to(device).train()
-    head = ProjectionHead(_feature_channels(backbone, images.to(device)), projection_dim=projection_dim).to(device)
+    head = ProjectionHead(_feature_channels(backbone, images[:1].to(device)), projection_dim=projection_dim).to(device)
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
