@@ -83,9 +83,9 @@ def _stack(*pairs, n=None):
     return base, dymo
 
 
-def test_certify_margin_hand_case_stops_at_first_failure():
-    # one set of patients; the margins accept more and more: 5/0, 6/1, 6/6 (fixed / broken), then a lenient margin
-    # that would look fine again is never tested
+def _hand_case() -> tuple[np.ndarray, list[np.ndarray]]:
+    """22 patients: 6 wrong and 16 right without recoveries; at the margins 0.3, 0.2, 0.1, 0.0 accepting fixes / breaks
+    5/0, 6/1, 6/6, 6/0 of them."""
     base = np.array([False] * 6 + [True] * 6 + [True] * 10)
     at = []
     for fixed, broken in ((5, 0), (6, 1), (6, 6), (6, 0)):
@@ -93,6 +93,13 @@ def test_certify_margin_hand_case_stops_at_first_failure():
         d[:fixed] = True
         d[6 : 6 + broken] = False
         at.append(d)
+    return base, at
+
+
+def test_certify_margin_hand_case_stops_at_first_failure():
+    # one set of patients; the margins accept more and more: 5/0, 6/1, 6/6 (fixed / broken), then a lenient margin
+    # that would look fine again is never tested
+    base, at = _hand_case()
     out = certify_margin(base, np.stack(at), [0.3, 0.2, 0.1, 0.0], delta=0.1, procedure="fixed_sequence")
     statuses = [t["status"] for t in out["tests"]]
     assert statuses == ["certified", "certified", "not certified", "not tested"]
@@ -108,13 +115,7 @@ def test_certify_margin_fallback_hand_case_passes_level_on_only_after_a_certific
     """Fallback at delta 0.1, weights 1/4: 0.3 (5/0, p 1/32) at 0.025 is not certified and passes nothing on; 0.2
     (6/1, p 1/16) at 0.025 not; 0.1 (6/6) not; 0.0 (6/0, p 1/64) at 0.025 certified. With weights (0.5, 0.5, 0, 0):
     0.3 at 0.05 certified, 0.2 at 0.05 + 0.05 = 0.1 certified (p 1/16), 0.1 at 0.1 not, 0.0 at 0 not."""
-    base = np.array([False] * 6 + [True] * 6 + [True] * 10)
-    at = []
-    for fixed, broken in ((5, 0), (6, 1), (6, 6), (6, 0)):
-        d = base.copy()
-        d[:fixed] = True
-        d[6 : 6 + broken] = False
-        at.append(d)
+    base, at = _hand_case()
     out = certify_margin(base, np.stack(at), [0.3, 0.2, 0.1, 0.0], delta=0.1)
     assert out["procedure"] == "fallback" and out["weights"] == [0.25] * 4
     assert [t["level"] for t in out["tests"]] == pytest.approx([0.025] * 4)
