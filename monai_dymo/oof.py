@@ -9,8 +9,9 @@ exactly one prediction from a network that never trained on it:
   :func:`monai_dymo.evaluation.compare_on_natural_missingness` (DyMo, discarding the missing modalities, every
   recovery used) with fold ``f``'s network and calibration on fold ``f``;
 - :func:`oof_outcomes`: the held-out outcome vectors of :func:`monai_dymo.certification.collect_outcomes` of every
-  fold, concatenated, so that the reward margin and the refer threshold are certified on every pooled patient
-  (:func:`certify_out_of_fold`) instead of a validation split.
+  fold, concatenated, so that the reward margin and the refer threshold can be certified on every pooled patient
+  (:func:`certify_out_of_fold`; the cohort bundle does so only with ``holdout_fraction: null``, and by default
+  certifies the ensemble on the held-out part of the validation split, which is in no fold).
 
 Networks are duck typed (``encode`` / ``fuse`` / ``modalities``); loaders yield the batches of the evaluation and the
 certification (one tensor per modality, ``present``, ``label``, ``patient_id``, ``index``).
@@ -69,8 +70,9 @@ def oof_predictions(
 
     Args:
         networks, calibrations, holdout_loaders: one per fold, in fold order.
-        certification: the out-of-fold certification (:func:`certify_out_of_fold`); given to every fold's calibration
-            so that ``margin="certified"`` and the refer flag use it.
+        certification: the certification in force (the ensemble's on the held-out part, or
+            :func:`certify_out_of_fold`'s); given to every fold's calibration so that ``margin="certified"`` and the
+            refer flag use it.
         path: write the frame there as CSV (``oof.csv``; under ``torchrun`` by rank 0).
         compare_kwargs: of :func:`~monai_dymo.evaluation.compare_on_natural_missingness` (``recovery``,
             ``temperature``, ``margin``, ``refer_alpha``, ``device``, ...).
